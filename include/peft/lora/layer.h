@@ -1,0 +1,178 @@
+// Shared adapter bookkeeping of every adapter-ready layer: per-adapter slots (r, alpha, scaling, dropout),
+// active / merged / disabled state, merge and unmerge, and modules_to_save copies.
+// PEFT counterparts: LoraLayer (tuners/lora/layer.py) and ModulesToSaveWrapper (utils/other.py).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "peft/config.h"
+
+namespace peft::nn {
+
+enum class LayerKind { kLinear, kConv1D, kEmbedding, kConv1d, kConv2d, kConv3d };
+std::string to_string(LayerKind kind);
+
+// Per-adapter values of one layer, resolved from LoraConfig + rank_pattern / alpha_pattern.
+struct AdapterSettings {
+  int r = 8;
+  double lora_alpha = 8;
+  bool use_rslora = false;
+  double lora_dropout = 0.0;
+  bool lora_bias = false;
+  InitLoraWeights init_lora_weights;
+  bool use_dora = false;
+  // alpha / r, or alpha / sqrt(r) with rsLoRA.
+  double base_scaling() const;
+};
+
+// One LoRA factor: a weight (and optionally a bias) registered as "weight" / "bias", so that parameter names
+// read ...lora_A.<adapter>.weight exactly as in PEFT.
+class FactorImpl : public torch::nn::Module {
+ public:
+  FactorImpl(at::Tensor weight, at::Tensor bias);
+  at::Tensor weight;
+  at::Tensor bias;  // undefined when absent
+};
+TORCH_MODULE(Factor);
+
+// A module whose children are named by adapter (PEFT's ModuleDict keyed by adapter name). Unlike
+// torch::nn::ModuleDict, `erase` also unregisters the child, so its parameters disappear.
+class AdapterDictImpl : public torch::nn::Module {
+ public:
+  void insert(const std::string& adapter, std::shared_ptr<torch::nn::Module> module);
+  void erase(const std::string& adapter);
+  bool contains(const std::string& adapter) const;
+  std::shared_ptr<torch::nn::Module> at(const std::string& adapter) const;
+  template <class T>
+  std::shared_ptr<T> get(const std::string& adapter) const {
+    return std::dynamic_pointer_cast<T>(at(adapter));
+  }
+  std::vector<std::string> keys() const;
+
+ private:
+  std::map<std::string, std::shared_ptr<torch::nn::Module>> items_;
+};
+TORCH_MODULE(AdapterDict);
+
+// Base of peft::nn::Linear, Conv1D, Embedding, Conv1d/2d/3d. Holds the base weights under the checkpoint's
+// names ("weight", "bias") and an initially empty set of adapters; forward adds the active ones.
+// Forward may run on several threads at once; every mutating method needs exclusive access.
+class LoraLayerImpl : public torch::nn::Module {
+ public:
+  ~LoraLayerImpl() override;
+  LayerKind kind() const { return kind_; }
+  // Linear or GPT-2 Conv1D (what "all-linear" selects).
+  bool is_linear() const { return kind_ == LayerKind::kLinear || kind_ == LayerKind::kConv1D; }
+  virtual int64_t in_features() const = 0;
+  virtual int64_t out_features() const = 0;
+
+  // Base parameters (the checkpoint's "weight" / "bias"); bias is undefined when the layer has none.
+  at::Tensor& weight() { return weight_; }
+  const at::Tensor& weight() const { return weight_; }
+  at::Tensor& bias() { return bias_; }
+  const at::Tensor& bias() const { return bias_; }
+  bool has_bias() const { return bias_.defined(); }
+
+  // ---- LoRA adapters ----
+  // Creates (or re-creates) the adapter's parameters on the base weight's device and dtype and initialises
+  // them per settings.init_lora_weights. Throws ConfigError / UnsupportedError with PEFT's messages.
+  void update_layer(const std::string& adapter, const AdapterSettings& settings);
+  void delete_adapter(const std::string& adapter);
+  bool has_adapter(const std::string& adapter) const { return settings_.count(adapter) != 0; }
+  std::vector<std::string> adapter_names() const;  // creation order
+  const AdapterSettings& adapter_settings(const std::string& adapter) const;
+  double scaling(const std::string& adapter) const;
+  // scaling = factor x (alpha / r) (PEFT set_scale).
+  void set_scale(const std::string& adapter, double factor);
+  // The adapter's tensors keyed by PEFT's adapter-free suffix: "lora_A.weight", "lora_B.weight",
+  // "lora_B.bias", "lora_embedding_A", "lora_embedding_B". The references stay valid until the adapter is
+  // deleted; assigning through them replaces values in place (use copy_ under NoGradGuard).
+  virtual std::vector<std::pair<std::string, at::Tensor>> adapter_tensors(const std::string& adapter) const;
+
+  // Active adapters are summed in this order. Their parameters get requires_grad = trainable, every other
+  // adapter's parameters requires_grad = false (PEFT LoraLayer.set_adapter).
+  void set_active_adapters(const std::vector<std::string>& adapters, bool trainable = true);
+  const std::vector<std::string>& active_adapters() const { return active_; }
+  // Disabled: forward = base layer (merged adapters are unmerged first). Disabling freezes adapter params;
+  // enabling re-applies set_active_adapters.
+  void enable_adapters(bool enabled);
+  bool adapters_enabled() const { return enabled_; }
+
+  // ---- merging ----
+  // What merging `adapter` adds to `weight`: (scaling x B @ A) in the base weight's layout and dtype.
+  virtual at::Tensor get_delta_weight(const std::string& adapter) const = 0;
+  // Merges `adapters` (default: the active ones) into the base weight. Already merged names are skipped with
+  // PEFT's warning. safe_merge checks the result for NaN/Inf before writing it.
+  void merge(std::optional<std::vector<std::string>> adapters = std::nullopt, bool safe_merge = false);
+  // Unmerges every merged adapter, last merged first.
+  void unmerge();
+  bool merged() const { return !merged_.empty(); }
+  const std::vector<std::string>& merged_adapters() const { return merged_; }
+
+  // ---- modules_to_save (a full trainable copy of this layer per adapter) ----
+  void add_trainable_copy(const std::string& adapter);
+  void delete_trainable_copy(const std::string& adapter);
+  bool has_trainable_copy(const std::string& adapter) const;
+  std::vector<std::string> trainable_copy_names() const;
+  // The copy's tensors keyed "weight" / "bias".
+  std::vector<std::pair<std::string, at::Tensor>> trainable_copy_tensors(const std::string& adapter) const;
+  // Writes the copy into the base parameters (merge_and_unload / unload of a modules_to_save wrapper).
+  void promote_trainable_copy(const std::string& adapter);
+  // True when the base weights in use are those of a modules_to_save copy (enabled, active copy).
+  bool uses_trainable_copy() const;
+
+  // Removes every adapter and copy (after merge_and_unload / unload); the layer is then a plain layer.
+  void remove_all_adapters();
+
+  // The layer's forward for any kind: base + every active, unmerged adapter (PEFT's forward dispatch).
+  at::Tensor forward_with_adapters(const at::Tensor& x) const;
+
+ protected:
+  explicit LoraLayerImpl(LayerKind kind);
+  // Registers the base parameters. Call once from the concrete constructor.
+  void register_base(at::Tensor weight, at::Tensor bias);
+
+  // Creates the adapter's parameters (registered in lora_A_/lora_B_ or the embedding dicts) and
+  // initialises them. Called by update_layer after validation.
+  virtual void create_adapter(const std::string& adapter, const AdapterSettings& settings) = 0;
+  virtual void destroy_adapter(const std::string& adapter) = 0;
+  // The base computation with explicit parameters (so a modules_to_save copy can stand in).
+  virtual at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight,
+                                  const at::Tensor& bias) const = 0;
+  // Adds the adapter's contribution (already scaled) to result.
+  virtual at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x,
+                                        const std::string& adapter) const = 0;
+
+  // Linear and Conv keep factors here; Embedding uses its own ParameterDicts.
+  AdapterDict lora_A_{nullptr};
+  AdapterDict lora_B_{nullptr};
+  void ensure_factor_dicts();
+  double dropout_p(const std::string& adapter) const;
+
+ private:
+  LayerKind kind_;
+  at::Tensor weight_;
+  at::Tensor bias_;
+  std::map<std::string, AdapterSettings> settings_;
+  std::vector<std::string> adapter_order_;
+  std::map<std::string, double> scaling_;
+  std::vector<std::string> active_{"default"};
+  std::vector<std::string> merged_;
+  bool enabled_ = true;
+  AdapterDict modules_to_save_{nullptr};
+};
+
+// The adapter-ready layers of a module tree, by full dotted name, in named_modules() order (layers nested in
+// another adapter-ready layer, e.g. modules_to_save copies, are not listed).
+std::vector<std::pair<std::string, std::shared_ptr<LoraLayerImpl>>> lora_layers(torch::nn::Module& root);
+
+}  // namespace peft::nn

@@ -1,0 +1,43 @@
+// Adapter-ready Linear and GPT-2 Conv1D. PEFT counterpart: lora.Linear (tuners/lora/layer.py); GPT-2's Conv1D
+// is a Linear whose weight is stored (in, out), i.e. fan_in_fan_out = true.
+#pragma once
+
+#include "peft/lora/layer.h"
+
+namespace peft::nn {
+
+// y = x W^T + b with W: (out, in); LoRA adds scaling * B (A x), A: (r, in), B: (out, r).
+class LinearImpl : public LoraLayerImpl {
+ public:
+  // PyTorch's default init: W ~ kaiming_uniform(a = sqrt(5)), b ~ U(-1/sqrt(in), 1/sqrt(in)).
+  LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
+  at::Tensor forward(const at::Tensor& x) { return forward_with_adapters(x); }
+  int64_t in_features() const override { return in_features_; }
+  int64_t out_features() const override { return out_features_; }
+  // True for GPT-2 Conv1D: weight stored (in, out).
+  bool fan_in_fan_out() const { return fan_in_fan_out_; }
+  at::Tensor get_delta_weight(const std::string& adapter) const override;
+
+ protected:
+  LinearImpl(LayerKind kind, int64_t in_features, int64_t out_features, bool bias, bool fan_in_fan_out);
+  void create_adapter(const std::string& adapter, const AdapterSettings& settings) override;
+  void destroy_adapter(const std::string& adapter) override;
+  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const override;
+  at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const override;
+
+ private:
+  int64_t in_features_;
+  int64_t out_features_;
+  bool fan_in_fan_out_;
+};
+TORCH_MODULE(Linear);
+
+// GPT-2's Conv1D (transformers.pytorch_utils.Conv1D): y = x W + b with W: (nx = in, nf = out).
+// Init as transformers: W ~ N(0, 0.02), b = 0.
+class Conv1DImpl : public LinearImpl {
+ public:
+  Conv1DImpl(int64_t nf, int64_t nx);
+};
+TORCH_MODULE(Conv1D);
+
+}  // namespace peft::nn

@@ -1,0 +1,144 @@
+// PeftModel: inject LoRA into a model built from peft::nn layers, manage adapters (add / set / delete / disable),
+// merge / unmerge / unload, count parameters, and save / load PEFT adapter folders.
+// PEFT counterparts: get_peft_model (mapping_func.py), PeftModel (peft_model.py), LoraModel / BaseTuner.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include <iosfwd>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "peft/config.h"
+
+namespace peft {
+
+// What PEFT reads from a transformers model. A model class may implement it (multiple inheritance next to
+// torch::nn::Module); plain user models get the defaults of PEFT's "custom" model type.
+class PeftModelInfo {
+ public:
+  virtual ~PeftModelInfo() = default;
+  virtual std::string model_type() const { return "custom"; }  // config.json model_type
+  virtual std::string name_or_path() const { return ""; }      // -> base_model_name_or_path
+  virtual std::string class_name() const { return "Custom"; }  // auto_mapping.base_model_class
+  virtual std::string parent_library() const { return "__main__"; }
+  // PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING entry (used when target_modules is None).
+  virtual std::vector<std::string> default_target_modules() const { return {}; }
+  // get_output_embeddings() (excluded from "all-linear"); empty if none.
+  virtual std::string output_embedding_name() const { return ""; }
+};
+
+// Result of loading adapter weights.
+struct LoadResult {
+  std::vector<std::string> missing_keys;     // adapter keys the file lacked (PEFT warns about these)
+  std::vector<std::string> unexpected_keys;  // file keys that map to nothing in the model
+};
+
+class PeftModel;
+
+// Scoped disable_adapter(): inside, every layer computes the base output; on exit the previous state returns.
+class [[nodiscard]] DisabledAdapterGuard {
+ public:
+  explicit DisabledAdapterGuard(PeftModel& model);
+  ~DisabledAdapterGuard();
+  DisabledAdapterGuard(const DisabledAdapterGuard&) = delete;
+  DisabledAdapterGuard& operator=(const DisabledAdapterGuard&) = delete;
+
+ private:
+  PeftModel& model_;
+  bool was_enabled_;
+};
+
+class PeftModel {
+ public:
+  // get_peft_model: injects `config` as `adapter_name` into `model` in place (validates the config first).
+  // The model must be owned by a shared_ptr (named_modules needs it).
+  PeftModel(std::shared_ptr<torch::nn::Module> model, LoraConfig config, const std::string& adapter_name = "default",
+            bool autocast_adapter_dtype = true);
+
+  torch::nn::Module& base_model() { return *model_; }
+  std::shared_ptr<torch::nn::Module> base_model_ptr() const { return model_; }
+  template <class T>
+  std::shared_ptr<T> base_model_as() const {
+    return std::dynamic_pointer_cast<T>(model_);
+  }
+
+  // ---- adapters ----
+  const LoraConfig& peft_config(const std::string& adapter) const;
+  const std::vector<std::string>& adapter_names() const { return adapter_order_; }  // creation order
+  const std::string& active_adapter() const;  // first active adapter
+  const std::vector<std::string>& active_adapters() const { return active_; }
+  // Adds and injects a new adapter; it is NOT activated (PEFT). Rolled back on error.
+  void add_adapter(const std::string& adapter_name, LoraConfig config, bool autocast_adapter_dtype = true);
+  // Makes one adapter active (and trainable unless inference_mode).
+  void set_adapter(const std::string& adapter_name, bool inference_mode = false);
+  // Several active adapters at once: outputs are summed (PEFT's tuner-level set_adapter(list)).
+  void set_adapters(const std::vector<std::string>& adapter_names, bool inference_mode = false);
+  void delete_adapter(const std::string& adapter_name);
+  DisabledAdapterGuard disable_adapter() { return DisabledAdapterGuard(*this); }
+  bool adapters_enabled() const { return enabled_; }
+  // Full names of the modules that carry `adapter` (LoRA layers), in module order.
+  std::vector<std::string> targeted_module_names(const std::string& adapter) const;
+  // Full names of the modules holding a modules_to_save copy for `adapter`.
+  std::vector<std::string> modules_to_save_names(const std::string& adapter) const;
+
+  // ---- merging ----
+  void merge_adapter(std::optional<std::vector<std::string>> adapter_names = std::nullopt, bool safe_merge = false);
+  void unmerge_adapter();
+  // Merges (active or named adapters), makes modules_to_save copies permanent, removes every adapter and
+  // returns the plain model. The PeftModel holds no adapters afterwards.
+  std::shared_ptr<torch::nn::Module> merge_and_unload(bool safe_merge = false,
+                                                      std::optional<std::vector<std::string>> adapter_names = std::nullopt);
+  // Removes every adapter without merging (modules_to_save copies of the active adapter still replace the
+  // originals, as in PEFT).
+  std::shared_ptr<torch::nn::Module> unload();
+
+  // ---- parameters ----
+  // {trainable, all} over the model's de-duplicated parameters (PEFT get_nb_trainable_parameters).
+  std::pair<int64_t, int64_t> get_nb_trainable_parameters() const;
+  // "trainable params: 1,234 || all params: 5,678 || trainable%: 21.7330"
+  std::string trainable_parameters_line() const;
+  void print_trainable_parameters() const;  // to stdout
+
+  // ---- files (PEFT format) ----
+  // The adapter's tensors under PEFT's checkpoint keys ("base_model.model.<path>.lora_A.weight", ...).
+  std::vector<std::pair<std::string, at::Tensor>> get_peft_model_state_dict(const std::string& adapter) const;
+  // Copies tensors (keys with or without "base_model.model.") into `adapter`. Every shape is checked before
+  // anything is written: mismatches throw ShapeMismatchError naming each tensor. Missing adapter keys warn.
+  LoadResult set_peft_model_state_dict(const std::map<std::string, at::Tensor>& state_dict,
+                                       const std::string& adapter);
+  // adapter_config.json + adapter_model.safetensors; "default" in `dir`, others in `dir/<name>`.
+  void save_pretrained(const std::string& dir,
+                       std::optional<std::vector<std::string>> selected_adapters = std::nullopt) const;
+  // Loads a PEFT adapter folder as `adapter_name` (added if new). Frozen unless is_trainable.
+  LoadResult load_adapter(const std::string& dir, const std::string& adapter_name, bool is_trainable = false);
+  static std::shared_ptr<PeftModel> from_pretrained(std::shared_ptr<torch::nn::Module> model, const std::string& dir,
+                                                    const std::string& adapter_name = "default",
+                                                    bool is_trainable = false);
+
+ private:
+  friend class DisabledAdapterGuard;
+  void inject(const std::string& adapter_name, LoraConfig& config);
+  void refresh_trainable();
+  void cast_adapter_dtype(const std::string& adapter_name);
+  void check_not_unloaded(const char* what) const;
+  const PeftModelInfo& info() const;
+
+  std::shared_ptr<torch::nn::Module> model_;
+  std::map<std::string, LoraConfig> configs_;
+  std::vector<std::string> adapter_order_;
+  std::vector<std::string> active_;
+  bool enabled_ = true;
+  bool unloaded_ = false;
+};
+
+// PEFT's get_peft_model(model, config, adapter_name).
+std::shared_ptr<PeftModel> get_peft_model(std::shared_ptr<torch::nn::Module> model, LoraConfig config,
+                                          const std::string& adapter_name = "default");
+
+}  // namespace peft

@@ -1,0 +1,320 @@
+// Adapter bookkeeping shared by every adapter-ready layer (PEFT LoraLayer + ModulesToSaveWrapper).
+#include "peft/lora/layer.h"
+
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "peft/error.h"
+
+namespace peft::nn {
+
+std::string to_string(LayerKind kind) {
+  switch (kind) {
+    case LayerKind::kLinear: return "Linear";
+    case LayerKind::kConv1D: return "Conv1D";
+    case LayerKind::kEmbedding: return "Embedding";
+    case LayerKind::kConv1d: return "Conv1d";
+    case LayerKind::kConv2d: return "Conv2d";
+    case LayerKind::kConv3d: return "Conv3d";
+  }
+  return "?";
+}
+
+double AdapterSettings::base_scaling() const {
+  return use_rslora ? lora_alpha / std::sqrt(static_cast<double>(r)) : lora_alpha / r;
+}
+
+FactorImpl::FactorImpl(at::Tensor w, at::Tensor b) {
+  weight = register_parameter("weight", std::move(w));
+  if (b.defined()) bias = register_parameter("bias", std::move(b));
+}
+
+void AdapterDictImpl::insert(const std::string& adapter, std::shared_ptr<torch::nn::Module> module) {
+  if (items_.count(adapter)) erase(adapter);
+  items_[adapter] = register_module(adapter, std::move(module));
+}
+
+void AdapterDictImpl::erase(const std::string& adapter) {
+  if (!items_.count(adapter)) return;
+  items_.erase(adapter);
+  unregister_module(adapter);
+}
+
+bool AdapterDictImpl::contains(const std::string& adapter) const { return items_.count(adapter) != 0; }
+
+std::shared_ptr<torch::nn::Module> AdapterDictImpl::at(const std::string& adapter) const {
+  auto it = items_.find(adapter);
+  PEFT_CHECK(it != items_.end(), AdapterNotFoundError, "lora", "adapter \"" << adapter << "\" has no entry in " << name());
+  return it->second;
+}
+
+std::vector<std::string> AdapterDictImpl::keys() const {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : items_) out.push_back(k);
+  return out;
+}
+
+LoraLayerImpl::LoraLayerImpl(LayerKind kind) : kind_(kind) {}
+LoraLayerImpl::~LoraLayerImpl() = default;
+
+void LoraLayerImpl::register_base(at::Tensor weight, at::Tensor bias) {
+  weight_ = register_parameter("weight", std::move(weight));
+  if (bias.defined()) bias_ = register_parameter("bias", std::move(bias));
+}
+
+void LoraLayerImpl::ensure_factor_dicts() {
+  if (!lora_A_) {
+    lora_A_ = register_module("lora_A", AdapterDict());
+    lora_B_ = register_module("lora_B", AdapterDict());
+  }
+}
+
+double LoraLayerImpl::dropout_p(const std::string& adapter) const {
+  return settings_.at(adapter).lora_dropout;
+}
+
+void LoraLayerImpl::update_layer(const std::string& adapter, const AdapterSettings& settings) {
+  PEFT_CHECK(settings.r > 0, ConfigError, "lora",
+             "`r` should be a positive integer value but the value passed is " << settings.r);
+  PEFT_CHECK(!settings.use_dora, UnsupportedError, "lora",
+             "use_dora: DoRA is not implemented yet (hint: it lands with the variants issue)");
+  PEFT_CHECK(std::find(merged_.begin(), merged_.end(), adapter) == merged_.end(), Error, "lora",
+             "cannot re-create adapter \"" << adapter << "\" while it is merged (hint: unmerge first)");
+  if (has_adapter(adapter)) destroy_adapter(adapter);
+  create_adapter(adapter, settings);
+  if (!has_adapter(adapter)) adapter_order_.push_back(adapter);
+  settings_[adapter] = settings;
+  scaling_[adapter] = settings.base_scaling();
+  // PEFT calls set_adapter(active_adapters) at the end: a new, inactive adapter starts frozen.
+  set_active_adapters(active_, true);
+}
+
+void LoraLayerImpl::delete_adapter(const std::string& adapter) {
+  if (!has_adapter(adapter)) return;
+  PEFT_CHECK(std::find(merged_.begin(), merged_.end(), adapter) == merged_.end(), Error, "delete_adapter",
+             "Cannot delete adapter(s) [" << adapter << "] while they are merged. Please unmerge them first.");
+  destroy_adapter(adapter);
+  settings_.erase(adapter);
+  scaling_.erase(adapter);
+  adapter_order_.erase(std::remove(adapter_order_.begin(), adapter_order_.end(), adapter),
+                       adapter_order_.end());
+  active_.erase(std::remove(active_.begin(), active_.end(), adapter), active_.end());
+}
+
+std::vector<std::string> LoraLayerImpl::adapter_names() const { return adapter_order_; }
+
+const AdapterSettings& LoraLayerImpl::adapter_settings(const std::string& adapter) const {
+  auto it = settings_.find(adapter);
+  PEFT_CHECK(it != settings_.end(), AdapterNotFoundError, "lora",
+             "layer has no adapter \"" << adapter << "\"");
+  return it->second;
+}
+
+double LoraLayerImpl::scaling(const std::string& adapter) const {
+  auto it = scaling_.find(adapter);
+  PEFT_CHECK(it != scaling_.end(), AdapterNotFoundError, "lora", "layer has no adapter \"" << adapter << "\"");
+  return it->second;
+}
+
+void LoraLayerImpl::set_scale(const std::string& adapter, double factor) {
+  scaling_[adapter] = factor * adapter_settings(adapter).base_scaling();
+}
+
+std::vector<std::pair<std::string, at::Tensor>> LoraLayerImpl::adapter_tensors(const std::string& adapter) const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  if (lora_A_ && lora_A_->contains(adapter)) {
+    auto a = lora_A_->get<FactorImpl>(adapter);
+    auto b = lora_B_->get<FactorImpl>(adapter);
+    out.emplace_back("lora_A.weight", a->weight);
+    out.emplace_back("lora_B.weight", b->weight);
+    if (b->bias.defined()) out.emplace_back("lora_B.bias", b->bias);
+  }
+  return out;
+}
+
+void LoraLayerImpl::set_active_adapters(const std::vector<std::string>& adapters, bool trainable) {
+  if (merged()) {
+    warn("lora", "Adapter cannot be set when the model is merged. Unmerging the model first.");
+    unmerge();
+  }
+  active_ = adapters;
+  for (const auto& name : adapter_order_) {
+    bool on = trainable && std::find(active_.begin(), active_.end(), name) != active_.end();
+    for (auto& [key, t] : adapter_tensors(name)) t.set_requires_grad(on);
+  }
+  if (modules_to_save_) {
+    int active_copies = 0;
+    for (const auto& name : modules_to_save_->keys()) {
+      bool on = std::find(active_.begin(), active_.end(), name) != active_.end();
+      active_copies += on ? 1 : 0;
+      for (auto& [key, t] : trainable_copy_tensors(name)) t.set_requires_grad(on && trainable);
+    }
+    PEFT_CHECK(active_copies <= 1, Error, "set_adapter",
+               "Expected only one adapter to be active for modules_to_save, found " << active_copies);
+  }
+}
+
+void LoraLayerImpl::enable_adapters(bool enabled) {
+  if (enabled) {
+    enabled_ = true;
+    set_active_adapters(active_, true);
+    return;
+  }
+  // PEFT unmerges on the next forward of a disabled layer; doing it here keeps forward free of mutation.
+  if (merged()) unmerge();
+  enabled_ = false;
+  for (const auto& name : adapter_order_) {
+    for (auto& [key, t] : adapter_tensors(name)) t.set_requires_grad(false);
+  }
+}
+
+void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool safe_merge) {
+  std::vector<std::string> names = adapters ? *adapters : active_;
+  std::vector<std::string> todo;
+  for (const auto& n : names) {
+    if (!has_adapter(n)) continue;
+    if (std::find(merged_.begin(), merged_.end(), n) != merged_.end()) continue;
+    todo.push_back(n);
+  }
+  if (todo.empty()) {
+    bool any = std::any_of(names.begin(), names.end(), [&](const auto& n) { return has_adapter(n); });
+    if (any) warn("merge", "All adapters are already merged, nothing to do.");
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto& n : todo) {
+    at::Tensor delta = get_delta_weight(n).to(weight_.scalar_type());
+    auto bias_delta = [&]() -> at::Tensor {
+      for (auto& [key, t] : adapter_tensors(n)) {
+        if (key == "lora_B.bias") return (t * scaling(n)).to(weight_.scalar_type());
+      }
+      return {};
+    }();
+    PEFT_CHECK(!bias_delta.defined() || has_bias(), Error, "merge",
+               "adapter \"" << n << "\" has lora_bias=True but the base layer has no bias, so it cannot be merged");
+    if (safe_merge) {
+      at::Tensor w = weight_ + delta;
+      PEFT_CHECK(at::isfinite(w).all().item<bool>(), Error, "merge",
+                 "NaNs detected in the merged weights. The adapter " << n << " seems to be broken");
+      at::Tensor b;
+      if (bias_delta.defined()) {
+        b = bias_ + bias_delta;
+        PEFT_CHECK(at::isfinite(b).all().item<bool>(), Error, "merge",
+                   "NaNs detected in the merged weights. The adapter " << n << " seems to be broken");
+      }
+      weight_.copy_(w);
+      if (b.defined()) bias_.copy_(b);
+    } else {
+      weight_.add_(delta);
+      if (bias_delta.defined()) bias_.add_(bias_delta);
+    }
+    merged_.push_back(n);
+  }
+}
+
+void LoraLayerImpl::unmerge() {
+  torch::NoGradGuard no_grad;
+  while (!merged_.empty()) {
+    std::string n = merged_.back();
+    merged_.pop_back();
+    weight_.sub_(get_delta_weight(n).to(weight_.scalar_type()));
+    for (auto& [key, t] : adapter_tensors(n)) {
+      if (key == "lora_B.bias") bias_.sub_((t * scaling(n)).to(bias_.scalar_type()));
+    }
+  }
+}
+
+at::Tensor LoraLayerImpl::forward_with_adapters(const at::Tensor& x) const {
+  const at::Tensor* w = &weight_;
+  const at::Tensor* b = &bias_;
+  std::shared_ptr<FactorImpl> copy;
+  if (uses_trainable_copy()) {
+    copy = modules_to_save_->get<FactorImpl>(active_.front());
+    w = &copy->weight;
+    b = &copy->bias;
+  }
+  at::Tensor result = base_forward(x, *w, *b);
+  if (!enabled_ || merged() || settings_.empty()) return result;
+  const auto dtype = result.scalar_type();
+  for (const auto& name : active_) {
+    if (!has_adapter(name)) continue;
+    result = add_adapter_output(std::move(result), x, name);
+  }
+  return result.scalar_type() == dtype ? result : result.to(dtype);
+}
+
+void LoraLayerImpl::add_trainable_copy(const std::string& adapter) {
+  if (!modules_to_save_) modules_to_save_ = register_module("modules_to_save", AdapterDict());
+  torch::NoGradGuard no_grad;
+  at::Tensor b = bias_.defined() ? bias_.detach().clone() : at::Tensor();
+  modules_to_save_->insert(adapter, std::make_shared<FactorImpl>(weight_.detach().clone(), b));
+  set_active_adapters(active_, true);
+}
+
+void LoraLayerImpl::delete_trainable_copy(const std::string& adapter) {
+  if (modules_to_save_) modules_to_save_->erase(adapter);
+}
+
+bool LoraLayerImpl::has_trainable_copy(const std::string& adapter) const {
+  return modules_to_save_ && modules_to_save_->contains(adapter);
+}
+
+std::vector<std::string> LoraLayerImpl::trainable_copy_names() const {
+  return modules_to_save_ ? modules_to_save_->keys() : std::vector<std::string>{};
+}
+
+std::vector<std::pair<std::string, at::Tensor>> LoraLayerImpl::trainable_copy_tensors(
+    const std::string& adapter) const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  if (!has_trainable_copy(adapter)) return out;
+  auto c = modules_to_save_->get<FactorImpl>(adapter);
+  out.emplace_back("weight", c->weight);
+  if (c->bias.defined()) out.emplace_back("bias", c->bias);
+  return out;
+}
+
+void LoraLayerImpl::promote_trainable_copy(const std::string& adapter) {
+  if (!has_trainable_copy(adapter)) return;
+  torch::NoGradGuard no_grad;
+  auto c = modules_to_save_->get<FactorImpl>(adapter);
+  weight_.copy_(c->weight);
+  if (bias_.defined() && c->bias.defined()) bias_.copy_(c->bias);
+}
+
+bool LoraLayerImpl::uses_trainable_copy() const {
+  return enabled_ && modules_to_save_ && !active_.empty() && modules_to_save_->contains(active_.front());
+}
+
+void LoraLayerImpl::remove_all_adapters() {
+  merged_.clear();  // the caller merged on purpose (merge_and_unload) or wants the adapters gone (unload)
+  for (const auto& n : std::vector<std::string>(adapter_order_)) {
+    destroy_adapter(n);
+    settings_.erase(n);
+    scaling_.erase(n);
+  }
+  adapter_order_.clear();
+  if (modules_to_save_) {
+    for (const auto& n : modules_to_save_->keys()) modules_to_save_->erase(n);
+  }
+  enabled_ = true;
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<LoraLayerImpl>>> lora_layers(torch::nn::Module& root) {
+  std::vector<std::pair<std::string, std::shared_ptr<LoraLayerImpl>>> out;
+  for (const auto& item : root.named_modules("", /*include_self=*/true)) {
+    auto layer = std::dynamic_pointer_cast<LoraLayerImpl>(item.value());
+    if (!layer) continue;
+    bool nested = false;
+    for (const auto& [name, outer] : out) {
+      if (item.key().rfind(name + ".", 0) == 0) nested = true;
+    }
+    if (!nested) out.emplace_back(item.key(), layer);
+  }
+  return out;
+}
+
+}  // namespace peft::nn

@@ -1,0 +1,101 @@
+// Adapter-ready Linear / GPT-2 Conv1D: base matmul plus scaling * B (A x) per active adapter.
+#include "peft/lora/linear.h"
+
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
+
+#include "init_weights.h"
+#include "peft/error.h"
+
+namespace peft::nn {
+
+LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool bias)
+    : LinearImpl(LayerKind::kLinear, in_features, out_features, bias, false) {
+  at::Tensor w = weight();
+  detail::default_weight_init_(w);
+  if (has_bias()) detail::default_bias_init_(this->bias(), w);
+}
+
+LinearImpl::LinearImpl(LayerKind kind, int64_t in_features, int64_t out_features, bool bias,
+                       bool fan_in_fan_out)
+    : LoraLayerImpl(kind), in_features_(in_features), out_features_(out_features),
+      fan_in_fan_out_(fan_in_fan_out) {
+  PEFT_CHECK(in_features > 0 && out_features > 0, ConfigError, "nn::Linear",
+             "features must be positive: in " << in_features << ", out " << out_features);
+  at::Tensor w = fan_in_fan_out ? torch::empty({in_features, out_features}) : torch::empty({out_features, in_features});
+  register_base(w, bias ? torch::zeros({out_features}) : at::Tensor());
+}
+
+Conv1DImpl::Conv1DImpl(int64_t nf, int64_t nx) : LinearImpl(LayerKind::kConv1D, nx, nf, true, true) {
+  torch::NoGradGuard no_grad;
+  weight().normal_(0.0, 0.02);
+}
+
+void LinearImpl::create_adapter(const std::string& adapter, const AdapterSettings& s) {
+  ensure_factor_dicts();
+  auto opts = weight().options().requires_grad(false);
+  if (!at::isFloatingType(weight().scalar_type())) opts = opts.dtype(at::kFloat);
+  at::Tensor A = torch::empty({s.r, in_features_}, opts);
+  at::Tensor B = torch::empty({out_features_, s.r}, opts);
+  at::Tensor b = s.lora_bias ? torch::empty({out_features_}, opts) : at::Tensor();
+  if (s.lora_bias && !has_bias()) {
+    warn("lora", "`lora_bias=True` was passed but the targeted layer has no bias; merging will fail");
+  }
+  detail::init_linear_like_factors(s.init_lora_weights, s.r, A, B, b, "Linear");
+  lora_A_->insert(adapter, std::make_shared<FactorImpl>(A, at::Tensor()));
+  lora_B_->insert(adapter, std::make_shared<FactorImpl>(B, b));
+}
+
+void LinearImpl::destroy_adapter(const std::string& adapter) {
+  if (lora_A_) {
+    lora_A_->erase(adapter);
+    lora_B_->erase(adapter);
+  }
+}
+
+at::Tensor LinearImpl::base_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
+  // x: (..., in); W: (out, in), or (in, out) for Conv1D.
+  if (fan_in_fan_out_) {
+    at::Tensor y = at::matmul(x, w);
+    return b.defined() ? y.add_(b) : y;
+  }
+  return at::linear(x, w, b);
+}
+
+at::Tensor LinearImpl::add_adapter_output(at::Tensor result, const at::Tensor& x,
+                                          const std::string& adapter) const {
+  const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;  // (r, in)
+  const auto& Bm = lora_B_->get<FactorImpl>(adapter);         // weight (out, r)
+  const double s = scaling(adapter);
+  at::Tensor xin = x.scalar_type() == A.scalar_type() ? x : x.to(A.scalar_type());
+  const double p = dropout_p(adapter);
+  if (p > 0.0) xin = at::dropout(xin, p, is_training());
+  at::Tensor h = at::matmul(xin, A.t());  // (..., r)
+  if (!at::GradMode::is_enabled() && result.scalar_type() == h.scalar_type() && result.is_contiguous()) {
+    // Inference: fuse scale-and-add into one GEMM on the output buffer (no (..., out) temporary).
+    at::Tensor out2d = result.view({-1, out_features_});
+    out2d.addmm_(h.reshape({-1, h.size(-1)}), Bm->weight.t(), 1.0, s);
+    if (Bm->bias.defined()) result.add_(Bm->bias, s);
+    return result;
+  }
+  at::Tensor y = at::linear(h, Bm->weight, Bm->bias) * s;
+  return result + y.to(result.scalar_type());
+}
+
+at::Tensor LinearImpl::get_delta_weight(const std::string& adapter) const {
+  at::Tensor A = lora_A_->get<FactorImpl>(adapter)->weight.detach();
+  at::Tensor B = lora_B_->get<FactorImpl>(adapter)->weight.detach();
+  const auto dtype = A.scalar_type();
+  // PEFT computes half-precision deltas on CPU in float32 (CPU half matmul is slow or missing).
+  const bool upcast = A.device().is_cpu() && (dtype == at::kHalf || dtype == at::kBFloat16);
+  if (upcast) {
+    A = A.to(at::kFloat);
+    B = B.to(at::kFloat);
+  }
+  at::Tensor delta = at::matmul(B, A) * scaling(adapter);  // (out, in)
+  if (fan_in_fan_out_) delta = delta.t().contiguous();
+  return upcast ? delta.to(dtype) : delta;
+}
+
+}  // namespace peft::nn

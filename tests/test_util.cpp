@@ -1,0 +1,62 @@
+#include "test_util.h"
+
+#include <torch/torch.h>
+
+#include <atomic>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+namespace peft::test {
+
+std::string fixture(const std::string& rel) { return std::string(PEFT_FIXTURES_DIR) + "/" + rel; }
+
+TempDir::TempDir() {
+  static std::atomic<int> counter{0};
+  std::random_device rd;
+  path_ = std::filesystem::temp_directory_path() /
+          ("peft_test_" + std::to_string(rd()) + "_" + std::to_string(counter++));
+  std::filesystem::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::string compare(const at::Tensor& actual, const at::Tensor& expected, double atol, double rtol) {
+  if (actual.sizes() != expected.sizes()) {
+    std::ostringstream os;
+    os << "shape " << actual.sizes() << " != expected " << expected.sizes();
+    return os.str();
+  }
+  if (actual.numel() == 0) return "";
+  auto a = actual.detach().to(torch::kCPU, torch::kFloat64);
+  auto e = expected.detach().to(torch::kCPU, torch::kFloat64);
+  auto diff = (a - e).abs();
+  auto tol = atol + rtol * e.abs();
+  auto bad = (diff > tol).logical_or(diff.isnan());
+  if (!bad.any().item<bool>()) return "";
+  auto flat_index = diff.flatten().nan_to_num(1e300).argmax().item<int64_t>();
+  std::ostringstream os;
+  os << "max |diff| " << diff.flatten()[flat_index].item<double>() << " at flat index " << flat_index
+     << " (actual " << a.flatten()[flat_index].item<double>() << ", expected "
+     << e.flatten()[flat_index].item<double>() << "), " << bad.sum().item<int64_t>() << " of " << a.numel()
+     << " elements outside atol " << atol << " rtol " << rtol;
+  return os.str();
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream f(path, std::ios::binary);
+  f << text;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace peft::test

@@ -1,0 +1,36 @@
+// Shared helpers for the test binary: fixture paths, temporary directories, tensor comparison.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <string>
+
+namespace peft::test {
+
+// tests/fixtures/<rel>
+std::string fixture(const std::string& rel);
+
+// A fresh temporary directory removed at destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::string str(const std::string& rel = "") const { return (path_ / rel).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Empty string when allclose(actual, expected, atol, rtol) holds; otherwise a description with the max |diff|
+// and its index. Use as EXPECT_EQ(peft::test::compare(a, b, 1e-6), "").
+std::string compare(const at::Tensor& actual, const at::Tensor& expected, double atol, double rtol = 0.0);
+
+// Writes `text` to `path` (creating parent dirs).
+void write_file(const std::string& path, const std::string& text);
+std::string read_file(const std::string& path);
+
+}  // namespace peft::test

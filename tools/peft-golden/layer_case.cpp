@@ -1,0 +1,51 @@
+// kind "layer": a custom model, PEFT's adapter file, outputs with / without / merged, delta and merged weights.
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
+
+#include <filesystem>
+
+#include "arch_model.h"
+#include "case.h"
+#include "peft/io/safetensors.h"
+#include "peft/lora/layer.h"
+#include "peft/peft_model.h"
+
+namespace fs = std::filesystem;
+
+namespace peft::golden {
+
+CaseResult run_layer_case(const Case& c) {
+  const auto& cfg = c.spec.value("lora_config", nlohmann::json::object());
+  if (cfg.value("use_dora", false)) return skip("DoRA (use_dora) lands with the variants issue");
+  const fs::path base = fs::path(c.dir) / "base";
+  if (!fs::exists(base / "architecture.json")) return skip("transformers base model: needs the model zoo");
+  torch::NoGradGuard no_grad;
+  ArchModel model = build_arch_model(base.string());
+  auto inputs = io::load_safetensors((fs::path(c.dir) / c.spec.value("inputs_file", "inputs.safetensors")).string());
+  at::Tensor x = inputs.at(model.input_name);
+
+  const std::string adapter = "default";
+  auto pm = PeftModel::from_pretrained(model.root, (fs::path(c.dir) / "adapter").string(), adapter);
+  model.root->eval();
+
+  std::map<std::string, at::Tensor> produced;
+  produced["output_adapter"] = run_forward(model, x);
+  {
+    auto guard = pm->disable_adapter();
+    produced["output_disabled"] = run_forward(model, x);
+  }
+  for (auto& [name, layer] : nn::lora_layers(*model.root)) {
+    if (layer->has_adapter(adapter)) produced[name + ".delta_weight"] = layer->get_delta_weight(adapter);
+  }
+  pm->merge_and_unload();
+  produced["output_merged"] = run_forward(model, x);
+  for (auto& item : model.root->named_parameters()) produced["merged." + item.key()] = item.value().clone();
+
+  return compare_tensors(c, [&](const std::string& name) {
+    auto it = produced.find(name);
+    return it == produced.end() ? at::Tensor() : it->second;
+  });
+}
+
+}  // namespace peft::golden
