@@ -199,7 +199,8 @@ std::optional<TaskType> task_type_from(const std::string& s) {
 std::string task_type_error(const std::string& s) {
   std::string accepted;
   for (const auto& [t, name] : kTaskTypes) {
-    accepted += (accepted.empty() ? "" : ", ") + std::string(name);
+    if (!accepted.empty()) accepted += ", ";
+    accepted += name;
   }
   return "Invalid task type: '" + s + "'. Must be one of the following task types: " + accepted +
          ".";

@@ -13,6 +13,7 @@
 #include <unordered_set>
 
 #include "peft/error.h"
+#include "strings.h"
 #include "peft/lora/layer.h"
 #include "peft/targeting.h"
 
@@ -50,8 +51,7 @@ void check_supported(const LoraConfig& c) {
     used.push_back("init_lora_weights=\"" + c.init_lora_weights.spelling + "\"");
   }
   if (used.empty()) return;
-  std::string list;
-  for (const auto& u : used) list += (list.empty() ? "" : ", ") + u;
+  const std::string list = detail::join(used);
   throw UnsupportedError("get_peft_model", "LoraConfig uses " + list +
                                                ", which peft.cpp does not implement yet (hint: these land with "
                                                "later releases; the field is kept when a config is read and written)");
@@ -251,8 +251,7 @@ void PeftModel::refresh_trainable() {
 const LoraConfig& PeftModel::peft_config(const std::string& adapter) const {
   auto it = configs_.find(adapter);
   if (it == configs_.end()) {
-    std::string names;
-    for (const auto& n : adapter_order_) names += (names.empty() ? "" : ", ") + n;
+    const std::string names = detail::join(adapter_order_);
     throw AdapterNotFoundError("peft_config", "Adapter " + adapter + " does not exist (adapters: [" + names + "])");
   }
   return it->second;

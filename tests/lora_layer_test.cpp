@@ -21,6 +21,8 @@ struct LayerCase {
   std::function<torch::Tensor()> input;
 };
 
+void PrintTo(const LayerCase& c, std::ostream* os) { *os << c.name; }
+
 std::vector<LayerCase> layer_cases() {
   return {
       {"Linear", [] { return std::make_shared<peft::nn::LinearImpl>(10, 6); }, [] { return torch::randn({4, 3, 10}); }},
@@ -240,7 +242,7 @@ TEST(LoraConv, RankMustBeDivisibleByGroups) {
   peft::ScopedWarningCapture warnings;
   EXPECT_NO_THROW(conv.update_layer("a", settings(InitLoraWeights::Kind::kTrue, 2)));
   EXPECT_THROW(conv.update_layer("b", settings(InitLoraWeights::Kind::kTrue, 1)), peft::ConfigError);
-  EXPECT_THROW(conv.merge(), peft::UnsupportedError);
+  EXPECT_THROW(conv.merge(std::vector<std::string>{"a"}), peft::UnsupportedError);
 }
 
 TEST(LoraLinear, ForwardIsThreadSafe) {

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "peft/error.h"
+#include "../strings.h"
 #include "peft/io/safetensors.h"
 #include "peft/lora/layer.h"
 #include "peft/peft_model.h"
@@ -142,7 +143,7 @@ LoadResult PeftModel::set_peft_model_state_dict(const std::map<std::string, at::
   }
   if (!mismatches.empty()) {
     std::string msg = std::to_string(mismatches.size()) + " tensor(s) do not fit adapter \"" + adapter + "\": ";
-    for (size_t i = 0; i < mismatches.size(); ++i) msg += (i ? "; " : "") + mismatches[i];
+    msg += detail::join(mismatches, "; ");
     throw ShapeMismatchError("load_adapter", msg + " (hint: adapter trained for another base model, or with a "
                                                    "different r / rank_pattern?)");
   }
@@ -154,14 +155,12 @@ LoadResult PeftModel::set_peft_model_state_dict(const std::map<std::string, at::
     if (target.required && !seen.count(key)) result.missing_keys.push_back(io::kCheckpointPrefix + key);
   }
   if (!result.missing_keys.empty()) {
-    std::string list;
-    for (const auto& k : result.missing_keys) list += (list.empty() ? "'" : ", '") + k + "'";
+    const std::string list = detail::join(result.missing_keys, ", ", "'");
     warn("load_adapter", "Found missing adapter keys while loading the checkpoint: [" + list + "].");
   }
   if (!result.unexpected_keys.empty()) {
     // Divergence from PEFT: PEFT ignores unexpected keys silently; a skipped tensor is worth a warning.
-    std::string list;
-    for (const auto& k : result.unexpected_keys) list += (list.empty() ? "'" : ", '") + k + "'";
+    const std::string list = detail::join(result.unexpected_keys, ", ", "'");
     warn("load_adapter", "Ignored checkpoint keys that match nothing in the model: [" + list + "].");
   }
   return result;

@@ -111,7 +111,10 @@ ArchModel build_arch_model(const std::string& dir) {
     }
     if (!problems.empty()) {
       std::string msg;
-      for (const auto& p : problems) msg += (msg.empty() ? "" : "; ") + p;
+      for (const auto& p : problems) {
+        if (!msg.empty()) msg += "; ";
+        msg += p;
+      }
       throw FormatError("peft-golden", weights.string() + ": " + msg);
     }
   }
