@@ -63,29 +63,14 @@ void ConvNdImpl::create_adapter(const std::string& adapter, const AdapterSetting
   if (options_.groups > 1) {
     warn("lora", "LoRA adapter added to a ConvNd layer with groups > 1. Merging is not supported.");
   }
-  ensure_factor_dicts();
-  auto opts = weight().options().requires_grad(false);
   std::vector<int64_t> a_shape{s.r, in_channels_};
   a_shape.insert(a_shape.end(), kernel_.begin(), kernel_.end());
   std::vector<int64_t> b_shape{out_channels_, s.r / options_.groups};
   b_shape.insert(b_shape.end(), static_cast<size_t>(dims_), 1);
-  at::Tensor A = torch::empty(a_shape, opts);
-  at::Tensor B = torch::empty(b_shape, opts);
-  at::Tensor b = s.lora_bias ? torch::empty({out_channels_}, opts) : at::Tensor();
-  if (s.lora_bias && !has_bias()) {
-    warn("lora", "`lora_bias=True` was passed but the targeted layer has no bias; merging will fail");
-  }
-  detail::init_linear_like_factors(s.init_lora_weights, s.r, A, B, b, "Conv");
-  lora_A_->insert(adapter, std::make_shared<FactorImpl>(A, at::Tensor()));
-  lora_B_->insert(adapter, std::make_shared<FactorImpl>(B, b));
+  add_factors(adapter, s, a_shape, b_shape);
 }
 
-void ConvNdImpl::destroy_adapter(const std::string& adapter) {
-  if (lora_A_) {
-    lora_A_->erase(adapter);
-    lora_B_->erase(adapter);
-  }
-}
+void ConvNdImpl::destroy_adapter(const std::string& adapter) { remove_factors(adapter); }
 
 at::Tensor ConvNdImpl::base_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
   return conv(x, w, b, options_.stride, options_.padding, options_.dilation, options_.groups);
@@ -111,22 +96,14 @@ at::Tensor ConvNdImpl::add_adapter_output(at::Tensor result, const at::Tensor& x
 }
 
 at::Tensor ConvNdImpl::get_delta_weight(const std::string& adapter) const {
-  at::Tensor A = lora_A_->get<FactorImpl>(adapter)->weight.detach();  // (r, in, *k)
-  at::Tensor B = lora_B_->get<FactorImpl>(adapter)->weight.detach();  // (out, r / groups, 1...)
+  const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;  // (r, in, *k)
+  const auto& B = lora_B_->get<FactorImpl>(adapter)->weight;  // (out, r / groups, 1...)
   PEFT_CHECK(options_.groups == 1, UnsupportedError, "lora",
              "get_delta_weight / merge of a Conv" << dims_ << "d with groups=" << options_.groups
                                                   << " is not supported (as in PEFT)");
-  const auto dtype = A.scalar_type();
-  const bool upcast = A.device().is_cpu() && (dtype == at::kHalf || dtype == at::kBFloat16);
-  if (upcast) {
-    A = A.to(at::kFloat);
-    B = B.to(at::kFloat);
-  }
   // Divergence from PEFT: PEFT uses a matmul for 1x1 Conv2d and conv(A^T, B) otherwise, and fails for Conv3d
   // kernels (1, 1, k). B's kernel is all ones, so both equal this one matmul, which works for every kernel.
-  std::vector<int64_t> shape = weight().sizes().vec();
-  at::Tensor delta = at::matmul(B.flatten(1), A.flatten(1)).view(shape) * scaling(adapter);
-  return upcast ? delta.to(dtype) : delta;
+  return scaled_product(B.flatten(1), A.flatten(1), adapter).view(weight().sizes());
 }
 
 }  // namespace peft::nn

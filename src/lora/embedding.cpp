@@ -79,16 +79,8 @@ at::Tensor EmbeddingImpl::add_adapter_output(at::Tensor result, const at::Tensor
 }
 
 at::Tensor EmbeddingImpl::get_delta_weight(const std::string& adapter) const {
-  at::Tensor A = lora_embedding_A_->get(adapter).detach();
-  at::Tensor B = lora_embedding_B_->get(adapter).detach();
-  const auto dtype = A.scalar_type();
-  const bool upcast = A.device().is_cpu() && (dtype == at::kHalf || dtype == at::kBFloat16);
-  if (upcast) {
-    A = A.to(at::kFloat);
-    B = B.to(at::kFloat);
-  }
-  at::Tensor delta = (at::matmul(B, A).t() * scaling(adapter)).contiguous();
-  return upcast ? delta.to(dtype) : delta;
+  // (num_embeddings, embedding_dim) = ((B @ A) * scaling)^T
+  return scaled_product(lora_embedding_B_->get(adapter), lora_embedding_A_->get(adapter), adapter).t().contiguous();
 }
 
 }  // namespace peft::nn

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "init_weights.h"
 #include "peft/error.h"
 
 namespace peft::nn {
@@ -66,11 +67,38 @@ void LoraLayerImpl::register_base(at::Tensor weight, at::Tensor bias) {
   if (bias.defined()) bias_ = register_parameter("bias", std::move(bias));
 }
 
-void LoraLayerImpl::ensure_factor_dicts() {
+void LoraLayerImpl::add_factors(const std::string& adapter, const AdapterSettings& s,
+                                const std::vector<int64_t>& a_shape, const std::vector<int64_t>& b_shape) {
   if (!lora_A_) {
     lora_A_ = register_module("lora_A", AdapterDict());
     lora_B_ = register_module("lora_B", AdapterDict());
   }
+  auto opts = weight_.options().requires_grad(false);
+  if (!at::isFloatingType(weight_.scalar_type())) opts = opts.dtype(at::kFloat);
+  at::Tensor A = torch::empty(a_shape, opts);
+  at::Tensor B = torch::empty(b_shape, opts);
+  at::Tensor b = s.lora_bias ? torch::empty({out_features()}, opts) : at::Tensor();
+  if (s.lora_bias && !has_bias()) {
+    warn("lora", "`lora_bias=True` was passed but the targeted " + to_string(kind_) +
+                     " layer has no bias; merging this adapter will fail");
+  }
+  detail::init_linear_like_factors(s.init_lora_weights, s.r, A, B, b, to_string(kind_).c_str());
+  lora_A_->insert(adapter, std::make_shared<FactorImpl>(A, at::Tensor()));
+  lora_B_->insert(adapter, std::make_shared<FactorImpl>(B, b));
+}
+
+void LoraLayerImpl::remove_factors(const std::string& adapter) {
+  if (lora_A_) {
+    lora_A_->erase(adapter);
+    lora_B_->erase(adapter);
+  }
+}
+
+at::Tensor LoraLayerImpl::scaled_product(const at::Tensor& B2, const at::Tensor& A2, const std::string& adapter) const {
+  const auto dtype = A2.scalar_type();
+  const bool upcast = A2.device().is_cpu() && (dtype == at::kHalf || dtype == at::kBFloat16);
+  if (!upcast) return at::matmul(B2.detach(), A2.detach()) * scaling(adapter);
+  return (at::matmul(B2.detach().to(at::kFloat), A2.detach().to(at::kFloat)) * scaling(adapter)).to(dtype);
 }
 
 double LoraLayerImpl::dropout_p(const std::string& adapter) const {

@@ -33,26 +33,10 @@ Conv1DImpl::Conv1DImpl(int64_t nf, int64_t nx) : LinearImpl(LayerKind::kConv1D, 
 }
 
 void LinearImpl::create_adapter(const std::string& adapter, const AdapterSettings& s) {
-  ensure_factor_dicts();
-  auto opts = weight().options().requires_grad(false);
-  if (!at::isFloatingType(weight().scalar_type())) opts = opts.dtype(at::kFloat);
-  at::Tensor A = torch::empty({s.r, in_features_}, opts);
-  at::Tensor B = torch::empty({out_features_, s.r}, opts);
-  at::Tensor b = s.lora_bias ? torch::empty({out_features_}, opts) : at::Tensor();
-  if (s.lora_bias && !has_bias()) {
-    warn("lora", "`lora_bias=True` was passed but the targeted layer has no bias; merging will fail");
-  }
-  detail::init_linear_like_factors(s.init_lora_weights, s.r, A, B, b, "Linear");
-  lora_A_->insert(adapter, std::make_shared<FactorImpl>(A, at::Tensor()));
-  lora_B_->insert(adapter, std::make_shared<FactorImpl>(B, b));
+  add_factors(adapter, s, {s.r, in_features_}, {out_features_, s.r});
 }
 
-void LinearImpl::destroy_adapter(const std::string& adapter) {
-  if (lora_A_) {
-    lora_A_->erase(adapter);
-    lora_B_->erase(adapter);
-  }
-}
+void LinearImpl::destroy_adapter(const std::string& adapter) { remove_factors(adapter); }
 
 at::Tensor LinearImpl::base_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
   // x: (..., in); W: (out, in), or (in, out) for Conv1D.
@@ -84,18 +68,10 @@ at::Tensor LinearImpl::add_adapter_output(at::Tensor result, const at::Tensor& x
 }
 
 at::Tensor LinearImpl::get_delta_weight(const std::string& adapter) const {
-  at::Tensor A = lora_A_->get<FactorImpl>(adapter)->weight.detach();
-  at::Tensor B = lora_B_->get<FactorImpl>(adapter)->weight.detach();
-  const auto dtype = A.scalar_type();
-  // PEFT computes half-precision deltas on CPU in float32 (CPU half matmul is slow or missing).
-  const bool upcast = A.device().is_cpu() && (dtype == at::kHalf || dtype == at::kBFloat16);
-  if (upcast) {
-    A = A.to(at::kFloat);
-    B = B.to(at::kFloat);
-  }
-  at::Tensor delta = at::matmul(B, A) * scaling(adapter);  // (out, in)
-  if (fan_in_fan_out_) delta = delta.t().contiguous();
-  return upcast ? delta.to(dtype) : delta;
+  const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;  // (r, in)
+  const auto& B = lora_B_->get<FactorImpl>(adapter)->weight;  // (out, r)
+  at::Tensor delta = scaled_product(B, A, adapter);          // (out, in)
+  return fan_in_fan_out_ ? delta.t().contiguous() : delta;
 }
 
 }  // namespace peft::nn

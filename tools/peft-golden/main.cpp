@@ -11,6 +11,7 @@
 
 #include "case.h"
 #include "peft/error.h"
+#include "peft/runtime.h"
 
 namespace fs = std::filesystem;
 using peft::golden::Case;
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
     std::cerr << "peft-golden: \"" << root.string() << "\" is not a directory\n";
     return 2;
   }
+  peft::set_num_threads();
   std::vector<fs::path> dirs;
   for (const auto& e : fs::directory_iterator(root)) {
     if (e.is_directory() && fs::exists(e.path() / "case.json")) dirs.push_back(e.path());

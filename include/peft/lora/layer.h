@@ -155,8 +155,15 @@ class LoraLayerImpl : public torch::nn::Module {
   // Linear and Conv keep factors here; Embedding uses its own ParameterDicts.
   AdapterDict lora_A_{nullptr};
   AdapterDict lora_B_{nullptr};
-  void ensure_factor_dicts();
   double dropout_p(const std::string& adapter) const;
+  // Linear and Conv: creates A (a_shape) and B (b_shape, plus a bias of out_features() with lora_bias) on the
+  // base weight's device and dtype, initialises them per settings and registers them as lora_A / lora_B.
+  void add_factors(const std::string& adapter, const AdapterSettings& settings, const std::vector<int64_t>& a_shape,
+                   const std::vector<int64_t>& b_shape);
+  void remove_factors(const std::string& adapter);
+  // scaling * (B2 @ A2) with B2: (out, r), A2: (r, in); on CPU, half-precision factors are multiplied in float32
+  // (as PEFT does) and the result cast back.
+  at::Tensor scaled_product(const at::Tensor& B2, const at::Tensor& A2, const std::string& adapter) const;
 
  private:
   LayerKind kind_;
