@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <map>
+#include <set>
 #include <string>
 
 #include "peft/lora/linear.h"
@@ -63,7 +64,10 @@ class RatioReporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const auto& run : runs) {
-      if (run.run_type != Run::RT_Iteration) continue;
+      // With --benchmark_repetitions the median is used, otherwise the single run.
+      if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
+      if (run.run_type == Run::RT_Iteration && medians_.count(run.run_name.args)) continue;
+      if (run.run_type == Run::RT_Aggregate) medians_.insert(run.run_name.args);
       times_[run.run_name.args] = run.GetAdjustedRealTime();
     }
   }
@@ -87,6 +91,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
 
  private:
   std::map<std::string, double> times_;
+  std::set<std::string> medians_;
 };
 
 }  // namespace

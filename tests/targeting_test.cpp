@@ -112,8 +112,8 @@ json read_json(const std::string& rel) {
 
 // Runs every config of one golden case and compares targeted set, r, alpha, scaling and errors.
 void check_golden(const std::string& dir) {
-  const json arch = read_json("targeting/" + dir + "/architecture.json");
-  const json expected = read_json("targeting/" + dir + "/expected.json");
+  const json arch = read_json("golden/targeting-" + dir + "/base/architecture.json");
+  const json expected = read_json("golden/targeting-" + dir + "/expected.json");
   std::vector<ModuleInfo> leaves;
   for (const auto& m : arch["modules"]) {
     ASSERT_EQ(m["type"].get<std::string>(), "Linear");
