@@ -1,0 +1,87 @@
+// The model zoo's interface: Hugging Face checkpoints (config.json + safetensors) as LibTorch modules built from
+// peft::nn layers, under Hugging Face's module names, and the registry keyed by config.json's model_type.
+// Counterparts: transformers' AutoModelForCausalLM / AutoModelForSequenceClassification.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+#include <torch/nn/module.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "peft/peft_model.h"
+
+namespace peft::models {
+
+enum class ModelTask { kCausalLm, kSequenceClassification };
+
+// Key / value cache for incremental decoding: one entry per layer, each (batch, kv_heads, cached_seq, head_dim).
+// A model appends the new positions on every forward that is given the cache.
+struct KVCache {
+  std::vector<at::Tensor> keys;
+  std::vector<at::Tensor> values;
+  // Number of cached positions (0 when empty).
+  int64_t length() const { return keys.empty() || !keys.front().defined() ? 0 : keys.front().size(2); }
+  void clear() {
+    keys.clear();
+    values.clear();
+  }
+};
+
+struct ForwardInput {
+  at::Tensor input_ids;       // (batch, seq) int64
+  at::Tensor attention_mask;  // optional (batch, cached + seq) of 1 (attend) / 0 (padding); undefined = all 1
+  at::Tensor token_type_ids;  // optional, BERT-style encoders (batch, seq); undefined = zeros
+  KVCache* cache = nullptr;   // optional (causal LMs): read and appended to
+};
+
+// A loaded checkpoint. Implementations register their submodules under Hugging Face's names
+// ("model.layers.0.self_attn.q_proj", "transformer.h.0.attn.c_attn", "bert.encoder.layer.0.attention.self.query")
+// so that state-dict keys, PEFT target_modules and adapter files apply unchanged.
+class PretrainedModel : public torch::nn::Module, public PeftModelInfo {
+ public:
+  // Causal LM: logits (batch, seq, vocab). Sequence classifier: logits (batch, num_labels).
+  virtual at::Tensor forward(const ForwardInput& input) = 0;
+  virtual ModelTask task() const = 0;
+  virtual int64_t num_hidden_layers() const = 0;
+  virtual int64_t vocab_size() const = 0;
+  // Full name of the input embedding module ("model.embed_tokens").
+  virtual std::string input_embedding_name() const = 0;
+  // Checkpoint keys that alias another parameter (tied lm_head), written by save but absent from many files.
+  virtual std::vector<std::pair<std::string, std::string>> tied_weights() const { return {}; }
+
+  // The config.json text the model was built from.
+  const std::string& config_json() const { return config_json_; }
+  void set_config_json(std::string text) { config_json_ = std::move(text); }
+  std::string name_or_path() const override { return name_or_path_; }
+  void set_name_or_path(std::string p) { name_or_path_ = std::move(p); }
+
+ private:
+  std::string config_json_;
+  std::string name_or_path_;
+};
+
+// Builds a model (random weights) from config.json text. Throws UnsupportedError for an unknown model_type,
+// listing the supported ones, and ConfigError for missing / invalid config fields.
+std::shared_ptr<PretrainedModel> from_config(const std::string& config_json_text);
+
+struct LoadOptions {
+  // Parameter dtype. Default: float32 (as transformers without torch_dtype).
+  std::optional<c10::ScalarType> dtype;
+  c10::Device device = c10::Device(c10::kCPU);
+};
+
+// Loads a Hugging Face checkpoint folder: config.json + model.safetensors, or a sharded
+// model.safetensors.index.json. Every missing or mis-shaped tensor is reported at once (FormatError /
+// ShapeMismatchError); unexpected tensors are warned about.
+std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir, const LoadOptions& options = {});
+
+// model_type values with a registered family, sorted.
+std::vector<std::string> supported_model_types();
+
+}  // namespace peft::models

@@ -1,0 +1,73 @@
+// The model registry keyed by config.json's model_type, and checkpoint loading.
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+
+#include "families.h"
+#include "peft/error.h"
+#include "peft/io/hf_checkpoint.h"
+#include "peft/models/model.h"
+
+namespace peft::models {
+namespace {
+
+using Factory = std::shared_ptr<PretrainedModel> (*)(const nlohmann::json&);
+
+const std::map<std::string, Factory>& registry() {
+  static const std::map<std::string, Factory> r{
+      {"llama", detail::make_llama}, {"mistral", detail::make_llama}, {"qwen2", detail::make_llama},
+      {"qwen3", detail::make_llama}, {"gpt2", detail::make_gpt2},     {"bert", detail::make_bert},
+      {"roberta", detail::make_bert},
+  };
+  return r;
+}
+
+}  // namespace
+
+std::vector<std::string> supported_model_types() {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : registry()) out.push_back(k);
+  return out;
+}
+
+std::shared_ptr<PretrainedModel> from_config(const std::string& config_json_text) {
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(config_json_text);
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError("config.json", std::string("not valid JSON: ") + e.what());
+  }
+  PEFT_CHECK(config.is_object() && config.contains("model_type") && config["model_type"].is_string(), FormatError,
+             "config.json", "no \"model_type\" string (hint: is this a Hugging Face config.json?)");
+  const std::string type = config["model_type"].get<std::string>();
+  auto it = registry().find(type);
+  if (it == registry().end()) {
+    std::string supported;
+    for (const auto& t : supported_model_types()) {
+      if (!supported.empty()) supported += ", ";
+      supported += t;
+    }
+    throw UnsupportedError("load_pretrained", "model_type \"" + type + "\" is not supported; supported: " + supported);
+  }
+  auto model = it->second(config);
+  model->set_config_json(config_json_text);
+  return model;
+}
+
+std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir, const LoadOptions& options) {
+  auto model = from_config(io::read_config_json(dir));
+  model->set_name_or_path(dir);
+  const auto dtype = options.dtype.value_or(at::kFloat);
+  model->to(options.device, dtype);
+  auto tensors = io::load_checkpoint_tensors(dir);
+  io::load_state_into(*model, tensors, dir, model->tied_weights());
+  model->eval();
+  for (auto& p : model->parameters()) p.set_requires_grad(false);
+  return model;
+}
+
+}  // namespace peft::models
