@@ -149,21 +149,31 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
       find_targets(config, modules, info().default_target_modules(), info().output_embedding_name());
   config.target_modules = targets.resolved_target_modules;
 
-  // modules_to_save: plain suffix match (PEFT's str.endswith, no dot boundary).
+  // modules_to_save: plain suffix match (PEFT's str.endswith, no dot boundary). PEFT wraps the matched module
+  // whole; here every adapter-ready layer in it gets a trainable copy, which gives the same parameters, the
+  // same forward and the same checkpoint keys (<module>.<child>.weight).
   std::vector<std::shared_ptr<nn::LoraLayerImpl>> copies;
   if (config.modules_to_save) {
+    std::set<const nn::LoraLayerImpl*> seen;
     for (const auto& m : modules) {
       if (m.under_adapter) continue;
       for (const auto& entry : *config.modules_to_save) {
         if (m.name.size() < entry.size() || m.name.compare(m.name.size() - entry.size(), entry.size(), entry) != 0) {
           continue;
         }
-        auto it = layer_by_name.find(m.name);
-        PEFT_CHECK(it != layer_by_name.end(), UnsupportedError, "modules_to_save",
+        std::vector<std::shared_ptr<nn::LoraLayerImpl>> found;
+        for (const auto& [lname, layer] : all_layers) {
+          if (lname == m.name || lname.rfind(m.name + ".", 0) == 0) found.push_back(layer);
+        }
+        PEFT_CHECK(!found.empty(), UnsupportedError, "modules_to_save",
                    "module \"" << m.name << "\" matches modules_to_save entry \"" << entry
-                               << "\" but is not an adapter-ready peft::nn layer (hint: build it from "
+                               << "\" but neither is nor contains an adapter-ready peft::nn layer (hint: build it from "
                                   "peft::nn::Linear / Embedding / Conv* so that a trainable copy can replace it)");
-        copies.push_back(it->second);
+        for (auto& layer : found) {
+          PEFT_CHECK(layer->adapter_names().empty() || !layer->has_adapter(adapter_name), UnsupportedError,
+                     "modules_to_save", "module \"" << m.name << "\" already carries LoRA adapter \"" << adapter_name << "\"");
+          if (seen.insert(layer.get()).second) copies.push_back(layer);
+        }
         break;
       }
     }

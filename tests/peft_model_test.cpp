@@ -309,3 +309,48 @@ TEST(PeftModelEmbedding, EmbeddingAdapterKeysAreParameterNames) {
 }
 
 }  // namespace
+
+namespace {
+
+// modules_to_save naming a container (RoBERTa's classification head: dense + out_proj): every adapter-ready
+// layer inside gets a trainable copy, saved under the container's path as PEFT does.
+TEST(PeftModelModulesToSave, ContainerModuleGetsCopiesOfEveryLayer) {
+  struct HeadImpl : torch::nn::Module {
+    HeadImpl() {
+      dense = register_module("dense", peft::nn::Linear(8, 8));
+      out_proj = register_module("out_proj", peft::nn::Linear(8, 2));
+    }
+    peft::nn::Linear dense{nullptr}, out_proj{nullptr};
+  };
+  struct NetImpl : torch::nn::Module {
+    NetImpl() {
+      query = register_module("query", peft::nn::Linear(8, 8));
+      classifier = register_module("classifier", std::make_shared<HeadImpl>());
+    }
+    torch::Tensor forward(const torch::Tensor& x) {
+      return classifier->out_proj(torch::tanh(classifier->dense(query(x))));
+    }
+    peft::nn::Linear query{nullptr};
+    std::shared_ptr<HeadImpl> classifier;
+  };
+  torch::manual_seed(0);
+  auto net = std::make_shared<NetImpl>();
+  auto x = torch::randn({3, 8});
+  LoraConfig c = lin_config({"query"});
+  c.task_type = peft::TaskType::kSeqCls;  // adds "classifier" and "score" to modules_to_save, as PEFT does
+  auto pm = peft::get_peft_model(net, c);
+  EXPECT_EQ(pm->modules_to_save_names("default"), (std::vector<std::string>{"classifier.dense", "classifier.out_proj"}));
+  std::set<std::string> keys;
+  for (const auto& [k, v] : pm->get_peft_model_state_dict("default")) keys.insert(k);
+  EXPECT_TRUE(keys.count("base_model.model.classifier.dense.weight"));
+  EXPECT_TRUE(keys.count("base_model.model.classifier.out_proj.bias"));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [k, t] : net->classifier->out_proj->trainable_copy_tensors("default")) t.add_(0.5);
+  }
+  auto adapted = net->forward(x).detach();
+  pm->merge_and_unload();
+  EXPECT_EQ(compare(net->forward(x), adapted, 1e-5, 1e-5), "");
+}
+
+}  // namespace

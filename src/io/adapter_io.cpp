@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -106,6 +107,18 @@ std::string shape_str(at::IntArrayRef s) {
   return os.str();
 }
 
+// PEFT writes a model card (README.md) at the root of the save directory; it is not needed for loading.
+void write_model_card(const std::string& dir, const LoraConfig& c) {
+  const fs::path p = fs::path(dir) / "README.md";
+  if (fs::exists(p)) return;
+  std::ofstream f(p);
+  f << "---\nlibrary_name: peft\n";
+  if (c.base_model_name_or_path && !c.base_model_name_or_path->empty()) f << "base_model: " << *c.base_model_name_or_path << "\n";
+  f << "tags:\n- lora\n- peft.cpp\n---\n\n# LoRA adapter\n\nWritten by peft.cpp in Hugging Face PEFT's format "
+       "(adapter_config.json + adapter_model.safetensors); load it with `PeftModel.from_pretrained` in Python or "
+       "`peft::PeftModel::from_pretrained` in C++.\n";
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, at::Tensor>> PeftModel::get_peft_model_state_dict(const std::string& adapter) const {
@@ -184,6 +197,7 @@ void PeftModel::save_pretrained(const std::string& dir, std::optional<std::vecto
                                info().parent_library() + "\"}"};
     }
     c.peft_version = io::kPeftVersion;
+    write_model_card(dir, c);
     io::save_safetensors((fs::path(out) / io::kAdapterWeightsName).string(), get_peft_model_state_dict(a),
                          {{"format", "pt"}});
     save_lora_config(c, (fs::path(out) / io::kAdapterConfigName).string());

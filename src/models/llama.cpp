@@ -1,12 +1,369 @@
-// Placeholder until the family lands: the registry lists it, construction reports it as not yet available.
+// Llama, Mistral, Qwen2 and Qwen3 causal LMs (one decoder with per-family switches), built from
+// peft::nn layers under transformers' module names. Counterparts: LlamaForCausalLM,
+// MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+// (transformers/models/<type>/modeling_<type>.py).
+#include <ATen/ATen.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/types.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "attention.h"
+#include "config_reader.h"
 #include "families.h"
 #include "peft/error.h"
+#include "peft/lora/embedding.h"
+#include "peft/lora/linear.h"
+#include "rope.h"
 
 namespace peft::models::detail {
+namespace {
+
+// What the four families differ in, resolved from config.json once.
+struct LlamaSettings {
+  std::string model_type;
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;
+  int64_t head_dim = 0;
+  double rms_norm_eps = 1e-6;
+  bool qkv_bias = false;  // llama / qwen3: attention_bias; qwen2: always; mistral: never
+  bool o_bias = false;    // llama / qwen3: attention_bias
+  bool mlp_bias = false;  // llama: mlp_bias
+  bool qk_norm = false;   // qwen3: RMSNorm over head_dim on q and k before RoPE
+  bool tie_word_embeddings = false;
+  std::optional<int64_t> padding_idx;  // config.pad_token_id when inside the vocabulary
+  std::vector<std::optional<int64_t>> sliding_window;  // per layer; nullopt = full causal attention
+  RotaryEmbedding rope;
+};
+
+const std::map<std::string, std::string>& class_names() {
+  static const std::map<std::string, std::string> names{{"llama", "LlamaForCausalLM"},
+                                                        {"mistral", "MistralForCausalLM"},
+                                                        {"qwen2", "Qwen2ForCausalLM"},
+                                                        {"qwen3", "Qwen3ForCausalLM"}};
+  return names;
+}
+
+int64_t positive(const ConfigReader& c, const std::string& type, const std::string& key) {
+  const auto v = c.get<int64_t>(key);
+  PEFT_CHECK(v > 0, ConfigError, "config.json",
+             type << " config field \"" << key << "\" must be positive; got " << v);
+  return v;
+}
+
+// Per-layer sliding windows. Mistral: config.sliding_window on every layer (absent =
+// MistralConfig's 4096, null = none). Qwen2 / Qwen3: layer_types when given, else
+// use_sliding_window for layers >= max_window_layers.
+std::vector<std::optional<int64_t>> read_sliding_windows(const ConfigReader& c,
+                                                         const std::string& type, int64_t layers) {
+  std::vector<std::optional<int64_t>> out(static_cast<size_t>(layers));
+  if (type == "llama") return out;
+  std::optional<int64_t> window;
+  if (c.has("sliding_window")) {
+    window = c.get<int64_t>("sliding_window");
+  } else if (type == "mistral" && !c.json().contains("sliding_window")) {
+    window = 4096;
+  }
+  PEFT_CHECK(!window || *window > 0, ConfigError, "config.json",
+             type << " config field \"sliding_window\" must be positive or null; got " << *window);
+  if (!window) return out;
+  if (type == "mistral") {
+    std::fill(out.begin(), out.end(), window);
+    return out;
+  }
+  if (c.has("layer_types")) {
+    const auto types = c.get<std::vector<std::string>>("layer_types");
+    PEFT_CHECK(static_cast<int64_t>(types.size()) == layers, ConfigError, "config.json",
+               type << " config field \"layer_types\" has " << types.size()
+                    << " entries; expected num_hidden_layers = " << layers);
+    for (size_t i = 0; i < types.size(); ++i) {
+      PEFT_CHECK(types[i] == "sliding_attention" || types[i] == "full_attention", ConfigError,
+                 "config.json",
+                 type << " config field \"layer_types\"[" << i << "] is \"" << types[i]
+                      << "\"; expected \"sliding_attention\" or \"full_attention\"");
+      if (types[i] == "sliding_attention") out[i] = window;
+    }
+    return out;
+  }
+  if (c.get<bool>("use_sliding_window", false)) {
+    const auto first = c.get<int64_t>("max_window_layers", 28);
+    for (int64_t i = std::max<int64_t>(first, 0); i < layers; ++i)
+      out[static_cast<size_t>(i)] = window;
+  }
+  return out;
+}
+
+LlamaSettings read_settings(const nlohmann::json& config) {
+  LlamaSettings s;
+  s.model_type = config.at("model_type").get<std::string>();
+  const std::string& t = s.model_type;
+  ConfigReader c(config, t);
+  s.vocab_size = positive(c, t, "vocab_size");
+  s.hidden_size = positive(c, t, "hidden_size");
+  s.intermediate_size = positive(c, t, "intermediate_size");
+  s.num_hidden_layers = positive(c, t, "num_hidden_layers");
+  s.num_attention_heads = positive(c, t, "num_attention_heads");
+  s.num_key_value_heads =
+      c.has("num_key_value_heads") ? positive(c, t, "num_key_value_heads") : s.num_attention_heads;
+  PEFT_CHECK(s.num_attention_heads % s.num_key_value_heads == 0, ConfigError, "config.json",
+             t << " config field \"num_key_value_heads\" (" << s.num_key_value_heads
+               << ") must divide num_attention_heads (" << s.num_attention_heads << ")");
+  if (c.has("head_dim")) {
+    s.head_dim = positive(c, t, "head_dim");
+  } else {
+    PEFT_CHECK(s.hidden_size % s.num_attention_heads == 0, ConfigError, "config.json",
+               t << " config field \"hidden_size\" (" << s.hidden_size
+                 << ") is not divisible by num_attention_heads (" << s.num_attention_heads
+                 << ") and no head_dim is given");
+    s.head_dim = s.hidden_size / s.num_attention_heads;
+  }
+  s.rms_norm_eps = c.get<double>("rms_norm_eps", 1e-6);
+  PEFT_CHECK(s.rms_norm_eps > 0, ConfigError, "config.json",
+             t << " config field \"rms_norm_eps\" must be positive; got " << s.rms_norm_eps);
+  const auto act = c.get<std::string>("hidden_act", "silu");
+  PEFT_CHECK(act == "silu" || act == "swish", UnsupportedError, "config.json",
+             t << " config field \"hidden_act\" is \"" << act << "\"; supported: silu, swish");
+  const bool attention_bias = c.get<bool>("attention_bias", false);
+  if (t == "llama" || t == "qwen3") s.qkv_bias = s.o_bias = attention_bias;
+  if (t == "qwen2") s.qkv_bias = true;
+  if (t == "llama") s.mlp_bias = c.get<bool>("mlp_bias", false);
+  s.qk_norm = t == "qwen3";
+  s.tie_word_embeddings = c.get<bool>("tie_word_embeddings", false);
+  if (auto pad = c.optional<int64_t>("pad_token_id"); pad && *pad >= 0 && *pad < s.vocab_size)
+    s.padding_idx = pad;
+  s.sliding_window = read_sliding_windows(c, t, s.num_hidden_layers);
+  s.rope = make_rotary_embedding(c, s.head_dim);
+  return s;
+}
+
+// lm_head whose weight is embed_tokens' weight: the same Tensor registered under both names, so one
+// copy exists and model->to(...) / the loader / merging see a single tensor.
+class TiedLinearImpl : public peft::nn::LinearImpl {
+ public:
+  explicit TiedLinearImpl(const at::Tensor& shared)
+      : LinearImpl(peft::nn::LayerKind::kLinear, shared.size(1), shared.size(0), false, false) {
+    parameters_["weight"] = shared;
+    weight() = shared;
+  }
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const LlamaSettings& s)
+      : heads_(s.num_attention_heads), kv_heads_(s.num_key_value_heads), head_dim_(s.head_dim) {
+    q_proj =
+        register_module("q_proj", peft::nn::Linear(s.hidden_size, heads_ * head_dim_, s.qkv_bias));
+    k_proj = register_module("k_proj",
+                             peft::nn::Linear(s.hidden_size, kv_heads_ * head_dim_, s.qkv_bias));
+    v_proj = register_module("v_proj",
+                             peft::nn::Linear(s.hidden_size, kv_heads_ * head_dim_, s.qkv_bias));
+    o_proj =
+        register_module("o_proj", peft::nn::Linear(heads_ * head_dim_, s.hidden_size, s.o_bias));
+    if (s.qk_norm) {
+      q_norm = register_module("q_norm", RMSNorm(head_dim_, s.rms_norm_eps));
+      k_norm = register_module("k_norm", RMSNorm(head_dim_, s.rms_norm_eps));
+    }
+  }
+
+  // x: (batch, seq, hidden); cos/sin: (batch, seq, head_dim). Appends this layer's k/v to cache
+  // when given.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& allowed, KVCache* cache, size_t layer) {
+    const int64_t batch = x.size(0), seq = x.size(1);
+    at::Tensor q = q_proj->forward(x).view({batch, seq, heads_, head_dim_});
+    at::Tensor k = k_proj->forward(x).view({batch, seq, kv_heads_, head_dim_});
+    at::Tensor v = v_proj->forward(x).view({batch, seq, kv_heads_, head_dim_}).transpose(1, 2);
+    if (q_norm) {
+      q = q_norm->forward(q);
+      k = k_norm->forward(k);
+    }
+    q = apply_rotary(q.transpose(1, 2), cos, sin);  // (batch, heads, seq, head_dim)
+    k = apply_rotary(k.transpose(1, 2), cos, sin);  // (batch, kv_heads, seq, head_dim)
+    if (cache) {
+      if (cache->keys[layer].defined()) {
+        k = at::cat({cache->keys[layer], k}, 2);
+        v = at::cat({cache->values[layer], v}, 2);
+      }
+      cache->keys[layer] = k;
+      cache->values[layer] = v;
+    }
+    at::Tensor out =
+        eager_attention(q, k, v, allowed, 1.0 / std::sqrt(static_cast<double>(head_dim_)));
+    return o_proj->forward(out.transpose(1, 2).reshape({batch, seq, heads_ * head_dim_}));
+  }
+
+  peft::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+};
+TORCH_MODULE(Attention);
+
+// SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x)).
+class MlpImpl : public torch::nn::Module {
+ public:
+  explicit MlpImpl(const LlamaSettings& s) {
+    gate_proj = register_module("gate_proj",
+                                peft::nn::Linear(s.hidden_size, s.intermediate_size, s.mlp_bias));
+    up_proj = register_module("up_proj",
+                              peft::nn::Linear(s.hidden_size, s.intermediate_size, s.mlp_bias));
+    down_proj = register_module("down_proj",
+                                peft::nn::Linear(s.intermediate_size, s.hidden_size, s.mlp_bias));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    return down_proj->forward(at::silu(gate_proj->forward(x)) * up_proj->forward(x));
+  }
+  peft::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  explicit DecoderLayerImpl(const LlamaSettings& s) {
+    self_attn = register_module("self_attn", Attention(s));
+    mlp = register_module("mlp", Mlp(s));
+    input_layernorm = register_module("input_layernorm", RMSNorm(s.hidden_size, s.rms_norm_eps));
+    post_attention_layernorm =
+        register_module("post_attention_layernorm", RMSNorm(s.hidden_size, s.rms_norm_eps));
+  }
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     const at::Tensor& allowed, KVCache* cache, size_t layer) {
+    at::Tensor h =
+        x + self_attn->forward(input_layernorm->forward(x), cos, sin, allowed, cache, layer);
+    return h + mlp->forward(post_attention_layernorm->forward(h));
+  }
+  Attention self_attn{nullptr};
+  Mlp mlp{nullptr};
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+// transformers' LlamaModel: embed_tokens, layers, norm.
+class BackboneImpl : public torch::nn::Module {
+ public:
+  explicit BackboneImpl(const LlamaSettings& s) {
+    embed_tokens = register_module("embed_tokens",
+                                   peft::nn::Embedding(s.vocab_size, s.hidden_size, s.padding_idx));
+    auto list = register_module("layers", torch::nn::ModuleList());
+    for (int64_t i = 0; i < s.num_hidden_layers; ++i) {
+      layers.push_back(DecoderLayer(s));
+      list->push_back(layers.back());
+    }
+    norm = register_module("norm", RMSNorm(s.hidden_size, s.rms_norm_eps));
+  }
+  peft::nn::Embedding embed_tokens{nullptr};
+  std::vector<DecoderLayer> layers;
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(Backbone);
+
+class LlamaForCausalLM : public PretrainedModel {
+ public:
+  explicit LlamaForCausalLM(LlamaSettings s) : s_(std::move(s)) {
+    model_ = register_module("model", Backbone(s_));
+    if (s_.tie_word_embeddings) {
+      lm_head_ = register_module("lm_head",
+                                 std::make_shared<TiedLinearImpl>(model_->embed_tokens->weight()));
+    } else {
+      lm_head_ = register_module(
+          "lm_head", std::make_shared<peft::nn::LinearImpl>(s_.hidden_size, s_.vocab_size, false));
+    }
+  }
+
+  at::Tensor forward(const ForwardInput& input) override;
+
+  ModelTask task() const override { return ModelTask::kCausalLm; }
+  int64_t num_hidden_layers() const override { return s_.num_hidden_layers; }
+  int64_t vocab_size() const override { return s_.vocab_size; }
+  std::string input_embedding_name() const override { return "model.embed_tokens"; }
+  std::vector<std::pair<std::string, std::string>> tied_weights() const override {
+    if (!s_.tie_word_embeddings) return {};
+    return {{"lm_head.weight", "model.embed_tokens.weight"}};
+  }
+  std::string model_type() const override { return s_.model_type; }
+  std::string class_name() const override { return class_names().at(s_.model_type); }
+  std::string parent_library() const override {
+    return "transformers.models." + s_.model_type + ".modeling_" + s_.model_type;
+  }
+  std::vector<std::string> default_target_modules() const override { return {"q_proj", "v_proj"}; }
+  std::string output_embedding_name() const override { return "lm_head"; }
+
+ private:
+  LlamaSettings s_;
+  Backbone model_{nullptr};
+  std::shared_ptr<peft::nn::LinearImpl> lm_head_;
+};
+
+at::Tensor LlamaForCausalLM::forward(const ForwardInput& input) {
+  const at::Tensor& ids = input.input_ids;
+  PEFT_CHECK(ids.defined() && ids.dim() == 2 && ids.scalar_type() == at::kLong, ShapeMismatchError,
+             class_name(), "input_ids must be an int64 tensor (batch, seq)");
+  PEFT_CHECK(
+      !input.token_type_ids.defined(), UnsupportedError, class_name(),
+      "token_type_ids are not used by " << s_.model_type << " models (hint: leave them undefined)");
+  const int64_t batch = ids.size(0), seq = ids.size(1);
+  KVCache* cache = input.cache;
+  const int64_t cached = cache ? cache->length() : 0;
+  if (cache) {
+    const auto layers = static_cast<size_t>(s_.num_hidden_layers);
+    if (cache->keys.empty()) {
+      cache->keys.resize(layers);
+      cache->values.resize(layers);
+    }
+    PEFT_CHECK(cache->keys.size() == layers && cache->values.size() == layers, ShapeMismatchError,
+               class_name(),
+               "the KV cache has " << cache->keys.size() << " layers; the model has " << layers
+                                   << " (hint: one KVCache per model and sequence batch)");
+    PEFT_CHECK(cached == 0 || cache->keys.front().size(0) == batch, ShapeMismatchError,
+               class_name(),
+               "the KV cache holds batch " << cache->keys.front().size(0)
+                                           << "; input_ids has batch " << batch);
+  }
+  const int64_t total = cached + seq;
+  const at::Tensor& mask = input.attention_mask;
+  at::Tensor position_ids;
+  if (mask.defined()) {
+    PEFT_CHECK(mask.dim() == 2 && mask.size(0) == batch && mask.size(1) == total,
+               ShapeMismatchError, class_name(),
+               "attention_mask has shape " << mask.sizes() << "; expected (batch, cached + seq) = ("
+                                           << batch << ", " << total << ")");
+    // As generate() does: left padding shifts positions so every row's first real token is at
+    // position 0.
+    position_ids =
+        (mask.to(ids.device(), at::kLong).cumsum(-1) - 1).clamp_min(0).narrow(1, cached, seq);
+  } else {
+    position_ids = at::arange(cached, total, ids.options()).unsqueeze(0).expand({batch, seq});
+  }
+
+  at::Tensor h = model_->embed_tokens->forward(ids);
+  auto [cos, sin] = rotary_cos_sin(s_.rope, position_ids, h.scalar_type());
+  // One mask per distinct sliding window (nullopt = full causal), built on first use.
+  std::vector<std::pair<std::optional<int64_t>, at::Tensor>> masks;
+  auto allowed_for = [&](const std::optional<int64_t>& window) -> at::Tensor {
+    for (const auto& [w, m] : masks) {
+      if (w == window) return m;
+    }
+    masks.emplace_back(window, attention_allowed(batch, seq, cached, mask, window, h.device()));
+    return masks.back().second;
+  };
+  for (size_t i = 0; i < model_->layers.size(); ++i) {
+    h = model_->layers[i]->forward(h, cos, sin, allowed_for(s_.sliding_window[i]), cache, i);
+  }
+  return lm_head_->forward(model_->norm->forward(h));
+}
+
+}  // namespace
 
 std::shared_ptr<PretrainedModel> make_llama(const nlohmann::json& config) {
-  throw UnsupportedError("load_pretrained", "model_type \"" + config.value("model_type", std::string("?")) +
-                                                "\" is registered but its implementation is not built yet");
+  return std::make_shared<LlamaForCausalLM>(read_settings(config));
 }
 
 }  // namespace peft::models::detail

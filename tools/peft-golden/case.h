@@ -8,6 +8,10 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+namespace peft {
+class PeftModel;
+}  // namespace peft
+
 namespace peft::golden {
 
 struct CaseResult {
@@ -32,6 +36,10 @@ CaseResult compare_tensors(const Case& c, const Producer& produce);
 
 CaseResult run_layer_case(const Case& c);
 CaseResult run_targeting_case(const Case& c);
+CaseResult run_model_case(const Case& c);
+
+// Saves the adapters of `pm` as listed in the case's expected.json and compares the files.
+CaseResult compare_saved_layout(const Case& c, const PeftModel& pm);
 
 inline CaseResult skip(const std::string& why) { return {CaseResult::Status::kSkip, 0.0, why}; }
 inline CaseResult fail(const std::string& why) { return {CaseResult::Status::kFail, 0.0, why}; }

@@ -23,7 +23,7 @@ CaseResult run_case(const Case& c) {
   const std::string kind = c.spec.value("kind", "");
   if (kind == "layer") return peft::golden::run_layer_case(c);
   if (kind == "targeting") return peft::golden::run_targeting_case(c);
-  if (kind == "model") return peft::golden::skip("transformers models: the model zoo issue");
+  if (kind == "model") return peft::golden::run_model_case(c);
   if (kind == "combine") return peft::golden::skip("add_weighted_adapter: the composition issue");
   if (kind == "init") return peft::golden::skip("PiSSA/OLoRA/orthogonal inits: the initialisations issue");
   if (kind == "train") return peft::golden::skip("training: the training issue");

@@ -1,0 +1,175 @@
+// End-to-end tests of the `peft` command on the golden tiny Llama (a transformers checkpoint + PEFT adapter).
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "peft/io/safetensors.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using peft::test::compare;
+
+namespace {
+
+struct Run {
+  int code;
+  std::string output;  // stdout + stderr
+};
+
+Run peft_cli(const std::string& args) {
+  const std::string cmd = std::string(PEFT_CLI_PATH) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return {-1, "popen failed"};
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+
+class PeftCli : public ::testing::Test {
+ protected:
+  fs::path case_dir = peft::test::fixture("golden/model-llama");
+  fs::path base = case_dir / "base";
+  fs::path adapter = case_dir / "adapter";
+  fs::path inputs = case_dir / "inputs.safetensors";
+  peft::test::TempDir tmp;
+
+  torch::Tensor expected(const std::string& name) {
+    return peft::io::SafetensorsFile((case_dir / "expected.safetensors").string()).get(name);
+  }
+  torch::Tensor logits(const fs::path& file) { return peft::io::SafetensorsFile(file.string()).get("logits"); }
+};
+
+TEST_F(PeftCli, HelpListsEveryVerb) {
+  auto r = peft_cli("--help");
+  EXPECT_EQ(r.code, 0) << r.output;
+  for (const char* verb : {"inspect", "logits", "merge", "generate"}) EXPECT_NE(r.output.find(verb), std::string::npos);
+  auto v = peft_cli("logits --help");
+  EXPECT_EQ(v.code, 0);
+  EXPECT_NE(v.output.find("--input-ids"), std::string::npos);
+}
+
+TEST_F(PeftCli, InspectShowsTargetsAndPeftsParameterLine) {
+  auto r = peft_cli("inspect --model " + q(base) + " --adapter " + q(adapter));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("model.layers.1.self_attn.v_proj"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("trainable params: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(" || all params: "), std::string::npos) << r.output;
+
+  peft::test::write_file(tmp.str("lora.json"), R"({"r": 8, "lora_alpha": 16, "target_modules": "all-linear"})");
+  auto j = peft_cli("inspect --json --model " + q(base) + " --config " + q(tmp.path() / "lora.json"));
+  ASSERT_EQ(j.code, 0) << j.output;
+  auto out = nlohmann::json::parse(j.output);
+  EXPECT_EQ(out["model_type"], "llama");
+  EXPECT_EQ(out["targeted_modules"].size(), 14u);  // 2 layers x 7 linears; lm_head excluded as PEFT does
+  EXPECT_EQ(out["targeted_modules"][0]["scaling"].get<double>(), 2.0);
+}
+
+TEST_F(PeftCli, LogitsMatchPeftWithAndWithoutMerging) {
+  auto r = peft_cli("logits --model " + q(base) + " --adapter " + q(adapter) + " --input-ids " + q(inputs) +
+                    " --out " + q(tmp.path() / "a.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(compare(logits(tmp.path() / "a.safetensors"), expected("logits_adapter"), 1e-4, 1e-4), "");
+  auto m = peft_cli("logits --merge --model " + q(base) + " --adapter " + q(adapter) + " --input-ids " + q(inputs) +
+                    " --out " + q(tmp.path() / "m.safetensors"));
+  ASSERT_EQ(m.code, 0) << m.output;
+  EXPECT_EQ(compare(logits(tmp.path() / "m.safetensors"), logits(tmp.path() / "a.safetensors"), 1e-4, 1e-4), "");
+  auto b = peft_cli("logits --model " + q(base) + " --input-ids " + q(inputs) + " --out " + q(tmp.path() / "b.safetensors"));
+  ASSERT_EQ(b.code, 0) << b.output;
+  EXPECT_EQ(compare(logits(tmp.path() / "b.safetensors"), expected("logits_base"), 1e-4, 1e-4), "");
+}
+
+TEST_F(PeftCli, MergeWritesACheckpointWhoseLogitsEqualTheUnmergedOnes) {
+  const fs::path out = tmp.path() / "merged";
+  auto r = peft_cli("merge --model " + q(base) + " --adapter " + q(adapter) + " --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(out / "config.json"));
+  EXPECT_TRUE(fs::exists(out / "generation_config.json"));
+  EXPECT_TRUE(fs::exists(out / "model.safetensors"));
+  auto l = peft_cli("logits --model " + q(out) + " --input-ids " + q(inputs) + " --out " + q(tmp.path() / "l.safetensors"));
+  ASSERT_EQ(l.code, 0) << l.output;
+  EXPECT_EQ(compare(logits(tmp.path() / "l.safetensors"), expected("logits_adapter"), 1e-4, 1e-4), "");
+  // The merged checkpoint has no LoRA keys, only the base names.
+  peft::io::SafetensorsFile f((out / "model.safetensors").string());
+  for (const auto& k : f.keys()) EXPECT_EQ(k.find("lora"), std::string::npos) << k;
+}
+
+TEST_F(PeftCli, GenerateStreamsAContinuation) {
+  // The golden model has no tokenizer: give it a byte-level one over its 256-token vocabulary.
+  const fs::path model = tmp.path() / "model";
+  fs::create_directories(model);
+  for (const auto& e : fs::directory_iterator(base)) fs::copy_file(e.path(), model / e.path().filename());
+  nlohmann::json vocab = nlohmann::json::object();
+  // GPT-2's byte-to-unicode table: printable bytes map to themselves, the others to 256 + n.
+  int n = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    const int cp = printable ? b : 256 + n++;
+    std::string s;
+    if (cp < 0x80) {
+      s.push_back(static_cast<char>(cp));
+    } else {
+      s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+    vocab[s] = b;
+  }
+  nlohmann::json tok = {{"version", "1.0"},
+                        {"added_tokens", nlohmann::json::array()},
+                        {"normalizer", nullptr},
+                        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+                        {"post_processor", nullptr},
+                        {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+                        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  peft::test::write_file((model / "tokenizer.json").string(), tok.dump());
+  auto r = peft_cli("generate --model " + q(model) + " --adapter " + q(adapter) +
+                    " --prompt 'Hello' --max-new-tokens 8 --stop-token 255");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("Hello", 0), 0u) << r.output;
+  // Greedy decoding is deterministic.
+  auto again = peft_cli("generate --model " + q(model) + " --adapter " + q(adapter) +
+                        " --prompt 'Hello' --max-new-tokens 8 --stop-token 255");
+  EXPECT_EQ(again.output, r.output);
+  // An out-of-vocabulary stop token is a configuration error (exit 2) reported before any output.
+  auto bad = peft_cli("generate --model " + q(model) + " --prompt 'Hello' --stop-token 300");
+  EXPECT_EQ(bad.code, 2) << bad.output;
+  EXPECT_EQ(bad.output.rfind("error: ", 0), 0u) << bad.output;
+}
+
+TEST_F(PeftCli, BadInputGivesOneErrorLineAndExitCode) {
+  auto missing = peft_cli("inspect --model " + q(tmp.path() / "nope"));
+  EXPECT_EQ(missing.code, 1) << missing.output;
+  EXPECT_EQ(missing.output.rfind("error: ", 0), 0u) << missing.output;
+  EXPECT_NE(missing.output.find("nope"), std::string::npos);
+
+  const fs::path unknown = tmp.path() / "unknown";
+  fs::create_directories(unknown);
+  peft::test::write_file((unknown / "config.json").string(), R"({"model_type": "t5"})");
+  auto arch = peft_cli("inspect --model " + q(unknown));
+  EXPECT_EQ(arch.code, 1) << arch.output;
+  EXPECT_NE(arch.output.find("\"t5\" is not supported"), std::string::npos) << arch.output;
+  EXPECT_NE(arch.output.find("llama"), std::string::npos) << arch.output;  // lists the supported ones
+
+  // An adapter trained for another model (BERT's query/value on Llama).
+  auto other = peft_cli("logits --model " + q(base) + " --adapter " +
+                        q(peft::test::fixture("golden/model-bert-seqcls/adapter")) + " --input-ids " + q(inputs) +
+                        " --out " + q(tmp.path() / "x.safetensors"));
+  EXPECT_EQ(other.code, 1) << other.output;
+  EXPECT_NE(other.output.find("not found in the base model"), std::string::npos) << other.output;
+
+  auto usage = peft_cli("logits --input-ids x --out y");
+  EXPECT_EQ(usage.code, 2) << usage.output;
+  EXPECT_EQ(usage.output.rfind("error: ", 0), 0u) << usage.output;
+  auto dtype = peft_cli("inspect --model " + q(base) + " --dtype int3");
+  EXPECT_EQ(dtype.code, 2) << dtype.output;
+}
+
+}  // namespace

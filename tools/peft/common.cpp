@@ -1,0 +1,58 @@
+#include "common.h"
+
+#include <filesystem>
+#include <set>
+
+#include "peft/error.h"
+#include "peft/runtime.h"
+
+namespace peft::cli {
+
+void add_model_options(CLI::App* verb, ModelOptions& options) {
+  verb->add_option("--model", options.model_dir, "Hugging Face model folder (config.json + safetensors)")->required();
+  verb->add_option("--dtype", options.dtype, "parameter dtype: float32 | bfloat16 | float16")->capture_default_str();
+  verb->add_option("--threads", options.threads, "intra-op threads (default: all cores)");
+}
+
+c10::ScalarType parse_dtype(const std::string& name) {
+  if (name == "float32" || name == "fp32") return c10::kFloat;
+  if (name == "bfloat16" || name == "bf16") return c10::kBFloat16;
+  if (name == "float16" || name == "fp16") return c10::kHalf;
+  throw ConfigError("--dtype", "unknown dtype \"" + name + "\"; expected float32, bfloat16 or float16");
+}
+
+std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options) {
+  set_num_threads(options.threads);
+  models::LoadOptions lo;
+  lo.dtype = parse_dtype(options.dtype);
+  return models::load_pretrained(options.model_dir, lo);
+}
+
+std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::PretrainedModel>& model,
+                                         const std::vector<std::string>& dirs, bool is_trainable) {
+  if (dirs.empty()) return nullptr;
+  std::shared_ptr<PeftModel> pm;
+  std::set<std::string> used;
+  std::vector<std::string> names;
+  for (size_t i = 0; i < dirs.size(); ++i) {
+    std::string name = "default";
+    if (i > 0) {
+      name = std::filesystem::path(dirs[i]).lexically_normal().filename().string();
+      if (name.empty()) name = std::filesystem::path(dirs[i]).lexically_normal().parent_path().filename().string();
+      if (name.empty() || name == "default") name = "adapter";
+      std::string base = name;
+      for (int k = 2; used.count(name); ++k) name = base + "_" + std::to_string(k);
+    }
+    used.insert(name);
+    names.push_back(name);
+    if (!pm) {
+      pm = PeftModel::from_pretrained(model, dirs[i], name, is_trainable);
+    } else {
+      pm->load_adapter(dirs[i], name, is_trainable);
+    }
+  }
+  pm->set_adapters(names, !is_trainable);
+  return pm;
+}
+
+}  // namespace peft::cli

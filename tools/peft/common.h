@@ -1,0 +1,40 @@
+// Shared plumbing of the `peft` verbs: model / adapter options, loading, dtype parsing.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "peft/models/model.h"
+#include "peft/peft_model.h"
+
+namespace peft::cli {
+
+struct ModelOptions {
+  std::string model_dir;
+  std::string dtype = "float32";
+  int threads = 0;
+};
+
+// --model DIR, --dtype, --threads.
+void add_model_options(CLI::App* verb, ModelOptions& options);
+// Sets the thread count and loads the checkpoint.
+std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options);
+
+// Loads adapter folders onto `model`: the first as "default", the others under their folder names (made
+// unique). All become active (outputs summed) when `activate_all`. Returns nullptr when `dirs` is empty.
+std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::PretrainedModel>& model,
+                                         const std::vector<std::string>& dirs, bool is_trainable = false);
+
+// "float32" | "bfloat16" | "float16" (also fp32 / bf16 / fp16); ConfigError listing them otherwise.
+c10::ScalarType parse_dtype(const std::string& name);
+
+// Verb registration: each adds its subcommand with a callback to `app`.
+void register_inspect(CLI::App& app);
+void register_logits(CLI::App& app);
+void register_merge(CLI::App& app);
+void register_generate(CLI::App& app);
+
+}  // namespace peft::cli

@@ -1,0 +1,99 @@
+// peft generate --model DIR [--adapter DIR] --prompt TEXT [sampling flags]: streams the continuation.
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "common.h"
+#include "peft/error.h"
+#include "peft/generate.h"
+#include "peft/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace peft::cli {
+namespace {
+
+struct GenerateOptions {
+  ModelOptions model;
+  std::vector<std::string> adapters;
+  std::string prompt;
+  GenerationConfig gen;
+  std::vector<int64_t> stop_tokens;
+  bool no_special_tokens = false;
+};
+
+// eos_token_id from generation_config.json, else config.json (an int or a list).
+std::vector<int64_t> eos_ids(const std::string& dir) {
+  for (const char* file : {"generation_config.json", "config.json"}) {
+    std::ifstream f(fs::path(dir) / file);
+    if (!f.good()) continue;
+    auto j = nlohmann::json::parse(f, nullptr, false);
+    if (j.is_discarded() || !j.contains("eos_token_id")) continue;
+    const auto& e = j["eos_token_id"];
+    if (e.is_number_integer()) return {e.get<int64_t>()};
+    if (e.is_array()) return e.get<std::vector<int64_t>>();
+  }
+  return {};
+}
+
+void run(GenerateOptions o) {
+  auto model = load_model(o.model);
+  auto pm = load_adapters(model, o.adapters);
+  Tokenizer tok = Tokenizer::from_dir(o.model.model_dir);
+  std::vector<int64_t> prompt = tok.encode(o.prompt, !o.no_special_tokens);
+  PEFT_CHECK(!prompt.empty(), ConfigError, "generate", "the prompt encodes to no tokens");
+  std::set<int64_t> stops(o.stop_tokens.begin(), o.stop_tokens.end());
+  if (o.stop_tokens.empty()) {
+    for (int64_t id : eos_ids(o.model.model_dir)) stops.insert(id);
+    if (tok.eos_token_id()) stops.insert(*tok.eos_token_id());
+  }
+  o.gen.eos_token_ids.assign(stops.begin(), stops.end());
+  if (!o.gen.pad_token_id && tok.pad_token_id()) o.gen.pad_token_id = tok.pad_token_id();
+  std::vector<int64_t> generated;
+  std::string printed;
+  bool started = false;  // the prompt is echoed once generation is under way (errors come first)
+  torch::NoGradGuard no_grad;
+  generate(*model, {prompt}, o.gen, [&](size_t, int64_t token) {
+    if (!started) {
+      std::cout << o.prompt << std::flush;
+      started = true;
+    }
+    if (stops.count(token)) return;
+    generated.push_back(token);
+    // Decode everything so far and print the new suffix: a token may complete a multi-byte character.
+    std::string text = tok.decode(generated, /*skip_special_tokens=*/true);
+    if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
+      std::cout << text.substr(printed.size()) << std::flush;
+      printed = text;
+    }
+  });
+  if (!started) std::cout << o.prompt;
+  std::cout << "\n";
+}
+
+}  // namespace
+
+void register_generate(CLI::App& app) {
+  auto o = std::make_shared<GenerateOptions>();
+  auto* verb = app.add_subcommand("generate", "generate text from a prompt, streaming tokens as they come");
+  add_model_options(verb, o->model);
+  verb->add_option("--adapter", o->adapters, "PEFT adapter folder (repeatable: all active)");
+  verb->add_option("--prompt", o->prompt, "prompt text")->required();
+  verb->add_option("--max-new-tokens", o->gen.max_new_tokens, "tokens to generate at most")->capture_default_str();
+  verb->add_flag("--do-sample", o->gen.do_sample, "sample instead of greedy decoding");
+  verb->add_option("--temperature", o->gen.temperature, "sampling temperature")->capture_default_str();
+  verb->add_option("--top-k", o->gen.top_k, "keep the k most likely tokens (0: off)")->capture_default_str();
+  verb->add_option("--top-p", o->gen.top_p, "nucleus sampling mass (1: off)")->capture_default_str();
+  verb->add_option("--repetition-penalty", o->gen.repetition_penalty, "transformers' repetition penalty")
+      ->capture_default_str();
+  verb->add_option("--seed", o->gen.seed, "sampling seed")->capture_default_str();
+  verb->add_option("--stop-token", o->stop_tokens, "stop token id (repeatable; default: the model's eos ids)");
+  verb->add_flag("--no-special-tokens", o->no_special_tokens, "do not add BOS / template tokens to the prompt");
+  verb->callback([o] { run(*o); });
+}
+
+}  // namespace peft::cli

@@ -1,0 +1,72 @@
+// peft merge --model DIR --adapter DIR --out DIR: a Hugging Face checkpoint folder with the adapter merged in
+// (config, tokenizer files and generation config copied), loadable by --model here and by transformers.
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include "common.h"
+#include "peft/error.h"
+#include "peft/io/hf_checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace peft::cli {
+namespace {
+
+struct MergeOptions {
+  ModelOptions model;
+  std::vector<std::string> adapters;
+  std::string out_dir;
+  bool safe_merge = false;
+};
+
+// Files of a model folder that are not weights, copied as they are.
+bool is_side_file(const std::string& name) {
+  static const char* names[] = {"config.json",       "generation_config.json", "tokenizer.json",   "tokenizer_config.json",
+                                "tokenizer.model",   "special_tokens_map.json", "vocab.json",      "vocab.txt",
+                                "merges.txt",        "added_tokens.json",       "chat_template.jinja"};
+  for (const char* n : names) {
+    if (name == n) return true;
+  }
+  return false;
+}
+
+void run(const MergeOptions& o) {
+  PEFT_CHECK(!o.adapters.empty(), ConfigError, "merge", "--adapter is required");
+  PEFT_CHECK(fs::absolute(o.out_dir).lexically_normal() != fs::absolute(o.model.model_dir).lexically_normal(),
+             ConfigError, "merge", "--out must differ from --model (the base checkpoint is never overwritten)");
+  auto model = load_model(o.model);
+  auto pm = load_adapters(model, o.adapters);
+  pm->merge_and_unload(o.safe_merge);
+  // Tied weights that still share storage are written once, as transformers does.
+  std::vector<std::string> skip;
+  auto params = model->named_parameters();
+  for (const auto& [key, source] : model->tied_weights()) {
+    if (params.contains(key) && params.contains(source) && params[key].is_same(params[source])) skip.push_back(key);
+  }
+  fs::create_directories(o.out_dir);
+  io::save_checkpoint_tensors(*model, o.out_dir, skip);
+  for (const auto& e : fs::directory_iterator(o.model.model_dir)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() && is_side_file(name)) {
+      fs::copy_file(e.path(), fs::path(o.out_dir) / name, fs::copy_options::overwrite_existing);
+    }
+  }
+  std::cout << "merged " << o.adapters.size() << " adapter(s) into " << o.model.model_dir << "; wrote " << o.out_dir
+            << "\n";
+}
+
+}  // namespace
+
+void register_merge(CLI::App& app) {
+  auto o = std::make_shared<MergeOptions>();
+  auto* verb = app.add_subcommand("merge", "write a checkpoint folder with the adapter merged into the weights");
+  add_model_options(verb, o->model);
+  verb->add_option("--adapter", o->adapters, "PEFT adapter folder (repeatable: merged together)")->required();
+  verb->add_option("--out", o->out_dir, "output model folder")->required();
+  verb->add_flag("--safe-merge", o->safe_merge, "check the merged weights for NaN / Inf before writing them");
+  verb->callback([o] { run(*o); });
+}
+
+}  // namespace peft::cli
