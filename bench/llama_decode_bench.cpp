@@ -1,0 +1,135 @@
+// Prefill and per-token decode of a Llama-shaped model (hidden 1024, 8 layers, GQA 16/8 heads, vocab 32000,
+// random weights): base model, LoRA r=16 unmerged on every linear layer (all-linear), and merged.
+// Prints the ratios to the base model at the end.
+//   build-release/bench/llama_decode_bench [--prompt=N]
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "peft/models/model.h"
+#include "peft/peft_model.h"
+#include "peft/runtime.h"
+
+namespace {
+
+int64_t g_prompt = 128;
+
+enum Variant : int64_t { kBase = 0, kUnmerged = 1, kMerged = 2 };
+const char* kNames[] = {"base", "lora-unmerged", "lora-merged"};
+
+std::shared_ptr<peft::models::PretrainedModel> make_model(Variant v) {
+  torch::manual_seed(0);
+  auto model = peft::models::from_config(R"({
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 1024, "intermediate_size": 2816,
+    "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 8, "vocab_size": 32000,
+    "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": false})");
+  model->eval();
+  for (auto& p : model->parameters()) p.set_requires_grad(false);
+  if (v != kBase) {
+    peft::LoraConfig c;
+    c.r = 16;
+    c.lora_alpha = 32;
+    c.target_modules = std::string("all-linear");
+    c.init_lora_weights.kind = peft::InitLoraWeights::Kind::kFalse;  // non-zero B: real work
+    auto pm = peft::get_peft_model(model, c);
+    if (v == kMerged) pm->merge_adapter();
+    static std::vector<std::shared_ptr<peft::PeftModel>> keep;  // the adapters live as long as the model
+    keep.push_back(pm);
+  }
+  return model;
+}
+
+std::shared_ptr<peft::models::PretrainedModel> model_for(Variant v) {
+  static std::map<int64_t, std::shared_ptr<peft::models::PretrainedModel>> cache;
+  auto& m = cache[v];
+  if (!m) m = make_model(v);
+  return m;
+}
+
+void BM_Prefill(benchmark::State& state) {
+  auto model = model_for(static_cast<Variant>(state.range(0)));
+  torch::NoGradGuard no_grad;
+  auto ids = torch::randint(0, 32000, {1, g_prompt});
+  for (auto _ : state) {
+    peft::models::KVCache cache;
+    peft::models::ForwardInput in;
+    in.input_ids = ids;
+    in.cache = &cache;
+    benchmark::DoNotOptimize(model->forward(in).data_ptr());
+  }
+  state.SetItemsProcessed(state.iterations() * g_prompt);
+  state.SetLabel(kNames[state.range(0)]);
+}
+
+void BM_DecodeToken(benchmark::State& state) {
+  auto model = model_for(static_cast<Variant>(state.range(0)));
+  torch::NoGradGuard no_grad;
+  peft::models::KVCache prompt_cache;
+  peft::models::ForwardInput in;
+  in.input_ids = torch::randint(0, 32000, {1, g_prompt});
+  in.cache = &prompt_cache;
+  model->forward(in);
+  auto token = torch::randint(0, 32000, {1, 1});
+  for (auto _ : state) {
+    state.PauseTiming();
+    peft::models::KVCache cache = prompt_cache;  // decode one token after the same prompt every time
+    state.ResumeTiming();
+    peft::models::ForwardInput step;
+    step.input_ids = token;
+    step.cache = &cache;
+    benchmark::DoNotOptimize(model->forward(step).data_ptr());
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.SetLabel(kNames[state.range(0)]);
+}
+
+BENCHMARK(BM_Prefill)->DenseRange(0, 2)->ArgName("variant")->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_DecodeToken)->DenseRange(0, 2)->ArgName("variant")->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const auto& run : runs) {
+      if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
+      const std::string key = run.run_name.function_name + "/" + run.run_name.args;
+      if (run.run_type == Run::RT_Iteration && medians_.count(key)) continue;
+      if (run.run_type == Run::RT_Aggregate) medians_.insert(key);
+      times_[key] = run.GetAdjustedRealTime();
+    }
+  }
+  void Finalize() override {
+    ConsoleReporter::Finalize();
+    std::printf("\nratios to the base model (prompt %lld tokens, batch 1):\n", static_cast<long long>(g_prompt));
+    for (const char* fn : {"BM_Prefill", "BM_DecodeToken"}) {
+      const double base = times_[std::string(fn) + "/variant:0"];
+      if (base <= 0) continue;
+      std::printf("  %-15s unmerged %.3f   merged %.3f\n", fn, times_[std::string(fn) + "/variant:1"] / base,
+                  times_[std::string(fn) + "/variant:2"] / base);
+    }
+  }
+
+ private:
+  std::map<std::string, double> times_;
+  std::set<std::string> medians_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--prompt=", 0) == 0) g_prompt = std::stoll(a.substr(9));
+  }
+  const int threads = peft::set_num_threads();
+  torch::mm(torch::randn({64, 64}), torch::randn({64, 64}));
+  std::printf("threads: %d\nBLAS: %s\n", threads, peft::blas_libraries().c_str());
+  benchmark::Initialize(&argc, argv);
+  RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}
