@@ -1,6 +1,9 @@
 // Small string helpers for messages (private to the library).
 #pragma once
 
+#include <c10/util/ArrayRef.h>
+
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -17,6 +20,17 @@ inline std::string join(const std::vector<std::string>& items, const std::string
     out += item;
     out += quote;
   }
+  return out;
+}
+
+// Python's tuple spelling of a shape: (8, 4096), (4,), ().
+inline std::string shape_string(c10::IntArrayRef shape) {
+  std::string out = "(";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) out += ", ";
+    out += std::to_string(shape[i]);
+  }
+  out += shape.size() == 1 ? ",)" : ")";
   return out;
 }
 

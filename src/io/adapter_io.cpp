@@ -99,13 +99,6 @@ std::string strip_prefix(const std::string& key) {
   return key.rfind(p, 0) == 0 ? key.substr(p.size()) : key;
 }
 
-std::string shape_str(at::IntArrayRef s) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << (s.size() == 1 ? ",)" : ")");
-  return os.str();
-}
 
 // PEFT writes a model card (README.md) at the root of the save directory; it is not needed for loading.
 void write_model_card(const std::string& dir, const LoraConfig& c) {
@@ -148,8 +141,8 @@ LoadResult PeftModel::set_peft_model_state_dict(const std::map<std::string, at::
     }
     seen.insert(key);
     if (it->second.tensor.sizes() != value.sizes()) {
-      mismatches.push_back("\"" + file_key + "\": shape " + shape_str(value.sizes()) + " in the file but the model has " +
-                           shape_str(it->second.tensor.sizes()));
+      mismatches.push_back("\"" + file_key + "\": shape " + detail::shape_string(value.sizes()) + " in the file but the model has " +
+                           detail::shape_string(it->second.tensor.sizes()));
       continue;
     }
     assignments.emplace_back(it->second.tensor, value);

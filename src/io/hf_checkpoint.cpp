@@ -28,13 +28,6 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
-std::string shape_str(at::IntArrayRef s) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << (s.size() == 1 ? ",)" : ")");
-  return os.str();
-}
 
 }  // namespace
 
@@ -118,8 +111,8 @@ CheckpointLoadReport load_state_into(torch::nn::Module& module, const std::map<s
       used.insert(name);
     }
     if (it->second.sizes() != target.sizes()) {
-      mismatched.push_back("\"" + name + "\": " + shape_str(it->second.sizes()) + " in the checkpoint, " +
-                           shape_str(target.sizes()) + " in the model");
+      mismatched.push_back("\"" + name + "\": " + detail::shape_string(it->second.sizes()) + " in the checkpoint, " +
+                           detail::shape_string(target.sizes()) + " in the model");
       return;
     }
     copies.emplace_back(target, it->second);

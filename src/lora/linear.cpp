@@ -27,6 +27,14 @@ LinearImpl::LinearImpl(LayerKind kind, int64_t in_features, int64_t out_features
   register_base(w, bias ? torch::zeros({out_features}) : at::Tensor());
 }
 
+LinearImpl::LinearImpl(const at::Tensor& shared_weight)
+    : LoraLayerImpl(LayerKind::kLinear), in_features_(shared_weight.size(1)), out_features_(shared_weight.size(0)),
+      fan_in_fan_out_(false) {
+  PEFT_CHECK(shared_weight.dim() == 2, ShapeMismatchError, "nn::Linear",
+             "a tied weight must be 2-D (out, in); got " << shared_weight.dim() << " dimensions");
+  register_base(shared_weight, at::Tensor());
+}
+
 Conv1DImpl::Conv1DImpl(int64_t nf, int64_t nx) : LinearImpl(LayerKind::kConv1D, nx, nf, true, true) {
   torch::NoGradGuard no_grad;
   weight().normal_(0.0, 0.02);

@@ -12,65 +12,13 @@
 #include <vector>
 
 #include "config_reader.h"
+#include "activations.h"
 #include "peft/error.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/linear.h"
 
 namespace peft::models::detail {
 namespace {
-
-BertActivation parse_activation(const std::string& model_type, const std::string& name) {
-  if (name == "gelu") return BertActivation::kGelu;
-  if (name == "gelu_new" || name == "gelu_fast") return BertActivation::kGeluNew;
-  if (name == "gelu_pytorch_tanh") return BertActivation::kGeluPytorchTanh;
-  if (name == "quick_gelu") return BertActivation::kQuickGelu;
-  if (name == "relu") return BertActivation::kRelu;
-  if (name == "silu" || name == "swish") return BertActivation::kSilu;
-  if (name == "tanh") return BertActivation::kTanh;
-  throw ConfigError(
-      "config.json",
-      model_type + " config field \"hidden_act\" is \"" + name +
-          "\"; accepted: gelu, gelu_new, gelu_fast, gelu_pytorch_tanh, quick_gelu, relu, "
-          "silu, swish, tanh");
-}
-
-at::Tensor activate(const at::Tensor& x, BertActivation a) {
-  switch (a) {
-    case BertActivation::kGelu:  // GELUActivation: exact erf form
-      return at::gelu(x);
-    case BertActivation::kGeluNew:
-      return 0.5 * x *
-             (1.0 + at::tanh(std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * at::pow(x, 3.0))));
-    case BertActivation::kGeluPytorchTanh:
-      return at::gelu(x, "tanh");
-    case BertActivation::kQuickGelu:
-      return x * at::sigmoid(1.702 * x);
-    case BertActivation::kRelu:
-      return at::relu(x);
-    case BertActivation::kSilu:
-      return at::silu(x);
-    case BertActivation::kTanh:
-      return at::tanh(x);
-  }
-  return x;
-}
-
-// torch.finfo(dtype).min, the additive mask value of get_extended_attention_mask.
-double dtype_min(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return static_cast<double>(std::numeric_limits<float>::lowest());
-    case at::kDouble:
-      return std::numeric_limits<double>::lowest();
-    case at::kHalf:
-      return -65504.0;
-    case at::kBFloat16:
-      return -3.3895313892515355e38;
-    default:
-      throw UnsupportedError(
-          "bert", std::string("activations of dtype ") + c10::toString(t) + " are not supported");
-  }
-}
 
 at::Tensor maybe_dropout(const at::Tensor& x, double p, bool training) {
   return p > 0.0 && training ? at::dropout(x, p, true) : x;
@@ -174,7 +122,7 @@ class BertLayerImpl : public torch::nn::Module {
   DenseNorm output{nullptr};
 
  private:
-  BertActivation act_;
+  Activation act_;
 };
 TORCH_MODULE(BertLayer);
 
@@ -265,7 +213,7 @@ BertConfig read_bert_config(const nlohmann::json& json, const std::string& model
   c.max_position_embeddings = r.get<int64_t>("max_position_embeddings", 512);
   c.type_vocab_size = r.get<int64_t>("type_vocab_size", 2);
   c.pad_token_id = r.get<int64_t>("pad_token_id", c.roberta ? 1 : 0);
-  c.hidden_act = parse_activation(model_type, r.get<std::string>("hidden_act", "gelu"));
+  c.hidden_act = parse_activation(r.get<std::string>("hidden_act", "gelu"), model_type, "hidden_act");
   c.layer_norm_eps = r.get<double>("layer_norm_eps", 1e-12);
   c.hidden_dropout_prob = r.get<double>("hidden_dropout_prob", 0.1);
   c.attention_probs_dropout_prob = r.get<double>("attention_probs_dropout_prob", 0.1);

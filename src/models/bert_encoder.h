@@ -4,6 +4,8 @@
 // attention.
 #pragma once
 
+#include "activations.h"
+
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
@@ -14,7 +16,6 @@
 namespace peft::models::detail {
 
 // transformers' ACT2FN entries BERT-style configs use for hidden_act.
-enum class BertActivation { kGelu, kGeluNew, kGeluPytorchTanh, kQuickGelu, kRelu, kSilu, kTanh };
 
 struct BertConfig {
   bool roberta = false;              // model_type "roberta": RoBERTa position ids from pad_token_id
@@ -26,7 +27,7 @@ struct BertConfig {
   int64_t max_position_embeddings = 512;  // position embedding rows
   int64_t type_vocab_size = 2;            // token type embedding rows
   int64_t pad_token_id = 0;  // padding_idx of the word (and RoBERTa position) embeddings
-  BertActivation hidden_act = BertActivation::kGelu;
+  Activation hidden_act = Activation::kGelu;
   double layer_norm_eps = 1e-12;
   double hidden_dropout_prob = 0.1;
   double attention_probs_dropout_prob = 0.1;

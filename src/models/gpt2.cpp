@@ -12,6 +12,7 @@
 
 #include "config_reader.h"
 #include "families.h"
+#include "activations.h"
 #include "peft/error.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/linear.h"
@@ -19,60 +20,6 @@
 namespace peft::models::detail {
 namespace {
 
-// transformers' ACT2FN entries GPT-2 configs use.
-enum class Activation { kGeluNew, kGelu, kGeluPytorchTanh, kQuickGelu, kRelu, kSilu, kTanh };
-
-Activation parse_activation(const std::string& name) {
-  if (name == "gelu_new" || name == "gelu_fast")
-    return Activation::kGeluNew;  // the same tanh formula
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "gelu_pytorch_tanh") return Activation::kGeluPytorchTanh;
-  if (name == "quick_gelu") return Activation::kQuickGelu;
-  if (name == "relu") return Activation::kRelu;
-  if (name == "silu" || name == "swish") return Activation::kSilu;
-  if (name == "tanh") return Activation::kTanh;
-  throw ConfigError("config.json",
-                    "gpt2 config field \"activation_function\" is \"" + name +
-                        "\"; accepted: gelu_new, gelu_fast, gelu, gelu_pytorch_tanh, quick_gelu, "
-                        "relu, silu, swish, tanh");
-}
-
-at::Tensor activate(const at::Tensor& x, Activation a) {
-  switch (a) {
-    case Activation::kGeluNew:  // NewGELUActivation, written as transformers writes it
-      return 0.5 * x *
-             (1.0 + at::tanh(std::sqrt(2.0 / std::numbers::pi) * (x + 0.044715 * at::pow(x, 3.0))));
-    case Activation::kGelu:
-      return at::gelu(x);
-    case Activation::kGeluPytorchTanh:
-      return at::gelu(x, "tanh");
-    case Activation::kQuickGelu:
-      return x * at::sigmoid(1.702 * x);
-    case Activation::kRelu:
-      return at::relu(x);
-    case Activation::kSilu:
-      return at::silu(x);
-    case Activation::kTanh:
-      return at::tanh(x);
-  }
-  return x;
-}
-
-double dtype_min(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return static_cast<double>(std::numeric_limits<float>::lowest());
-    case at::kDouble:
-      return std::numeric_limits<double>::lowest();
-    case at::kHalf:
-      return -65504.0;
-    case at::kBFloat16:
-      return -3.3895313892515355e38;
-    default:
-      throw UnsupportedError(
-          "gpt2", std::string("activations of dtype ") + c10::toString(t) + " are not supported");
-  }
-}
 
 struct Gpt2Config {
   int64_t vocab_size = 0;
@@ -101,7 +48,7 @@ Gpt2Config read_config(const nlohmann::json& json) {
   c.n_layer = r.get<int64_t>("n_layer", 12);
   c.n_head = r.get<int64_t>("n_head", 12);
   c.n_inner = r.get<int64_t>("n_inner", 4 * c.n_embd);
-  c.activation = parse_activation(r.get<std::string>("activation_function", "gelu_new"));
+  c.activation = parse_activation(r.get<std::string>("activation_function", "gelu_new"), "gpt2", "activation_function");
   c.layer_norm_epsilon = r.get<double>("layer_norm_epsilon", 1e-5);
   c.scale_attn_weights = r.get<bool>("scale_attn_weights", true);
   c.scale_attn_by_inverse_layer_idx = r.get<bool>("scale_attn_by_inverse_layer_idx", false);
@@ -131,51 +78,6 @@ torch::nn::LayerNorm layer_norm(int64_t dim, double eps) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps));
 }
 
-// lm_head tied to the input embedding: an adapter-ready Linear (vocab x hidden) whose registered
-// "weight" is the embedding's very tensor (one TensorImpl, as the single nn.Parameter transformers
-// shares), so loading, moving, merging into or training either one updates both, and parameter
-// counts see it once.
-class TiedLinearImpl : public nn::LoraLayerImpl {
- public:
-  explicit TiedLinearImpl(const at::Tensor& embedding_weight)
-      : LoraLayerImpl(nn::LayerKind::kLinear),
-        in_(embedding_weight.size(1)),
-        out_(embedding_weight.size(0)) {
-    register_base(embedding_weight, at::Tensor());
-  }
-  at::Tensor forward(const at::Tensor& x) { return forward_with_adapters(x); }
-  int64_t in_features() const override { return in_; }
-  int64_t out_features() const override { return out_; }
-  at::Tensor get_delta_weight(const std::string& adapter) const override {
-    return scaled_product(lora_B_->get<nn::FactorImpl>(adapter)->weight,
-                          lora_A_->get<nn::FactorImpl>(adapter)->weight, adapter);
-  }
-
- protected:
-  void create_adapter(const std::string& adapter, const nn::AdapterSettings& s) override {
-    add_factors(adapter, s, {s.r, in_}, {out_, s.r});
-  }
-  void destroy_adapter(const std::string& adapter) override { remove_factors(adapter); }
-  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& w,
-                          const at::Tensor& b) const override {
-    return at::linear(x, w, b);
-  }
-  at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x,
-                                const std::string& adapter) const override {
-    const auto& A = lora_A_->get<nn::FactorImpl>(adapter)->weight;  // (r, in)
-    const auto B = lora_B_->get<nn::FactorImpl>(adapter);           // weight (out, r)
-    at::Tensor xin = x.to(A.scalar_type());
-    const double p = dropout_p(adapter);
-    if (p > 0.0) xin = at::dropout(xin, p, is_training());
-    at::Tensor y = at::linear(at::matmul(xin, A.t()), B->weight, B->bias) * scaling(adapter);
-    return result + y.to(result.scalar_type());
-  }
-
- private:
-  int64_t in_;
-  int64_t out_;
-};
-TORCH_MODULE(TiedLinear);
 
 // What every attention layer of one forward shares.
 struct AttentionContext {
@@ -304,9 +206,9 @@ class Gpt2LMHeadModel : public PretrainedModel {
   explicit Gpt2LMHeadModel(const Gpt2Config& c) : c_(c) {
     transformer = register_module("transformer", Gpt2Model(c));
     if (c.tie_word_embeddings) {
-      tied_head_ = register_module("lm_head", TiedLinear(transformer->wte->weight()));
+      lm_head_ = register_module("lm_head", nn::Linear(std::make_shared<nn::LinearImpl>(transformer->wte->weight())));
     } else {
-      head_ = register_module("lm_head", nn::Linear(c.n_embd, c.vocab_size, /*bias=*/false));
+      lm_head_ = register_module("lm_head", nn::Linear(c.n_embd, c.vocab_size, /*bias=*/false));
     }
   }
 
@@ -369,7 +271,7 @@ class Gpt2LMHeadModel : public PretrainedModel {
       h = transformer->blocks[i]->forward(h, ctx, k, v);
     }
     h = transformer->ln_f->forward(h);
-    return tied_head_ ? tied_head_->forward(h) : head_->forward(h);
+    return lm_head_->forward(h);
   }
 
   ModelTask task() const override { return ModelTask::kCausalLm; }
@@ -391,8 +293,7 @@ class Gpt2LMHeadModel : public PretrainedModel {
 
  private:
   Gpt2Config c_;
-  TiedLinear tied_head_{nullptr};
-  nn::Linear head_{nullptr};
+  nn::Linear lm_head_{nullptr};  // shares transformer.wte's weight tensor when tied
 };
 
 }  // namespace

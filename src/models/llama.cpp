@@ -143,17 +143,6 @@ LlamaSettings read_settings(const nlohmann::json& config) {
   return s;
 }
 
-// lm_head whose weight is embed_tokens' weight: the same Tensor registered under both names, so one
-// copy exists and model->to(...) / the loader / merging see a single tensor.
-class TiedLinearImpl : public peft::nn::LinearImpl {
- public:
-  explicit TiedLinearImpl(const at::Tensor& shared)
-      : LinearImpl(peft::nn::LayerKind::kLinear, shared.size(1), shared.size(0), false, false) {
-    parameters_["weight"] = shared;
-    weight() = shared;
-  }
-};
-
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const LlamaSettings& s)
@@ -271,7 +260,7 @@ class LlamaForCausalLM : public PretrainedModel {
     model_ = register_module("model", Backbone(s_));
     if (s_.tie_word_embeddings) {
       lm_head_ = register_module("lm_head",
-                                 std::make_shared<TiedLinearImpl>(model_->embed_tokens->weight()));
+                                 std::make_shared<peft::nn::LinearImpl>(model_->embed_tokens->weight()));
     } else {
       lm_head_ = register_module(
           "lm_head", std::make_shared<peft::nn::LinearImpl>(s_.hidden_size, s_.vocab_size, false));

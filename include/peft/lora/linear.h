@@ -11,6 +11,10 @@ class LinearImpl : public LoraLayerImpl {
  public:
   // PyTorch's default init: W ~ kaiming_uniform(a = sqrt(5)), b ~ U(-1/sqrt(in), 1/sqrt(in)).
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
+  // Weight tying: a bias-free Linear whose "weight" IS `shared_weight` (out, in) (one TensorImpl, like the
+  // single nn.Parameter transformers shares between embed_tokens and lm_head), so loading, dtype moves,
+  // merging and training update both owners, and parameter counts see it once.
+  explicit LinearImpl(const at::Tensor& shared_weight);
   at::Tensor forward(const at::Tensor& x) { return forward_with_adapters(x); }
   int64_t in_features() const override { return in_features_; }
   int64_t out_features() const override { return out_features_; }
