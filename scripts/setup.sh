@@ -13,7 +13,6 @@ PACKAGES=(
   libopenblas0-pthread    # fast BLAS/LAPACK for LibTorch (the reference BLAS is 11-20x slower)
   nlohmann-json3-dev      # JSON (adapter_config.json, safetensors headers)
   libpcre2-dev            # Python-compatible regular expressions (target_modules, rank_pattern)
-  libsentencepiece-dev    # SentencePiece tokenizers
   libcli11-dev            # command-line parsing
   googletest libgtest-dev # unit tests
   libbenchmark-dev        # benchmarks
