@@ -11,7 +11,7 @@
 
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
-#include "peft/runtime.h"
+#include "bench_util.h"
 
 namespace {
 
@@ -89,32 +89,19 @@ void BM_DecodeToken(benchmark::State& state) {
 BENCHMARK(BM_Prefill)->DenseRange(0, 2)->ArgName("variant")->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 BENCHMARK(BM_DecodeToken)->DenseRange(0, 2)->ArgName("variant")->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
-class RatioReporter : public benchmark::ConsoleReporter {
+// Prints the ratios of the LoRA variants to the base model.
+class RatioReporter : public peft::bench::TimesReporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const auto& run : runs) {
-      if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
-      const std::string key = run.run_name.function_name + "/" + run.run_name.args;
-      if (run.run_type == Run::RT_Iteration && medians_.count(key)) continue;
-      if (run.run_type == Run::RT_Aggregate) medians_.insert(key);
-      times_[key] = run.GetAdjustedRealTime();
-    }
-  }
   void Finalize() override {
-    ConsoleReporter::Finalize();
+    TimesReporter::Finalize();
     std::printf("\nratios to the base model (prompt %lld tokens, batch 1):\n", static_cast<long long>(g_prompt));
     for (const char* fn : {"BM_Prefill", "BM_DecodeToken"}) {
-      const double base = times_[std::string(fn) + "/variant:0"];
+      const double base = time(std::string(fn) + "/variant:0");
       if (base <= 0) continue;
-      std::printf("  %-15s unmerged %.3f   merged %.3f\n", fn, times_[std::string(fn) + "/variant:1"] / base,
-                  times_[std::string(fn) + "/variant:2"] / base);
+      std::printf("  %-15s unmerged %.3f   merged %.3f\n", fn, time(std::string(fn) + "/variant:1") / base,
+                  time(std::string(fn) + "/variant:2") / base);
     }
   }
-
- private:
-  std::map<std::string, double> times_;
-  std::set<std::string> medians_;
 };
 
 }  // namespace
@@ -124,9 +111,7 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a.rfind("--prompt=", 0) == 0) g_prompt = std::stoll(a.substr(9));
   }
-  const int threads = peft::set_num_threads();
-  torch::mm(torch::randn({64, 64}), torch::randn({64, 64}));
-  std::printf("threads: %d\nBLAS: %s\n", threads, peft::blas_libraries().c_str());
+  peft::bench::print_runtime_header();
   benchmark::Initialize(&argc, argv);
   RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);

@@ -6,12 +6,10 @@
 #include <torch/torch.h>
 
 #include <cstdio>
-#include <map>
-#include <set>
 #include <string>
 
 #include "peft/lora/linear.h"
-#include "peft/runtime.h"
+#include "bench_util.h"
 
 namespace {
 
@@ -58,27 +56,16 @@ void Args(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_LinearForward)->Apply(Args);
 
-// Collects mean real time per (d, r, variant) and prints ratios to the plain LibTorch baseline.
-class RatioReporter : public benchmark::ConsoleReporter {
+// Prints the ratios of every variant to the plain LibTorch baseline.
+class RatioReporter : public peft::bench::TimesReporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const auto& run : runs) {
-      // With --benchmark_repetitions the median is used, otherwise the single run.
-      if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
-      if (run.run_type == Run::RT_Iteration && medians_.count(run.run_name.args)) continue;
-      if (run.run_type == Run::RT_Aggregate) medians_.insert(run.run_name.args);
-      times_[run.run_name.args] = run.GetAdjustedRealTime();
-    }
-  }
   void Finalize() override {
-    ConsoleReporter::Finalize();
+    TimesReporter::Finalize();
     std::printf("\nratios to plain LibTorch Linear (same process, %lld tokens):\n", static_cast<long long>(g_tokens));
     std::printf("%6s %4s %10s %10s %10s\n", "d", "r", "base", "unmerged", "merged");
     for (int64_t d : {1024, 4096}) {
       auto t = [&](int64_t r, int v) {
-        auto it = times_.find("d:" + std::to_string(d) + "/r:" + std::to_string(r) + "/variant:" + std::to_string(v));
-        return it == times_.end() ? -1.0 : it->second;
+        return time("BM_LinearForward/d:" + std::to_string(d) + "/r:" + std::to_string(r) + "/variant:" + std::to_string(v));
       };
       const double plain = t(0, kPlainTorch);
       if (plain <= 0) continue;
@@ -88,10 +75,6 @@ class RatioReporter : public benchmark::ConsoleReporter {
       }
     }
   }
-
- private:
-  std::map<std::string, double> times_;
-  std::set<std::string> medians_;
 };
 
 }  // namespace
@@ -101,9 +84,7 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a.rfind("--tokens=", 0) == 0) g_tokens = std::stoll(a.substr(9));
   }
-  const int threads = peft::set_num_threads();
-  torch::mm(torch::randn({64, 64}), torch::randn({64, 64}));  // load BLAS before reporting it
-  std::printf("threads: %d\nBLAS: %s\n", threads, peft::blas_libraries().c_str());
+  peft::bench::print_runtime_header();
   benchmark::Initialize(&argc, argv);
   RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);

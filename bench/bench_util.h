@@ -1,0 +1,49 @@
+// Shared pieces of the benchmarks: a console reporter that keeps each benchmark's time for a ratio table, and
+// the runtime header (threads, BLAS) every benchmark prints first.
+#pragma once
+
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <map>
+#include <set>
+#include <string>
+
+#include "peft/runtime.h"
+
+namespace peft::bench {
+
+// Keeps the real time of every run under "function/args" (e.g. "BM_Prefill/variant:1"): the median with
+// --benchmark_repetitions, the single run otherwise. Subclasses print their ratios in Finalize().
+class TimesReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const auto& run : runs) {
+      if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
+      const std::string key = run.run_name.function_name + "/" + run.run_name.args;
+      if (run.run_type == Run::RT_Iteration && medians_.count(key)) continue;
+      if (run.run_type == Run::RT_Aggregate) medians_.insert(key);
+      times_[key] = run.GetAdjustedRealTime();
+    }
+  }
+  // Time of `key`, or -1 when it did not run (filtered out).
+  double time(const std::string& key) const {
+    auto it = times_.find(key);
+    return it == times_.end() ? -1.0 : it->second;
+  }
+
+ private:
+  std::map<std::string, double> times_;
+  std::set<std::string> medians_;
+};
+
+// Uses every core and prints the thread count and the BLAS library LibTorch runs on.
+inline void print_runtime_header() {
+  const int threads = peft::set_num_threads();
+  torch::mm(torch::randn({64, 64}), torch::randn({64, 64}));  // load BLAS before reporting it
+  std::printf("threads: %d\nBLAS: %s\n", threads, peft::blas_libraries().c_str());
+}
+
+}  // namespace peft::bench
