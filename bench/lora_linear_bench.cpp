@@ -70,8 +70,9 @@ class RatioReporter : public peft::bench::TimesReporter {
       const double plain = t(0, kPlainTorch);
       if (plain <= 0) continue;
       for (int64_t r : {8, 16, 64}) {
-        std::printf("%6lld %4lld %10.3f %10.3f %10.3f\n", static_cast<long long>(d), static_cast<long long>(r),
-                    t(0, kBase) / plain, t(r, kUnmerged) / plain, t(r, kMerged) / plain);
+        auto ratio = [&](double v) { return v > 0 ? std::to_string(v / plain).substr(0, 5) : std::string("n/a"); };
+        std::printf("%6lld %4lld %10s %10s %10s\n", static_cast<long long>(d), static_cast<long long>(r),
+                    ratio(t(0, kBase)).c_str(), ratio(t(r, kUnmerged)).c_str(), ratio(t(r, kMerged)).c_str());
       }
     }
   }
