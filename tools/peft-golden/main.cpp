@@ -26,7 +26,7 @@ CaseResult run_case(const Case& c) {
   if (kind == "model") return peft::golden::run_model_case(c);
   if (kind == "combine") return peft::golden::skip("add_weighted_adapter: the composition issue");
   if (kind == "init") return peft::golden::skip("PiSSA/OLoRA/orthogonal inits: the initialisations issue");
-  if (kind == "train") return peft::golden::skip("training: the training issue");
+  if (kind == "train") return peft::golden::run_train_case(c);
   if (kind == "param") return peft::golden::skip("target_parameters: the MoE issue");
   return peft::golden::fail("unknown kind \"" + kind + "\"");
 }
