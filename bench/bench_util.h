@@ -3,12 +3,13 @@
 #pragma once
 
 #include <benchmark/benchmark.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <cstdio>
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "peft/runtime.h"
 
@@ -42,8 +43,24 @@ class TimesReporter : public benchmark::ConsoleReporter {
 // Uses every core and prints the thread count and the BLAS library LibTorch runs on.
 inline void print_runtime_header() {
   const int threads = peft::set_num_threads();
-  torch::mm(torch::randn({64, 64}), torch::randn({64, 64}));  // load BLAS before reporting it
+  (void)at::mm(at::randn({64, 64}), at::randn({64, 64}));  // load BLAS before reporting it
   std::printf("threads: %d\nBLAS: %s\n", threads, peft::blas_libraries().c_str());
+}
+
+// The shared main(): reads "--NAME=<int>" into `value` (the benchmark's own size flag), prints the runtime
+// header and runs the benchmarks with `reporter`.
+inline int run_benchmarks(int argc, char** argv, const std::string& name, int64_t& value,
+                          benchmark::BenchmarkReporter& reporter) {
+  const std::string flag = "--" + name + "=";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind(flag, 0) == 0) value = std::stoll(a.substr(flag.size()));
+  }
+  print_runtime_header();
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
 }
 
 }  // namespace peft::bench

@@ -81,14 +81,6 @@ class RatioReporter : public peft::bench::TimesReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a.rfind("--tokens=", 0) == 0) g_tokens = std::stoll(a.substr(9));
-  }
-  peft::bench::print_runtime_header();
-  benchmark::Initialize(&argc, argv);
   RatioReporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-  return 0;
+  return peft::bench::run_benchmarks(argc, argv, "tokens", g_tokens, reporter);
 }

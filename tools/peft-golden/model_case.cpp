@@ -79,11 +79,12 @@ CaseResult run_model_case(const Case& c) {
       pm->load_adapter(adir, name);
     }
   }
-  produced["logits_adapter"] = model->forward(in);
   for (const auto& [name, kwargs] : adapters) {
     pm->set_adapter(name, /*inference_mode=*/true);
     produced["logits_" + name] = model->forward(in);
   }
+  // Loading further adapters leaves "default" active, so its logits are the adapter logits.
+  produced["logits_adapter"] = produced.at("logits_default");
   pm->set_adapter("default", true);
 
   CaseResult files;
