@@ -1,10 +1,7 @@
 // End-to-end tests of the `peft` command on the golden tiny Llama (a transformers checkpoint + PEFT adapter).
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <torch/torch.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -16,21 +13,7 @@ using peft::test::compare;
 
 namespace {
 
-struct Run {
-  int code;
-  std::string output;  // stdout + stderr
-};
-
-Run peft_cli(const std::string& args) {
-  const std::string cmd = std::string(PEFT_CLI_PATH) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return {-1, "popen failed"};
-  std::string out;
-  std::array<char, 4096> buf{};
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using peft::test::peft_cli;
 
 std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 

@@ -2,7 +2,11 @@
 
 #include <torch/torch.h>
 
+#include <sys/wait.h>
+
+#include <array>
 #include <atomic>
+#include <cstdio>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -44,6 +48,17 @@ std::string compare(const at::Tensor& actual, const at::Tensor& expected, double
      << e.flatten()[flat_index].item<double>() << "), " << bad.sum().item<int64_t>() << " of " << a.numel()
      << " elements outside atol " << atol << " rtol " << rtol;
   return os.str();
+}
+
+CliRun peft_cli(const std::string& args) {
+  const std::string cmd = std::string(PEFT_CLI_PATH) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return {-1, "popen failed"};
+  std::string out;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 void write_file(const std::string& path, const std::string& text) {

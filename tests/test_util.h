@@ -30,6 +30,13 @@ class TempDir {
 std::string compare(const at::Tensor& actual, const at::Tensor& expected, double atol, double rtol = 0.0);
 
 // Writes `text` to `path` (creating parent dirs).
+// Runs the `peft` command with `args` (shell-quoted by the caller); stdout and stderr together.
+struct CliRun {
+  int code;  // exit status (-1 when it did not exit normally)
+  std::string output;
+};
+CliRun peft_cli(const std::string& args);
+
 void write_file(const std::string& path, const std::string& text);
 std::string read_file(const std::string& path);
 

@@ -11,6 +11,7 @@
 #include <numbers>
 #include <vector>
 
+#include "checkpoint.h"
 #include "config_reader.h"
 #include "activations.h"
 #include "peft/error.h"
@@ -176,7 +177,9 @@ class BertEmbeddingsImpl : public torch::nn::Module {
   BertConfig c_;
 };
 
-class BertEncoderImpl : public torch::nn::Module {
+// BertEncoder; its gradient_checkpointing flag is set by PretrainedModel::
+// gradient_checkpointing_enable (the classifier around BertModel holds the model-level switch).
+class BertEncoderImpl : public torch::nn::Module, public LayerCheckpointing {
  public:
   explicit BertEncoderImpl(const BertConfig& c) {
     auto list = register_module("layer", torch::nn::ModuleList());
@@ -186,7 +189,16 @@ class BertEncoderImpl : public torch::nn::Module {
     }
   }
   at::Tensor forward(at::Tensor h, const at::Tensor& mask) {
-    for (auto& layer : layers) h = layer->forward(h, mask);
+    const bool recompute = gradient_checkpointing && is_training() && at::GradMode::is_enabled();
+    for (auto& layer : layers) {
+      if (recompute) {
+        h = checkpoint(
+            [impl = layer.ptr(), mask](const at::Tensor& x) { return impl->forward(x, mask); }, h,
+            trainable_parameters(*layer));
+      } else {
+        h = layer->forward(h, mask);
+      }
+    }
     return h;
   }
   std::vector<BertLayer> layers;

@@ -10,6 +10,7 @@
 #include <limits>
 #include <numbers>
 
+#include "checkpoint.h"
 #include "config_reader.h"
 #include "families.h"
 #include "activations.h"
@@ -265,7 +266,18 @@ class Gpt2LMHeadModel : public PretrainedModel {
                               .mul_(dtype_min(h.scalar_type()))
                               .view({B, 1, 1, total});
     }
+    // Gradient checkpointing (transformers turns the cache off for it; here a cache turns it off).
+    const bool recompute = is_gradient_checkpointing() && is_training() &&
+                           at::GradMode::is_enabled() && cache == nullptr;
     for (size_t i = 0; i < transformer->blocks.size(); ++i) {
+      if (recompute) {
+        h = checkpoint(
+            [block = transformer->blocks[i].ptr(), ctx](const at::Tensor& x) {
+              return block->forward(x, ctx, nullptr, nullptr);
+            },
+            h, trainable_parameters(*transformer->blocks[i]));
+        continue;
+      }
       at::Tensor* k = cache != nullptr ? &cache->keys[i] : nullptr;
       at::Tensor* v = cache != nullptr ? &cache->values[i] : nullptr;
       h = transformer->blocks[i]->forward(h, ctx, k, v);

@@ -12,6 +12,7 @@
 #include <map>
 
 #include "attention.h"
+#include "checkpoint.h"
 #include "config_reader.h"
 #include "families.h"
 #include "peft/error.h"
@@ -343,8 +344,20 @@ at::Tensor LlamaForCausalLM::forward(const ForwardInput& input) {
     masks.emplace_back(window, attention_allowed(batch, seq, cached, mask, window, h.device()));
     return masks.back().second;
   };
+  // Gradient checkpointing (transformers turns the cache off for it; here a cache turns it off).
+  const bool recompute =
+      is_gradient_checkpointing() && is_training() && at::GradMode::is_enabled() && !cache;
   for (size_t i = 0; i < model_->layers.size(); ++i) {
-    h = model_->layers[i]->forward(h, cos, sin, allowed_for(s_.sliding_window[i]), cache, i);
+    const at::Tensor allowed = allowed_for(s_.sliding_window[i]);
+    if (recompute) {
+      h = checkpoint(
+          [layer = model_->layers[i].ptr(), cos = cos, sin = sin, allowed](const at::Tensor& x) {
+            return layer->forward(x, cos, sin, allowed, nullptr, 0);
+          },
+          h, trainable_parameters(*model_->layers[i]));
+    } else {
+      h = model_->layers[i]->forward(h, cos, sin, allowed, cache, i);
+    }
   }
   return lm_head_->forward(model_->norm->forward(h));
 }

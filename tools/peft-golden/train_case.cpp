@@ -1,5 +1,5 @@
 // kind "train": a few optimizer steps on a fixed batch from a saved initial adapter; the loss before every step
-// and the final adapter must match PEFT + PyTorch.
+// and the final adapter must match PEFT + PyTorch (peft::train::AdamW against torch.optim.AdamW).
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -10,6 +10,7 @@
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
 #include "peft/train/loss.h"
+#include "peft/train/optimizer.h"
 
 namespace fs = std::filesystem;
 
@@ -28,17 +29,11 @@ CaseResult run_train_case(const Case& c) {
   auto pm = PeftModel::from_pretrained(model, (dir / c.spec.value("initial_adapter", "adapter_initial")).string(),
                                        "default", /*is_trainable=*/true);
   model->train();
-  std::vector<at::Tensor> params;
-  for (auto& p : model->parameters()) {
-    if (p.requires_grad()) params.push_back(p);
-  }
-  PEFT_CHECK(!params.empty(), Error, "peft-golden", "no trainable parameters");
   const auto betas = opt.value("betas", std::vector<double>{0.9, 0.999});
-  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(opt.value("lr", 1e-3))
-                                            .betas({betas.at(0), betas.at(1)})
-                                            .eps(opt.value("eps", 1e-8))
-                                            .weight_decay(opt.value("weight_decay", 1e-2))
-                                            .amsgrad(opt.value("amsgrad", false)));
+  PEFT_CHECK(!opt.value("amsgrad", false), Error, "peft-golden", "amsgrad is not implemented");
+  auto optimizer = train::create_adamw_optimizer(
+      *model, {.lr = opt.value("lr", 1e-3), .beta1 = betas.at(0), .beta2 = betas.at(1), .eps = opt.value("eps", 1e-8),
+               .weight_decay = opt.value("weight_decay", 1e-2)});
   auto inputs = io::load_safetensors((dir / c.spec.value("inputs_file", "inputs.safetensors")).string());
   models::ForwardInput in;
   in.input_ids = inputs.at("input_ids");
@@ -47,13 +42,13 @@ CaseResult run_train_case(const Case& c) {
   const int steps = c.spec.value("steps", 1);
   std::vector<double> losses;
   for (int step = 0; step < steps; ++step) {
-    optimizer.zero_grad();
+    optimizer->zero_grad();
     at::Tensor loss = model->task() == models::ModelTask::kCausalLm
                           ? train::causal_lm_loss(model->forward(in), labels)
                           : train::sequence_classification_loss(model->forward(in), labels);
     losses.push_back(loss.item<double>());
     loss.backward();
-    optimizer.step();
+    optimizer->step();
   }
   std::map<std::string, at::Tensor> produced;
   produced["losses"] = torch::tensor(losses, torch::kDouble);

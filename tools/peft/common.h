@@ -36,5 +36,6 @@ void register_inspect(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_merge(CLI::App& app);
 void register_generate(CLI::App& app);
+void register_train(CLI::App& app);
 
 }  // namespace peft::cli

@@ -1,4 +1,4 @@
-// peft: the command-line face of peft.cpp. One file per verb (inspect, logits, merge, generate).
+// peft: the command-line face of peft.cpp. One file per verb (inspect, logits, merge, generate, train).
 // Errors print one line "error: ..." and exit 2 for usage / configuration errors, 1 otherwise.
 #include <torch/torch.h>
 
@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   peft::cli::register_logits(app);
   peft::cli::register_merge(app);
   peft::cli::register_generate(app);
+  peft::cli::register_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -61,9 +61,18 @@ class PretrainedModel : public torch::nn::Module, public PeftModelInfo {
   std::string name_or_path() const override { return name_or_path_; }
   void set_name_or_path(std::string p) { name_or_path_ = std::move(p); }
 
+  // transformers' gradient checkpointing: in training mode with grad enabled and no KV cache, each
+  // transformer layer keeps only its input and recomputes its activations in backward (same loss
+  // and gradients, dropout masks included; less memory, one more layer forward per layer). Works
+  // when the layers' input needs no gradient (LoRA on a frozen embedding). Off by default.
+  void gradient_checkpointing_enable();
+  void gradient_checkpointing_disable();
+  bool is_gradient_checkpointing() const { return gradient_checkpointing_; }
+
  private:
   std::string config_json_;
   std::string name_or_path_;
+  bool gradient_checkpointing_ = false;
 };
 
 // Builds a model (random weights) from config.json text. Throws UnsupportedError for an unknown model_type,

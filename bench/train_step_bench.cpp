@@ -1,0 +1,142 @@
+// One training step (forward + causal-LM loss + backward + AdamW update) of a Llama-shaped model (hidden 512,
+// 4 layers, GQA 8/4 heads, vocab 8000, random weights), batch 4 x 128 tokens: full fine-tuning, LoRA r=16 on
+// q_proj/v_proj, and LoRA r=16 on all linear layers, timed in the same process. Peak memory of each variant is
+// measured in a child process (the VmHWM of a fresh process that builds the model and runs 3 steps), because a
+// process's high-water mark only grows.
+//   build-release/bench/train_step_bench [--seq=N]
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+
+#include "bench_util.h"
+#include "peft/models/model.h"
+#include "peft/peft_model.h"
+#include "peft/train/loss.h"
+#include "peft/train/optimizer.h"
+
+namespace {
+
+int64_t g_seq = 128;
+constexpr int64_t kBatch = 4;
+
+enum Variant : int64_t { kFull = 0, kLoraQv = 1, kLoraAllLinear = 2 };
+const char* kNames[] = {"full-finetune", "lora-qv", "lora-all-linear"};
+
+struct Setup {
+  std::shared_ptr<peft::models::PretrainedModel> model;
+  std::shared_ptr<peft::PeftModel> peft;
+  std::unique_ptr<peft::train::Optimizer> optimizer;
+  at::Tensor ids;
+};
+
+Setup make(Variant v) {
+  torch::manual_seed(0);
+  Setup s;
+  s.model = peft::models::from_config(R"({
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 512, "intermediate_size": 1408,
+    "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 8000,
+    "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": false})");
+  s.model->train();
+  if (v != kFull) {
+    peft::LoraConfig c;
+    c.r = 16;
+    c.lora_alpha = 32;
+    if (v == kLoraQv) {
+      c.target_modules = std::vector<std::string>{"q_proj", "v_proj"};
+    } else {
+      c.target_modules = std::string("all-linear");
+    }
+    s.peft = peft::get_peft_model(s.model, c);
+  }
+  s.optimizer = peft::train::create_adamw_optimizer(*s.model, {.lr = 1e-4, .weight_decay = 0.0});
+  s.ids = torch::randint(0, 8000, {kBatch, g_seq});
+  return s;
+}
+
+void train_step(Setup& s) {
+  peft::models::ForwardInput in;
+  in.input_ids = s.ids;
+  peft::train::causal_lm_loss(s.model->forward(in), s.ids).backward();
+  s.optimizer->step();
+  s.optimizer->zero_grad();
+}
+
+void BM_TrainStep(benchmark::State& state) {
+  static std::map<int64_t, Setup> cache;  // built once per variant, outside the timing
+  auto& s = cache[state.range(0)];
+  if (!s.model) s = make(static_cast<Variant>(state.range(0)));
+  train_step(s);  // warm-up: optimizer state allocated
+  for (auto _ : state) train_step(s);
+  state.SetItemsProcessed(state.iterations() * kBatch * g_seq);
+  state.SetLabel(kNames[state.range(0)]);
+  s = Setup();  // free this variant's memory before the next
+}
+
+BENCHMARK(BM_TrainStep)->DenseRange(0, 2)->ArgName("variant")->Unit(benchmark::kMillisecond)->MinTime(3.0)->UseRealTime();
+
+long read_status_kb(const char* field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const std::string key = std::string(field) + ":";
+  while (std::getline(f, line)) {
+    if (line.rfind(key, 0) == 0) return std::stol(line.substr(key.size()));
+  }
+  return -1;
+}
+
+// Child mode: build the variant, run 3 steps, print "<VmHWM kB> <VmRSS kB after building>".
+int peak_memory_child(Variant v) {
+  peft::set_num_threads();
+  Setup s = make(v);
+  const long built = read_status_kb("VmRSS");
+  for (int i = 0; i < 3; ++i) train_step(s);
+  std::printf("%ld %ld\n", read_status_kb("VmHWM"), built);
+  return 0;
+}
+
+class TrainReporter : public peft::bench::TimesReporter {
+ public:
+  explicit TrainReporter(std::string self) : self_(std::move(self)) {}
+  void Finalize() override {
+    TimesReporter::Finalize();
+    std::printf("\none step, batch %lld x %lld tokens (times in the same process; peak RSS in a child each):\n",
+                static_cast<long long>(kBatch), static_cast<long long>(g_seq));
+    const double full = time("BM_TrainStep/variant:0");
+    for (int64_t v = 0; v < 3; ++v) {
+      const double t = time("BM_TrainStep/variant:" + std::to_string(v));
+      if (t <= 0) continue;
+      long hwm = -1, built = -1;
+      const std::string cmd = self_ + " --peak-memory-variant=" + std::to_string(v) + " --seq=" + std::to_string(g_seq);
+      if (FILE* p = popen(cmd.c_str(), "r")) {
+        if (std::fscanf(p, "%ld %ld", &hwm, &built) != 2) hwm = built = -1;
+        pclose(p);
+      }
+      std::printf("  %-16s %8.1f ms  %9.0f tokens/s  time/full %.3f  peak RSS %7.1f MiB (model built: %.1f MiB)\n",
+                  kNames[v], t, static_cast<double>(kBatch * g_seq) / (t / 1e3), full > 0 ? t / full : 0.0,
+                  static_cast<double>(hwm) / 1024.0, static_cast<double>(built) / 1024.0);
+    }
+  }
+
+ private:
+  std::string self_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--seq=", 0) == 0) g_seq = std::stoll(a.substr(6));
+  }
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--peak-memory-variant=", 0) == 0) return peak_memory_child(static_cast<Variant>(std::stoll(a.substr(22))));
+  }
+  TrainReporter reporter(argv[0]);
+  return peft::bench::run_benchmarks(argc, argv, "seq", g_seq, reporter);
+}

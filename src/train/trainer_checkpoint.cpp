@@ -1,0 +1,147 @@
+// Trainer checkpoints (adapter + optimizer + schedule position + RNG + data position, written atomically) and the
+// JSONL log.
+#include <ATen/Context.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "peft/error.h"
+#include "peft/io/safetensors.h"
+#include "trainer_state.h"
+
+namespace fs = std::filesystem;
+
+namespace peft::train {
+
+namespace {
+
+using json = nlohmann::json;
+
+constexpr int kCheckpointVersion = 1;
+
+// The generators dropout draws from: the CPU one, plus the model's device's when it is not the CPU.
+std::vector<std::pair<std::string, at::Generator>> generators(const models::PretrainedModel& model) {
+  std::vector<std::pair<std::string, at::Generator>> out;
+  out.emplace_back("rng/cpu", at::detail::getDefaultCPUGenerator());
+  const auto params = model.parameters();
+  if (!params.empty() && !params.front().device().is_cpu()) {
+    const c10::Device d = params.front().device();
+    out.emplace_back("rng/" + d.str(), at::globalContext().defaultGenerator(d));
+  }
+  return out;
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw FormatError("trainer", "cannot read \"" + p.string() + "\" (hint: is this a checkpoint-<step> folder?)");
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+}  // namespace
+
+std::string Trainer::State::log_path() const {
+  return args.log_file.empty() ? (fs::path(args.output_dir) / "train_log.jsonl").string() : args.log_file;
+}
+
+void Trainer::State::open_log(bool rewrite_history) {
+  const std::string path = log_path();
+  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+  log.open(path, std::ios::binary | std::ios::trunc);
+  if (!log) throw Error("trainer", "cannot write the log file \"" + path + "\"");
+  if (rewrite_history) {
+    for (const auto& r : log_history) log << r.dump() << "\n";
+  } else {
+    log_history.clear();
+  }
+  log.flush();
+}
+
+void Trainer::State::append_log(json record) {
+  if (log.is_open()) {
+    log << record.dump() << "\n";
+    log.flush();
+  }
+  log_history.push_back(std::move(record));
+}
+
+void Trainer::State::save_checkpoint() {
+  const fs::path out(args.output_dir);
+  const std::string name = "checkpoint-" + std::to_string(global_step);
+  const fs::path tmp = out / ("." + name + ".tmp");
+  const fs::path final_dir = out / name;
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  peft->save_pretrained(tmp.string());
+  auto tensors = optimizer->state_dict();
+  for (auto& [key, gen] : generators(*model)) {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    tensors.emplace_back(key, gen.get_state());
+  }
+  io::save_safetensors((tmp / "optimizer.safetensors").string(), tensors);
+  json state = {{"version", kCheckpointVersion},
+                {"global_step", global_step},
+                {"epoch", epoch},
+                {"cursor", cursor},
+                {"tokens_seen", tokens_seen},
+                {"total_steps", schedule.total_steps},
+                {"optimizer", to_string(optimizer->kind())},
+                {"seed", args.seed},
+                {"shuffle", args.shuffle},
+                {"batch_size", args.batch_size},
+                {"gradient_accumulation_steps", args.gradient_accumulation_steps},
+                {"train_examples", train.size()},
+                {"log_history", log_history}};
+  {
+    std::ofstream f(tmp / "trainer_state.json", std::ios::binary);
+    f << state.dump(2) << "\n";
+    if (!f) throw Error("trainer", "cannot write \"" + (tmp / "trainer_state.json").string() + "\"");
+  }
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+}
+
+void Trainer::resume_from_checkpoint(const std::string& dir) {
+  State& s = *s_;
+  const fs::path d(dir);
+  json state;
+  try {
+    state = json::parse(read_text(d / "trainer_state.json"));
+  } catch (const json::exception& e) {
+    throw FormatError("trainer", (d / "trainer_state.json").string() + ": not valid JSON: " + e.what());
+  }
+  auto want = [&](const char* key, const json& expected) {
+    if (!state.contains(key) || state[key] != expected) {
+      throw ConfigError("trainer", (d / "trainer_state.json").string() + ": \"" + key + "\" is " +
+                                       (state.contains(key) ? state[key].dump() : "missing") + " but this run has " +
+                                       expected.dump() +
+                                       " (hint: resume with the options and data of the interrupted run)");
+    }
+  };
+  want("version", kCheckpointVersion);
+  want("optimizer", to_string(s.optimizer->kind()));
+  want("seed", s.args.seed);
+  want("shuffle", s.args.shuffle);
+  want("batch_size", s.args.batch_size);
+  want("gradient_accumulation_steps", s.args.gradient_accumulation_steps);
+  want("train_examples", s.train.size());
+  want("total_steps", total_steps());
+  // Adapter weights (the folder is a PEFT adapter), then optimizer state and generators.
+  const auto adapter = io::load_safetensors((d / "adapter_model.safetensors").string());
+  s.peft->set_peft_model_state_dict(adapter, s.peft->active_adapter());
+  const auto opt = io::load_safetensors((d / "optimizer.safetensors").string());
+  s.optimizer->load_state_dict(opt, (d / "optimizer.safetensors").string());
+  for (auto& [key, gen] : generators(*s.model)) {
+    auto it = opt.find(key);
+    if (it == opt.end()) throw FormatError("trainer", (d / "optimizer.safetensors").string() + ": missing \"" + key + "\"");
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(it->second);
+  }
+  s.global_step = state.at("global_step").get<int64_t>();
+  s.epoch = state.at("epoch").get<int64_t>();
+  s.cursor = state.at("cursor").get<int64_t>();
+  s.tokens_seen = state.at("tokens_seen").get<int64_t>();
+  s.log_history = state.at("log_history").get<std::vector<json>>();
+  s.order = epoch_order(static_cast<int64_t>(s.train.size()), s.args.seed, s.epoch, s.args.shuffle);
+}
+
+}  // namespace peft::train

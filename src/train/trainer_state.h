@@ -1,0 +1,43 @@
+// Private: the Trainer's state, shared by the loop (trainer.cpp) and checkpointing (trainer_checkpoint.cpp).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <memory>
+#include <vector>
+
+#include "peft/models/model.h"
+#include "peft/peft_model.h"
+#include "peft/train/trainer.h"
+
+namespace peft::train {
+
+struct Trainer::State {
+  std::shared_ptr<models::PretrainedModel> model;
+  std::shared_ptr<PeftModel> peft;
+  TrainingArguments args;
+  std::vector<Example> train;
+  std::vector<Example> eval;
+  std::unique_ptr<Optimizer> optimizer;
+  LrSchedule schedule;
+  int64_t pad_id = 0;
+
+  // Position: `global_step` updates done; the next micro-batch is `cursor` of epoch `epoch`.
+  int64_t global_step = 0;
+  int64_t epoch = 0;
+  int64_t cursor = 0;
+  std::vector<int64_t> order;   // example order of `epoch`
+  int64_t tokens_seen = 0;
+  // One JSON object per logged event, as written to the JSONL log ({"step","loss","lr",...} / {"step","eval_loss"}).
+  std::vector<nlohmann::json> log_history;
+  std::ofstream log;
+
+  int64_t micro_batches_per_epoch() const;
+  std::string log_path() const;
+  void open_log(bool rewrite_history);
+  void append_log(nlohmann::json record);
+  void save_checkpoint();
+};
+
+}  // namespace peft::train

@@ -1,0 +1,280 @@
+// The trainer: gradient accumulation equals one big batch, resume equals an uninterrupted run, checkpoints,
+// learning, and `peft train` end to end against PEFT + PyTorch's own training run.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "peft/error.h"
+#include "peft/io/safetensors.h"
+#include "peft/models/model.h"
+#include "peft/peft_model.h"
+#include "peft/train/trainer.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+namespace train = peft::train;
+using peft::test::compare;
+
+namespace {
+
+const std::string kBase = "golden/train-llama-qv/base";  // tiny Llama: hidden 64, 2 layers, vocab 256
+
+struct TrainSetup {
+  std::shared_ptr<peft::models::PretrainedModel> model;
+  std::shared_ptr<peft::PeftModel> peft;
+};
+
+// The same model and adapter initialisation every time.
+TrainSetup make_setup(double dropout = 0.0) {
+  TrainSetup s;
+  s.model = peft::models::load_pretrained(peft::test::fixture(kBase));
+  peft::LoraConfig c;
+  c.r = 4;
+  c.lora_alpha = 8;
+  c.lora_dropout = dropout;
+  c.target_modules = std::vector<std::string>{"q_proj", "v_proj", "down_proj"};
+  c.init_lora_weights.kind = peft::InitLoraWeights::Kind::kGaussian;
+  torch::manual_seed(11);
+  s.peft = std::make_shared<peft::PeftModel>(s.model, c);
+  return s;
+}
+
+// Examples of different lengths (so batches need padding), the first two tokens of each masked.
+std::vector<train::Example> examples(int n, uint64_t seed) {
+  torch::manual_seed(seed);
+  std::vector<train::Example> out;
+  for (int i = 0; i < n; ++i) {
+    const int64_t len = 5 + (i * 3) % 7;
+    train::Example ex;
+    auto ids = torch::randint(256, {len}, torch::kLong);
+    for (int64_t t = 0; t < len; ++t) ex.input_ids.push_back(ids[t].item<int64_t>());
+    ex.labels = ex.input_ids;
+    ex.labels[0] = ex.labels[1] = -100;
+    ex.line = i + 1;
+    out.push_back(std::move(ex));
+  }
+  return out;
+}
+
+std::map<std::string, at::Tensor> adapter_of(const peft::PeftModel& pm) {
+  std::map<std::string, at::Tensor> out;
+  for (auto& [k, v] : pm.get_peft_model_state_dict("default")) out[k] = v.detach().clone();
+  return out;
+}
+
+train::TrainingArguments args_in(const fs::path& dir) {
+  train::TrainingArguments a;
+  a.output_dir = dir.string();
+  a.adamw = {.lr = 5e-3, .weight_decay = 0.01};
+  a.write_loss_plot = false;
+  return a;
+}
+
+train::TrainResult run(TrainSetup& s, train::TrainingArguments a, std::vector<train::Example> data,
+                       std::function<bool(int64_t)> stop = {}, const std::string& resume = "") {
+  train::Trainer t(s.model, s.peft, std::move(a), std::move(data));
+  std::ostringstream sink;
+  t.out = &sink;
+  t.should_stop = std::move(stop);
+  if (!resume.empty()) t.resume_from_checkpoint(resume);
+  return t.train();
+}
+
+}  // namespace
+
+TEST(Trainer, GradientAccumulationOfKBatchesOfBOverKEqualsOneBatchOfB) {
+  peft::test::TempDir tmp;
+  std::vector<std::vector<double>> losses;
+  std::vector<std::map<std::string, at::Tensor>> adapters;
+  for (auto [bs, accum] : {std::pair<int64_t, int64_t>{4, 1}, {2, 2}, {1, 4}}) {
+    TrainSetup s = make_setup();
+    auto a = args_in(tmp.path() / ("bs" + std::to_string(bs)));
+    a.batch_size = bs;
+    a.gradient_accumulation_steps = accum;
+    a.max_steps = 3;  // 8 examples: 2 updates per epoch, so the third starts a new epoch
+    a.shuffle = false;
+    a.lr_scheduler = train::ScheduleKind::kConstant;
+    losses.push_back(run(s, a, examples(8, 5)).losses);
+    adapters.push_back(adapter_of(*s.peft));
+  }
+  for (size_t k = 1; k < losses.size(); ++k) {
+    ASSERT_EQ(losses[k].size(), 3u);
+    for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(losses[k][i], losses[0][i], 1e-6) << "run " << k << " step " << i;
+    for (auto& [name, t] : adapters[0]) EXPECT_EQ(compare(adapters[k].at(name), t, 1e-6), "") << name;
+  }
+}
+
+TEST(Trainer, ResumeFromACheckpointContinuesExactlyLikeAnUninterruptedRun) {
+  peft::test::TempDir tmp;
+  auto a = args_in(tmp.path() / "full");
+  a.batch_size = 2;
+  a.max_steps = 7;  // 5 examples: 3 updates per epoch, so the run crosses two epoch boundaries
+  a.warmup_steps = 2;
+  a.max_grad_norm = 0.5;
+  a.seed = 9;
+  TrainSetup full = make_setup(/*dropout=*/0.1);
+  torch::manual_seed(123);
+  const auto reference = run(full, a, examples(5, 6));
+
+  a.output_dir = (tmp.path() / "cut").string();
+  a.save_every = 2;
+  TrainSetup cut = make_setup(0.1);
+  torch::manual_seed(123);
+  const auto first = run(cut, a, examples(5, 6), [](int64_t step) { return step == 4; });
+  ASSERT_EQ(first.losses.size(), 4u);
+  const fs::path ckpt = tmp.path() / "cut" / "checkpoint-4";
+  for (const char* f : {"adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors",
+                        "trainer_state.json"}) {
+    EXPECT_TRUE(fs::exists(ckpt / f)) << f;
+  }
+  for (const auto& e : fs::directory_iterator(tmp.path() / "cut")) {
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
+  }
+
+  TrainSetup resumed = make_setup(0.1);
+  torch::manual_seed(999);  // a different generator state: the checkpoint's must be restored
+  const auto rest = run(resumed, a, examples(5, 6), {}, ckpt.string());
+  ASSERT_EQ(rest.losses.size(), 3u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(first.losses[i], reference.losses[i]) << "step " << i + 1;
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(rest.losses[i], reference.losses[i + 4]) << "step " << i + 5;
+  EXPECT_EQ(rest.steps, 7);
+  const auto want = adapter_of(*full.peft);
+  for (auto& [name, t] : adapter_of(*resumed.peft)) EXPECT_EQ(compare(t, want.at(name), 0.0), "") << name;
+  // The log of the resumed run holds every step once.
+  std::istringstream log(peft::test::read_file((tmp.path() / "cut" / "train_log.jsonl").string()));
+  std::vector<int64_t> steps;
+  for (std::string line; std::getline(log, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) steps.push_back(j["step"].get<int64_t>());
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7}));
+}
+
+TEST(Trainer, GradientCheckpointingGivesTheSameRun) {
+  peft::test::TempDir tmp;
+  std::vector<std::vector<double>> losses;
+  for (bool gc : {false, true}) {
+    TrainSetup s = make_setup(/*dropout=*/0.1);
+    auto a = args_in(tmp.path() / (gc ? "gc" : "plain"));
+    a.batch_size = 3;
+    a.max_steps = 3;
+    a.gradient_checkpointing = gc;
+    torch::manual_seed(5);
+    losses.push_back(run(s, a, examples(6, 2)).losses);
+    EXPECT_EQ(s.model->is_gradient_checkpointing(), gc);
+  }
+  for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(losses[1][i], losses[0][i], 1e-6) << "step " << i + 1;
+}
+
+TEST(Trainer, ResumeWithOtherOptionsIsRefused) {
+  peft::test::TempDir tmp;
+  auto a = args_in(tmp.path());
+  a.max_steps = 2;
+  a.save_every = 2;
+  TrainSetup s = make_setup();
+  run(s, a, examples(4, 1));
+  a.batch_size = 3;
+  TrainSetup again = make_setup();
+  EXPECT_THROW(run(again, a, examples(4, 1), {}, (tmp.path() / "checkpoint-2").string()), peft::ConfigError);
+}
+
+TEST(Trainer, LearnsARepeatedSequenceAndWritesAdapterLogAndPicture) {
+  peft::test::TempDir tmp;
+  std::vector<train::Example> data(6, train::Example{.input_ids = {3, 14, 15, 92, 65, 35, 89, 79}});
+  for (auto& ex : data) ex.labels = ex.input_ids;
+  TrainSetup s = make_setup();
+  auto a = args_in(tmp.path());
+  a.adamw.lr = 2e-2;
+  a.batch_size = 3;
+  a.num_train_epochs = 8;
+  a.write_loss_plot = true;
+  train::Trainer t(s.model, s.peft, a, data, data);
+  std::ostringstream sink;
+  t.out = &sink;
+  EXPECT_EQ(t.total_steps(), 16);
+  const auto r = t.train();
+  ASSERT_TRUE(r.eval_loss_before && r.eval_loss_after);
+  EXPECT_LT(*r.eval_loss_after, 0.5 * *r.eval_loss_before);
+  for (const char* f : {"adapter_config.json", "adapter_model.safetensors", "train_log.jsonl", "loss_curve.svg"}) {
+    EXPECT_TRUE(fs::exists(tmp.path() / f)) << f;
+  }
+  EXPECT_NE(sink.str().find("eval loss before training"), std::string::npos) << sink.str();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// `peft train` end to end.
+
+namespace {
+
+std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+
+// The golden case's batch as {"input_ids","labels"} lines.
+fs::path golden_jsonl(const fs::path& dir) {
+  auto inputs = peft::io::load_safetensors(peft::test::fixture("golden/train-llama-qv/inputs.safetensors"));
+  const at::Tensor ids = inputs.at("input_ids"), labels = inputs.at("labels");
+  std::string text;
+  for (int64_t r = 0; r < ids.size(0); ++r) {
+    nlohmann::json line;
+    line["input_ids"] = std::vector<int64_t>(ids[r].data_ptr<int64_t>(), ids[r].data_ptr<int64_t>() + ids.size(1));
+    line["labels"] =
+        std::vector<int64_t>(labels[r].data_ptr<int64_t>(), labels[r].data_ptr<int64_t>() + labels.size(1));
+    text += line.dump() + "\n";
+  }
+  peft::test::write_file((dir / "train.jsonl").string(), text);
+  return dir / "train.jsonl";
+}
+
+}  // namespace
+
+TEST(PeftTrainCli, ReproducesPeftAndPyTorchTrainingStepByStep) {
+  peft::test::TempDir tmp;
+  const fs::path golden = peft::test::fixture("golden/train-llama-qv");
+  const fs::path data = golden_jsonl(tmp.path());
+  const int64_t rows = peft::io::load_safetensors((golden / "inputs.safetensors").string()).at("input_ids").size(0);
+  const auto r = peft::test::peft_cli("train --model " + q(golden / "base") + " --adapter " +
+                                      q(golden / "adapter_initial") + " --data " + q(data) + " --out " +
+                                      q(tmp.path() / "out") + " --steps 5 --batch-size " + std::to_string(rows) +
+                                      " --lr 0.01 --weight-decay 0.01 --no-shuffle --lr-scheduler constant");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("trainable params: "), std::string::npos) << r.output;
+  const auto expected = peft::io::load_safetensors((golden / "expected.safetensors").string());
+  std::istringstream log(peft::test::read_file((tmp.path() / "out" / "train_log.jsonl").string()));
+  std::vector<double> losses;
+  for (std::string line; std::getline(log, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
+  }
+  EXPECT_EQ(compare(torch::tensor(losses, torch::kDouble), expected.at("losses"), 2e-5, 1e-5), "");
+  const auto adapter = peft::io::load_safetensors((tmp.path() / "out" / "adapter_model.safetensors").string());
+  ASSERT_EQ(adapter.size(), 8u);
+  for (const auto& [key, t] : adapter) EXPECT_EQ(compare(t, expected.at("final." + key), 1e-4, 1e-3), "") << key;
+  EXPECT_TRUE(fs::exists(tmp.path() / "out" / "loss_curve.svg"));
+}
+
+TEST(PeftTrainCli, BadDataLineFailsBeforeWritingAnything) {
+  peft::test::TempDir tmp;
+  peft::test::write_file(tmp.str("bad.jsonl"), "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, \"x\"]}\n");
+  const auto r = peft::test::peft_cli("train --model " + q(peft::test::fixture(kBase)) + " --data " +
+                                      q(tmp.path() / "bad.jsonl") + " --out " + q(tmp.path() / "out") + " --steps 1");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("bad.jsonl:2: \"input_ids\"[2] must be an integer"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(tmp.path() / "out"));
+}
+
+TEST(PeftTrainCli, LoraPlusAndLoraFaRunAndResume) {
+  peft::test::TempDir tmp;
+  const fs::path data = golden_jsonl(tmp.path());
+  for (const std::string opt : {"loraplus", "lorafa"}) {
+    const fs::path out = tmp.path() / opt;
+    const std::string common = "train --model " + q(peft::test::fixture(kBase)) + " --data " + q(data) +
+                               " --batch-size 1 --steps 4 --save-every 2 --optimizer " + opt + " --out " + q(out);
+    const auto r = peft::test::peft_cli(common);
+    ASSERT_EQ(r.code, 0) << r.output;
+    const auto resumed = peft::test::peft_cli(common + " --resume " + q(out / "checkpoint-2"));
+    ASSERT_EQ(resumed.code, 0) << resumed.output;
+    EXPECT_NE(resumed.output.find("resumed from"), std::string::npos);
+  }
+}
