@@ -13,6 +13,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "strings.h"
 #include "peft/error.h"
 
 namespace peft {
@@ -20,36 +21,7 @@ namespace detail {
 namespace {  // internal linkage: other files may have their own detail helpers
 
 // Python's repr() of a str, so that messages read exactly like PEFT's ({'q_proj', 'v_proj'}).
-std::string py_repr(const std::string& s) {
-  const bool has_single = s.find('\'') != std::string::npos;
-  const bool has_double = s.find('"') != std::string::npos;
-  const char quote = (has_single && !has_double) ? '"' : '\'';
-  std::string out(1, quote);
-  for (const char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == quote) {
-      out += '\\';
-      out += c;
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (u < 0x20 || u == 0x7f) {
-      static const char* kHex = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[u >> 4];
-      out += kHex[u & 0xf];
-    } else {
-      out += c;  // bytes >= 0x80 pass through (UTF-8 text prints as itself in Python)
-    }
-  }
-  out += quote;
-  return out;
-}
+std::string py_repr(const std::string& s) { return detail::python_str_repr(s); }
 
 // PEFT turns list-valued target_modules / exclude_modules into sets in __post_init__, so its
 // messages print them as sets. Python's set order is hash order; we keep the order given (minus

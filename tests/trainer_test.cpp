@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -277,4 +278,22 @@ TEST(PeftTrainCli, LoraPlusAndLoraFaRunAndResume) {
     ASSERT_EQ(resumed.code, 0) << resumed.output;
     EXPECT_NE(resumed.output.find("resumed from"), std::string::npos);
   }
+}
+
+TEST(PeftTrainCli, MainJobAssetsLoadTrainAndLearn) {
+  // The README's main job in small: the embedded demo model, tokenizer, data and LoRA config.
+  peft::test::TempDir tmp;
+  const fs::path demo = fs::path(PEFT_FIXTURES_DIR) / ".." / ".." / "assets" / "demo";
+  const auto r = peft::test::peft_cli(
+      "train --model " + q(demo / "model") + " --data " + q(demo / "data" / "train.jsonl") + " --eval-data " +
+      q(demo / "data" / "eval.jsonl") + " --config " + q(demo / "lora_config.json") + " --out " +
+      q(tmp.path() / "out") + " --steps 20 --batch-size 16 --lr 3e-3 --lr-scheduler cosine --warmup-steps 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto at = r.output.find("eval loss: ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  double before = 0, after = 0;
+  ASSERT_EQ(std::sscanf(r.output.c_str() + at, "eval loss: %lf -> %lf", &before, &after), 2) << r.output;
+  EXPECT_LT(after, 0.5 * before) << r.output;
+  EXPECT_NE(r.output.find("sample after training"), std::string::npos);
+  EXPECT_TRUE(fs::exists(tmp.path() / "out" / "adapter_model.safetensors"));
 }

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "../strings.h"
 #include "chat_template_ast.h"
 
 namespace peft::detail::jinja {
@@ -43,31 +44,7 @@ std::string float_repr(double d) {
     return out + digits + std::string(int_len - digits.size(), '0') + ".0";
   return out + digits.substr(0, int_len) + "." + digits.substr(int_len);
 }
-std::string str_repr(const std::string& s) {
-  const bool dq = s.find('\'') != std::string::npos && s.find('"') == std::string::npos;
-  const char q = dq ? '"' : '\'';
-  std::string out(1, q);
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == q || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (u < 0x20 || u == 0x7F) {
-      char hex[8];
-      std::snprintf(hex, sizeof(hex), "\\x%02x", u);
-      out += hex;
-    } else {
-      out += c;
-    }
-  }
-  return out + q;
-}
+std::string str_repr(const std::string& s) { return detail::python_str_repr(s); }
 std::string json_str(const std::string& s, bool ensure_ascii) {
   return Json(s).dump(-1, ' ', ensure_ascii, nlohmann::detail::error_handler_t::replace);
 }

@@ -65,6 +65,17 @@ std::string sample(models::PretrainedModel& model, const Tokenizer& tok, const s
   return tok.decode(out.front(), /*skip_special_tokens=*/true);
 }
 
+// "title:" then the prompt and, in brackets, what the model wrote, each line indented.
+void print_sample(const std::string& title, const std::string& prompt, const std::string& generated) {
+  std::string text = prompt + "[" + generated + "]";
+  std::string out = "  ";
+  for (const char c : text) {
+    out += c;
+    if (c == '\n') out += "  ";
+  }
+  std::cout << title << " (greedy; generated text in brackets):\n" << out << "\n";
+}
+
 void run(TrainOptions o) {
   PEFT_CHECK(o.config.empty() || o.adapter.empty(), ConfigError, "train", "give --config or --adapter, not both");
   PEFT_CHECK(o.resume.empty() || (o.config.empty() && o.adapter.empty()), ConfigError, "train",
@@ -106,10 +117,7 @@ void run(TrainOptions o) {
                                  : default_sample_prompt(o.eval_data.empty() ? o.data : o.eval_data);
   const bool show_sample = !o.no_sample && tok && !prompt.empty() &&
                            model->task() == models::ModelTask::kCausalLm;
-  if (show_sample) {
-    std::cout << "sample before training:\n  " << prompt << "⟶" << sample(*model, *tok, prompt, o.sample_tokens)
-              << "\n";
-  }
+  if (show_sample) print_sample("sample before training", prompt, sample(*model, *tok, prompt, o.sample_tokens));
   train::Trainer trainer(model, pm, o.args, std::move(train_data), std::move(eval_data));
   if (!o.resume.empty()) {
     trainer.resume_from_checkpoint(o.resume);
@@ -124,10 +132,7 @@ void run(TrainOptions o) {
   }
   std::cout << std::setprecision(1) << "trained " << result.steps << " steps in " << result.seconds << " s ("
             << result.tokens_per_second << " tokens/s)\n";
-  if (show_sample) {
-    std::cout << "sample after training:\n  " << prompt << "⟶" << sample(*model, *tok, prompt, o.sample_tokens)
-              << "\n";
-  }
+  if (show_sample) print_sample("sample after training", prompt, sample(*model, *tok, prompt, o.sample_tokens));
   const fs::path out(o.out);
   std::cout << "adapter saved to " << out.string() << " (adapter_config.json, adapter_model.safetensors); loss curve "
             << (out / "loss_curve.svg").string() << "; log "
