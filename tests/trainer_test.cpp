@@ -205,6 +205,37 @@ TEST(Trainer, LearnsARepeatedSequenceAndWritesAdapterLogAndPicture) {
   EXPECT_NE(sink.str().find("eval loss before training"), std::string::npos) << sink.str();
 }
 
+TEST(Trainer, TrainsASequenceClassifierWithItsHeadSaved) {
+  // BERT with 3 labels: LoRA on query / value, the classifier as modules_to_save (added by task_type SEQ_CLS).
+  peft::test::TempDir tmp;
+  auto model = peft::models::load_pretrained(peft::test::fixture("golden/model-bert-seqcls/base"));
+  torch::manual_seed(3);  // dropout
+  peft::LoraConfig c;
+  c.task_type = peft::TaskType::kSeqCls;
+  c.r = 4;
+  c.lora_alpha = 8;
+  c.target_modules = std::vector<std::string>{"query", "value"};
+  auto pm = std::make_shared<peft::PeftModel>(model, c);
+  std::vector<train::Example> data;
+  for (int64_t i = 0; i < 6; ++i) {
+    data.push_back(train::Example{.input_ids = {2, 100 + 40 * (i % 3), 100 + 40 * (i % 3), 7 + i, 3}, .label = i % 3});
+  }
+  auto a = args_in(tmp.path());
+  a.adamw.lr = 1e-2;
+  a.batch_size = 3;
+  a.num_train_epochs = 30;
+  train::Trainer t(model, pm, a, data, data);
+  std::ostringstream sink;
+  t.out = &sink;
+  const auto r = t.train();
+  ASSERT_TRUE(r.eval_loss_before && r.eval_loss_after);
+  EXPECT_LT(*r.eval_loss_after, 0.5 * *r.eval_loss_before);
+  const auto saved = peft::io::load_safetensors((tmp.path() / "adapter_model.safetensors").string());
+  bool head = false;
+  for (const auto& [key, value] : saved) head = head || key.find("classifier") != std::string::npos;
+  EXPECT_TRUE(head) << "the trained head is part of the adapter";
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // `peft train` end to end.
 
