@@ -34,7 +34,7 @@ class PeftCli : public ::testing::Test {
 TEST_F(PeftCli, HelpListsEveryVerb) {
   auto r = peft_cli("--help");
   EXPECT_EQ(r.code, 0) << r.output;
-  for (const char* verb : {"inspect", "logits", "merge", "generate"}) EXPECT_NE(r.output.find(verb), std::string::npos);
+  for (const char* verb : {"inspect", "logits", "merge", "generate", "train"}) EXPECT_NE(r.output.find(verb), std::string::npos);
   auto v = peft_cli("logits --help");
   EXPECT_EQ(v.code, 0);
   EXPECT_NE(v.output.find("--input-ids"), std::string::npos);
