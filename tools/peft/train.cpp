@@ -95,6 +95,8 @@ void run(TrainOptions o) {
   auto train_data = train::load_jsonl(o.data, tok, o.data_options);
   std::vector<train::Example> eval_data;
   if (!o.eval_data.empty()) eval_data = train::load_jsonl(o.eval_data, tok, o.data_options);
+  // transformers' Trainer calls set_seed(args.seed) first: adapter init and dropout masks follow --seed.
+  torch::manual_seed(o.args.seed);
   std::shared_ptr<PeftModel> pm;
   if (!o.resume.empty()) {
     pm = PeftModel::from_pretrained(model, o.resume, "default", /*is_trainable=*/true);
@@ -168,7 +170,7 @@ void register_train(CLI::App& app) {
   v->add_option("--warmup-steps", o->args.warmup_steps, "linear warmup updates")->capture_default_str();
   v->add_option("--max-grad-norm", o->args.max_grad_norm, "clip the gradient norm (0: off)")->capture_default_str();
   v->add_flag("--no-shuffle", o->no_shuffle, "keep the data order");
-  v->add_option("--seed", o->args.seed, "shuffling seed")->capture_default_str();
+  v->add_option("--seed", o->args.seed, "seed of the shuffling, adapter init and dropout")->capture_default_str();
   v->add_option("--log-file", o->args.log_file, "JSONL log (default OUT/train_log.jsonl)");
   v->add_option("--log-every", o->args.log_every, "progress line every N updates (non-terminal output)")
       ->capture_default_str();
