@@ -24,9 +24,11 @@ using json = nlohmann::json;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-at::Tensor batch_loss(models::PretrainedModel& model, const Batch& b) {
+// Padding is masked out (attention_mask 0, label -100), so its id only has to be a valid one.
+constexpr int64_t kPadId = 0;
+
+at::Tensor batch_loss(models::PretrainedModel& model, const Batch& b, c10::Device device) {
   models::ForwardInput in;
-  const c10::Device device = model.parameters().front().device();
   in.input_ids = b.input_ids.to(device);
   // An all-ones mask is left out: the model then takes its plain causal path, as transformers does without one.
   if (b.attention_mask.numel() != b.num_tokens) in.attention_mask = b.attention_mask.to(device);
@@ -60,6 +62,7 @@ Trainer::Trainer(std::shared_ptr<models::PretrainedModel> model, std::shared_ptr
   s_->args = std::move(args);
   s_->train = std::move(train_data);
   s_->eval = std::move(eval_data);
+  s_->device = s_->model->parameters().front().device();
   check_token_ids(s_->train, s_->model->vocab_size(), "training data");
   check_token_ids(s_->eval, s_->model->vocab_size(), "eval data");
   switch (s_->args.optimizer) {
@@ -99,9 +102,9 @@ double Trainer::evaluate() {
   for (size_t i = 0; i < s_->eval.size(); i += static_cast<size_t>(bs)) {
     std::vector<const Example*> rows;
     for (size_t j = i; j < std::min(s_->eval.size(), i + static_cast<size_t>(bs)); ++j) rows.push_back(&s_->eval[j]);
-    const Batch b = collate(rows, s_->pad_id);
+    const Batch b = collate(rows, kPadId);
     if (b.num_label_tokens == 0) continue;
-    sum += batch_loss(*s_->model, b).item<double>() * static_cast<double>(b.num_label_tokens);
+    sum += batch_loss(*s_->model, b, s_->device).item<double>() * static_cast<double>(b.num_label_tokens);
     count += b.num_label_tokens;
   }
   if (was_training) s_->model->train();
@@ -144,7 +147,7 @@ TrainResult Trainer::train() {
       for (int64_t i = s.cursor * s.args.batch_size; i < std::min(n, (s.cursor + 1) * s.args.batch_size); ++i) {
         rows.push_back(&s.train[static_cast<size_t>(s.order[static_cast<size_t>(i)])]);
       }
-      micro.push_back(collate(rows, s.pad_id));
+      micro.push_back(collate(rows, kPadId));
       ++s.cursor;
     }
     int64_t label_tokens = 0, tokens = 0;
@@ -160,7 +163,7 @@ TrainResult Trainer::train() {
       for (const auto& b : micro) {
         if (b.num_label_tokens == 0) continue;
         const double weight = static_cast<double>(b.num_label_tokens) / static_cast<double>(label_tokens);
-        at::Tensor l = batch_loss(*s.model, b);
+        at::Tensor l = batch_loss(*s.model, b, s.device);
         loss += l.item<double>() * weight;
         (weight == 1.0 ? l : l * weight).backward();
       }

@@ -21,7 +21,7 @@ struct Trainer::State {
   std::vector<Example> eval;
   std::unique_ptr<Optimizer> optimizer;
   LrSchedule schedule;
-  int64_t pad_id = 0;
+  c10::Device device = c10::Device(c10::kCPU);  // where the model's parameters live (inputs go there)
 
   // Position: `global_step` updates done; the next micro-batch is `cursor` of epoch `epoch`.
   int64_t global_step = 0;

@@ -40,7 +40,7 @@ std::optional<Tokenizer> try_tokenizer(const std::string& dir) {
 }
 
 // The prompt shown before and after training: --sample-prompt, else the "prompt" of the first eval (or training)
-// line, else the first user turn of a conversation rendered with the generation prompt.
+// line; none (no sample) for other formats.
 std::string default_sample_prompt(const std::string& path) {
   std::ifstream in(path);
   std::string line;
