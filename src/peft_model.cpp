@@ -65,6 +65,57 @@ std::string with_commas(int64_t v) {
 
 }  // namespace
 
+namespace {
+
+std::vector<ModuleInfo> module_infos(torch::nn::Module& model) {
+  auto all_layers = nn::lora_layers(model);
+  std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layer_by_name(all_layers.begin(), all_layers.end());
+  std::vector<ModuleInfo> modules;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    const std::string& name = item.key();
+    // Children of adapter-ready layers (lora_A, copies, ...) are never targets (PEFT skips tuner internals).
+    bool internal = false;
+    for (const auto& [lname, layer] : all_layers) {
+      if (name.size() > lname.size() && name.compare(0, lname.size() + 1, lname + ".") == 0) internal = true;
+    }
+    auto it = layer_by_name.find(name);
+    ModuleInfo m;
+    m.name = name;
+    m.under_adapter = internal;
+    m.type = internal ? "adapter internals" : (it != layer_by_name.end() ? nn::to_string(it->second->kind()) : "Module");
+    if (internal) {
+      modules.push_back(std::move(m));
+      continue;
+    }
+    m.adaptable = it != layer_by_name.end();
+    m.is_linear = m.adaptable && it->second->is_linear();
+    modules.push_back(std::move(m));
+  }
+  return modules;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::shared_ptr<nn::LoraLayerImpl>>> find_target_layers(torch::nn::Module& model,
+                                                                                           const LoraConfig& config) {
+  auto* mi = dynamic_cast<const PeftModelInfo*>(&model);
+  const PeftModelInfo& inf = mi ? *mi : default_info();
+  TargetingResult targets =
+      find_targets(config, module_infos(model), inf.default_target_modules(), inf.output_embedding_name());
+  auto all_layers = nn::lora_layers(model);
+  std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layer_by_name(all_layers.begin(), all_layers.end());
+  std::vector<std::pair<std::string, std::shared_ptr<nn::LoraLayerImpl>>> out;
+  for (const auto& name : targets.targeted) out.emplace_back(name, layer_by_name.at(name));
+  return out;
+}
+
+void PeftModelInfo::replicate_layers(const std::vector<std::pair<int64_t, int64_t>>& /*ranges*/) {
+  throw ConfigError("layer_replication",
+                    "Could not locate the layers attribute in the model (model type \"" + model_type() +
+                        "\"); layer_replication needs a model with a list of transformer layers (hint: the model "
+                        "zoo's Llama family, GPT-2 and BERT/RoBERTa support it)");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // construction and injection
 
@@ -123,28 +174,7 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
 
   auto all_layers = nn::lora_layers(*model_);
   std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layer_by_name(all_layers.begin(), all_layers.end());
-  std::vector<ModuleInfo> modules;
-  for (const auto& item : model_->named_modules("", /*include_self=*/false)) {
-    const std::string& name = item.key();
-    // Children of adapter-ready layers (lora_A, copies, ...) are never targets (PEFT skips tuner internals).
-    bool internal = false;
-    for (const auto& [lname, layer] : all_layers) {
-      if (name.size() > lname.size() && name.compare(0, lname.size() + 1, lname + ".") == 0) internal = true;
-    }
-    auto it = layer_by_name.find(name);
-    ModuleInfo m;
-    m.name = name;
-    m.under_adapter = internal;
-    m.type = internal ? "adapter internals" : (it != layer_by_name.end() ? nn::to_string(it->second->kind()) : "Module");
-    if (internal) {
-      modules.push_back(std::move(m));
-      continue;
-    }
-    m.adaptable = it != layer_by_name.end();
-    m.is_linear = m.adaptable && it->second->is_linear();
-    modules.push_back(std::move(m));
-  }
-
+  std::vector<ModuleInfo> modules = module_infos(*model_);
   TargetingResult targets =
       find_targets(config, modules, info().default_target_modules(), info().output_embedding_name());
   config.target_modules = targets.resolved_target_modules;
@@ -265,6 +295,11 @@ const LoraConfig& PeftModel::peft_config(const std::string& adapter) const {
     throw AdapterNotFoundError("peft_config", "Adapter " + adapter + " does not exist (adapters: [" + names + "])");
   }
   return it->second;
+}
+
+void PeftModel::update_peft_config(const std::string& adapter, LoraConfig config) {
+  peft_config(adapter);  // throws AdapterNotFoundError
+  configs_[adapter] = std::move(config);
 }
 
 const std::string& PeftModel::active_adapter() const {

@@ -17,6 +17,9 @@
 #include "peft/config.h"
 
 namespace peft {
+namespace nn {
+class LoraLayerImpl;
+}  // namespace nn
 
 // What PEFT reads from a transformers model. A model class may implement it (multiple inheritance next to
 // torch::nn::Module); plain user models get the defaults of PEFT's "custom" model type.
@@ -31,6 +34,15 @@ class PeftModelInfo {
   virtual std::vector<std::string> default_target_modules() const { return {}; }
   // get_output_embeddings() (excluded from "all-linear"); empty if none.
   virtual std::string output_embedding_name() const { return ""; }
+  // get_input_embeddings() (trainable_token_indices given as a list applies to it). PEFT's fallback for models
+  // without one is "embed_tokens".
+  virtual std::string input_embedding_name() const { return "embed_tokens"; }
+  // True when the output embedding's weight IS the input embedding's (config.tie_word_embeddings).
+  virtual bool ties_word_embeddings() const { return false; }
+  // layer_replication (PEFT replicate_layers): rebuilds the model's list of transformer layers as the
+  // concatenation of the [start, end) ranges; each new entry shares its source layer's parameters and gets its
+  // new index. The default throws ConfigError (PEFT: "Could not locate the layers attribute in the model").
+  virtual void replicate_layers(const std::vector<std::pair<int64_t, int64_t>>& ranges);
 };
 
 // Result of loading adapter weights.
@@ -70,6 +82,9 @@ class PeftModel {
 
   // ---- adapters ----
   const LoraConfig& peft_config(const std::string& adapter) const;
+  // Replaces the stored config of an existing adapter without re-injecting (EVA rewrites r / target_modules /
+  // rank_pattern / alpha_pattern after redistributing ranks).
+  void update_peft_config(const std::string& adapter, LoraConfig config);
   const std::vector<std::string>& adapter_names() const { return adapter_order_; }  // creation order
   const std::string& active_adapter() const;  // first active adapter
   const std::vector<std::string>& active_adapters() const { return active_; }
@@ -113,8 +128,12 @@ class PeftModel {
   LoadResult set_peft_model_state_dict(const std::map<std::string, at::Tensor>& state_dict,
                                        const std::string& adapter);
   // adapter_config.json + adapter_model.safetensors; "default" in `dir`, others in `dir/<name>`.
+  // path_initial_model_for_weight_conversion (PEFT, for PiSSA / OLoRA / CorDA / LoRA-GA adapters): the folder
+  // of the initial adapter saved right after get_peft_model; the adapter is then written as a plain rank-2r
+  // LoRA for the ORIGINAL base weights (A' = [A; A0], B' = [B, -B0], r and alpha doubled).
   void save_pretrained(const std::string& dir,
-                       std::optional<std::vector<std::string>> selected_adapters = std::nullopt) const;
+                       std::optional<std::vector<std::string>> selected_adapters = std::nullopt,
+                       const std::string& path_initial_model_for_weight_conversion = "") const;
   // Loads a PEFT adapter folder as `adapter_name` (added if new). Frozen unless is_trainable.
   LoadResult load_adapter(const std::string& dir, const std::string& adapter_name, bool is_trainable = false);
   static std::shared_ptr<PeftModel> from_pretrained(std::shared_ptr<torch::nn::Module> model, const std::string& dir,
@@ -136,6 +155,12 @@ class PeftModel {
   bool enabled_ = true;
   bool unloaded_ = false;
 };
+
+// The adapter-ready layers that `config` targets in `model` (PEFT's matching rules: target_modules, defaults,
+// all-linear, exclude_modules, layers_to_transform), by full name in module order. Injection uses it, and so do
+// the data-driven inits' preprocessing steps (CorDA, LoRA-GA) that run before get_peft_model.
+std::vector<std::pair<std::string, std::shared_ptr<nn::LoraLayerImpl>>> find_target_layers(torch::nn::Module& model,
+                                                                                           const LoraConfig& config);
 
 // PEFT's get_peft_model(model, config, adapter_name).
 std::shared_ptr<PeftModel> get_peft_model(std::shared_ptr<torch::nn::Module> model, LoraConfig config,

@@ -172,7 +172,10 @@ LoadResult PeftModel::set_peft_model_state_dict(const std::map<std::string, at::
   return result;
 }
 
-void PeftModel::save_pretrained(const std::string& dir, std::optional<std::vector<std::string>> selected) const {
+void PeftModel::save_pretrained(const std::string& dir, std::optional<std::vector<std::string>> selected,
+                                const std::string& path_initial_model_for_weight_conversion) const {
+  PEFT_CHECK(path_initial_model_for_weight_conversion.empty(), UnsupportedError, "save_pretrained",
+             "path_initial_model_for_weight_conversion is not implemented yet");
   check_not_unloaded("save_pretrained");
   std::vector<std::string> adapters = selected ? *selected : adapter_order_;
   for (const auto& a : adapters) {

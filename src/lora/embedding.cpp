@@ -62,6 +62,8 @@ std::vector<std::pair<std::string, at::Tensor>> EmbeddingImpl::adapter_tensors(
     out.emplace_back("lora_embedding_A", lora_embedding_A_->get(adapter));
     out.emplace_back("lora_embedding_B", lora_embedding_B_->get(adapter));
   }
+  at::Tensor m = dora_magnitude(adapter);
+  if (m.defined()) out.emplace_back("lora_magnitude_vector", m);
   return out;
 }
 
@@ -75,6 +77,13 @@ at::Tensor EmbeddingImpl::add_adapter_output(at::Tensor result, const at::Tensor
   const at::Tensor& B = lora_embedding_B_->get(adapter);  // (embedding_dim, r)
   at::Tensor h = at::embedding(A.t(), x, padding_idx_.value_or(-1));  // (..., r)
   at::Tensor y = at::matmul(h, B.t()) * scaling(adapter);
+  const at::Tensor magnitude = dora_magnitude(adapter);
+  if (magnitude.defined()) {
+    // PEFT DoraEmbeddingVariant: g = m / ||W^T + s (B A)|| per embedding column; result = g * result + g * lora.
+    at::Tensor norm = dora_weight_norm(weight(), get_delta_weight(adapter).to(weight().scalar_type()));
+    at::Tensor g = magnitude / norm.to(magnitude.scalar_type());
+    return g * result + g * y;
+  }
   return result + y.to(result.scalar_type());
 }
 

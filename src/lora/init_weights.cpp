@@ -25,7 +25,7 @@ void default_bias_init_(at::Tensor& bias, const at::Tensor& weight) {
 }
 
 void init_linear_like_factors(const InitLoraWeights& init, int r, at::Tensor& A, at::Tensor& B,
-                              at::Tensor& B_bias, const char* layer_kind) {
+                              at::Tensor& B_bias, const char* /*layer_kind*/) {
   using K = InitLoraWeights::Kind;
   torch::NoGradGuard no_grad;
   // Constructor init, as nn.Linear(in, r) then nn.Linear(r, out) would do.
@@ -46,10 +46,7 @@ void init_linear_like_factors(const InitLoraWeights& init, int r, at::Tensor& A,
       if (B_bias.defined()) B_bias.zero_();
       return;
     default:
-      throw UnsupportedError(
-          "lora", std::string("init_lora_weights=\"") + init.spelling + "\" on a " + layer_kind +
-                      " layer is not available yet (hint: PiSSA, OLoRA, orthogonal, EVA, CorDA, LoftQ and "
-                      "LoRA-GA land with the initialisations issue; use true, false or \"gaussian\")");
+      return;  // weight-based inits: LoraLayerImpl::init_from_weight replaces both factors next
   }
 }
 

@@ -83,6 +83,7 @@ void LoraLayerImpl::add_factors(const std::string& adapter, const AdapterSetting
                      " layer has no bias; merging this adapter will fail");
   }
   detail::init_linear_like_factors(s.init_lora_weights, s.r, A, B, b, to_string(kind_).c_str());
+  init_from_weight(adapter, s, A, B);
   lora_A_->insert(adapter, std::make_shared<FactorImpl>(A, at::Tensor()));
   lora_B_->insert(adapter, std::make_shared<FactorImpl>(B, b));
 }
@@ -108,15 +109,31 @@ double LoraLayerImpl::dropout_p(const std::string& adapter) const {
 void LoraLayerImpl::update_layer(const std::string& adapter, const AdapterSettings& settings) {
   PEFT_CHECK(settings.r > 0, ConfigError, "lora",
              "`r` should be a positive integer value but the value passed is " << settings.r);
-  PEFT_CHECK(!settings.use_dora, UnsupportedError, "lora",
-             "use_dora: DoRA is not implemented yet (hint: it lands with the variants issue)");
+  PEFT_CHECK(!(settings.use_dora && settings.lora_bias), ConfigError, "lora",
+             "DoRA does not support lora_bias=True (adapter \"" << adapter << "\")");
+  if (settings.alora_invocation_tokens) {
+    PEFT_CHECK(is_linear(), UnsupportedError, "lora",
+               "aLoRA (alora_invocation_tokens) supports Linear layers only; this layer is a " << to_string(kind_)
+                                                                                           << " (hint: target only linear modules)");
+    PEFT_CHECK(!settings.use_dora, ConfigError, "lora", "aLoRA cannot be combined with DoRA (use_dora=True)");
+  }
   PEFT_CHECK(std::find(merged_.begin(), merged_.end(), adapter) == merged_.end(), Error, "lora",
              "cannot re-create adapter \"" << adapter << "\" while it is merged (hint: unmerge first)");
-  if (has_adapter(adapter)) destroy_adapter(adapter);
+  if (has_adapter(adapter)) {
+    destroy_adapter(adapter);
+    if (lora_magnitude_vector_) lora_magnitude_vector_->erase(adapter);
+  }
   create_adapter(adapter, settings);
   if (!has_adapter(adapter)) adapter_order_.push_back(adapter);
   settings_[adapter] = settings;
   scaling_[adapter] = settings.base_scaling();
+  if (settings.use_dora) {
+    // PEFT DoraLinearLayer.update_layer: m = ||W + scaling * B A|| per output channel (so DoRA is a no-op at init
+    // when B A = 0); computed in float32 for half-precision factors (get_delta_weight does that on CPU).
+    torch::NoGradGuard no_grad;
+    at::Tensor delta = get_delta_weight(adapter).to(weight_.scalar_type());
+    set_dora_magnitude(adapter, dora_weight_norm(weight_.detach(), delta));
+  }
   // PEFT calls set_adapter(active_adapters) at the end: a new, inactive adapter starts frozen.
   set_active_adapters(active_, true);
 }
@@ -126,6 +143,7 @@ void LoraLayerImpl::delete_adapter(const std::string& adapter) {
   PEFT_CHECK(std::find(merged_.begin(), merged_.end(), adapter) == merged_.end(), Error, "delete_adapter",
              "Cannot delete adapter(s) [" << adapter << "] while they are merged. Please unmerge them first.");
   destroy_adapter(adapter);
+  if (lora_magnitude_vector_) lora_magnitude_vector_->erase(adapter);
   settings_.erase(adapter);
   scaling_.erase(adapter);
   adapter_order_.erase(std::remove(adapter_order_.begin(), adapter_order_.end(), adapter),
@@ -161,6 +179,8 @@ std::vector<std::pair<std::string, at::Tensor>> LoraLayerImpl::adapter_tensors(c
     out.emplace_back("lora_B.weight", b->weight);
     if (b->bias.defined()) out.emplace_back("lora_B.bias", b->bias);
   }
+  at::Tensor m = dora_magnitude(adapter);
+  if (m.defined()) out.emplace_back("lora_magnitude_vector", m);
   return out;
 }
 
@@ -173,6 +193,10 @@ void LoraLayerImpl::set_active_adapters(const std::vector<std::string>& adapters
   for (const auto& name : adapter_order_) {
     bool on = trainable && std::find(active_.begin(), active_.end(), name) != active_.end();
     for (auto& [key, t] : adapter_tensors(name)) t.set_requires_grad(on);
+  }
+  for (auto& [name, slot] : tokens_) {
+    bool on = trainable && std::find(active_.begin(), active_.end(), name) != active_.end();
+    slot.delta.set_requires_grad(on);
   }
   if (modules_to_save_) {
     int active_copies = 0;
@@ -198,14 +222,19 @@ void LoraLayerImpl::enable_adapters(bool enabled) {
   for (const auto& name : adapter_order_) {
     for (auto& [key, t] : adapter_tensors(name)) t.set_requires_grad(false);
   }
+  for (auto& [name, slot] : tokens_) slot.delta.set_requires_grad(false);
 }
 
 void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool safe_merge) {
   std::vector<std::string> names = adapters ? *adapters : active_;
+  merge_tokens(names);
   std::vector<std::string> todo;
   for (const auto& n : names) {
     if (!has_adapter(n)) continue;
     if (std::find(merged_.begin(), merged_.end(), n) != merged_.end()) continue;
+    PEFT_CHECK(!settings_.at(n).alora_invocation_tokens, UnsupportedError, "merge",
+               "aLoRA adapter \"" << n << "\" cannot be merged: it acts only from the invocation sequence onwards "
+                                      "(PEFT raises too)");
     todo.push_back(n);
   }
   if (todo.empty()) {
@@ -224,8 +253,16 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
     }();
     PEFT_CHECK(!bias_delta.defined() || has_bias(), Error, "merge",
                "adapter \"" << n << "\" has lora_bias=True but the base layer has no bias, so it cannot be merged");
+    at::Tensor w;
+    const at::Tensor m = dora_magnitude(n);
+    if (m.defined()) {
+      // PEFT DoRA merge: W' = (m / ||W + dW||) (W + dW), the norm cached for an exact unmerge.
+      at::Tensor norm = dora_weight_norm(weight_, delta);
+      dora_merge_norm_[n] = norm;
+      w = (dora_factor_for_weight(m / norm) * (weight_ + delta)).to(weight_.scalar_type());
+    }
     if (safe_merge) {
-      at::Tensor w = weight_ + delta;
+      if (!w.defined()) w = weight_ + delta;
       PEFT_CHECK(at::isfinite(w).all().item<bool>(), Error, "merge",
                  "NaNs detected in the merged weights. The adapter " << n << " seems to be broken");
       at::Tensor b;
@@ -237,7 +274,11 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
       weight_.copy_(w);
       if (b.defined()) bias_.copy_(b);
     } else {
-      weight_.add_(delta);
+      if (w.defined()) {
+        weight_.copy_(w);
+      } else {
+        weight_.add_(delta);
+      }
       if (bias_delta.defined()) bias_.add_(bias_delta);
     }
     merged_.push_back(n);
@@ -249,11 +290,20 @@ void LoraLayerImpl::unmerge() {
   while (!merged_.empty()) {
     std::string n = merged_.back();
     merged_.pop_back();
-    weight_.sub_(get_delta_weight(n).to(weight_.scalar_type()));
+    at::Tensor delta = get_delta_weight(n).to(weight_.scalar_type());
+    const at::Tensor m = dora_magnitude(n);
+    if (m.defined() && dora_merge_norm_.count(n)) {
+      at::Tensor factor = dora_factor_for_weight(m / dora_merge_norm_.at(n));
+      dora_merge_norm_.erase(n);
+      weight_.copy_((weight_ / factor - delta).to(weight_.scalar_type()));
+    } else {
+      weight_.sub_(delta);
+    }
     for (auto& [key, t] : adapter_tensors(n)) {
       if (key == "lora_B.bias") bias_.sub_((t * scaling(n)).to(bias_.scalar_type()));
     }
   }
+  unmerge_tokens();
 }
 
 at::Tensor LoraLayerImpl::forward_with_adapters(const at::Tensor& x) const {
@@ -265,6 +315,9 @@ at::Tensor LoraLayerImpl::forward_with_adapters(const at::Tensor& x) const {
     w = &copy->weight;
     b = &copy->bias;
   }
+  if (observer_) observer_(x);
+  at::Tensor tokens_w = weight_with_tokens(*w);
+  if (tokens_w.defined()) w = &tokens_w;
   at::Tensor result = base_forward(x, *w, *b);
   if (!enabled_ || merged() || settings_.empty()) return result;
   const auto dtype = result.scalar_type();
@@ -275,11 +328,15 @@ at::Tensor LoraLayerImpl::forward_with_adapters(const at::Tensor& x) const {
   return result.scalar_type() == dtype ? result : result.to(dtype);
 }
 
-void LoraLayerImpl::add_trainable_copy(const std::string& adapter) {
+void LoraLayerImpl::add_trainable_copy(const std::string& adapter, const at::Tensor& shared_weight) {
   if (!modules_to_save_) modules_to_save_ = register_module("modules_to_save", AdapterDict());
   torch::NoGradGuard no_grad;
   at::Tensor b = bias_.defined() ? bias_.detach().clone() : at::Tensor();
-  modules_to_save_->insert(adapter, std::make_shared<FactorImpl>(weight_.detach().clone(), b));
+  PEFT_CHECK(!shared_weight.defined() || shared_weight.sizes() == weight_.sizes(), ShapeMismatchError,
+             "modules_to_save", "a tied copy must have the weight's shape " << weight_.sizes() << "; got "
+                                                                            << shared_weight.sizes());
+  at::Tensor w = shared_weight.defined() ? shared_weight : weight_.detach().clone();
+  modules_to_save_->insert(adapter, std::make_shared<FactorImpl>(w, b));
   set_active_adapters(active_, true);
 }
 
@@ -325,6 +382,12 @@ void LoraLayerImpl::remove_all_adapters() {
     scaling_.erase(n);
   }
   adapter_order_.clear();
+  if (lora_magnitude_vector_) {
+    for (const auto& n : lora_magnitude_vector_->keys()) lora_magnitude_vector_->erase(n);
+  }
+  dora_merge_norm_.clear();
+  for (const auto& n : trainable_tokens_names()) delete_trainable_tokens(n);
+  tokens_merged_.clear();
   if (modules_to_save_) {
     for (const auto& n : modules_to_save_->keys()) modules_to_save_->erase(n);
   }

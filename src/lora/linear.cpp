@@ -6,6 +6,7 @@
 #include <torch/utils.h>
 
 #include "init_weights.h"
+#include "peft/lora/forward_context.h"
 #include "peft/error.h"
 
 namespace peft::nn {
@@ -62,8 +63,16 @@ at::Tensor LinearImpl::add_adapter_output(at::Tensor result, const at::Tensor& x
   const double s = scaling(adapter);
   at::Tensor xin = x.scalar_type() == A.scalar_type() ? x : x.to(A.scalar_type());
   const double p = dropout_p(adapter);
+  const at::Tensor magnitude = dora_magnitude(adapter);
+  if (magnitude.defined()) return add_dora_output(std::move(result), xin, adapter);
   if (p > 0.0) xin = at::dropout(xin, p, is_training());
   at::Tensor h = at::matmul(xin, A.t());  // (..., r)
+  const auto& alora = adapter_settings(adapter).alora_invocation_tokens;
+  if (alora) {
+    // aLoRA: only the invocation sequence's last occurrence and the positions after it are adapted.
+    at::Tensor y = at::linear(h, Bm->weight, Bm->bias) * s;
+    return result + (y * alora_position_mask(y, *alora)).to(result.scalar_type());
+  }
   if (!at::GradMode::is_enabled() && result.scalar_type() == h.scalar_type() && result.is_contiguous()) {
     // Inference: fuse scale-and-add into one GEMM on the output buffer (no (..., out) temporary).
     at::Tensor out2d = result.view({-1, out_features_});
@@ -73,6 +82,28 @@ at::Tensor LinearImpl::add_adapter_output(at::Tensor result, const at::Tensor& x
   }
   at::Tensor y = at::linear(h, Bm->weight, Bm->bias) * s;
   return result + y.to(result.scalar_type());
+}
+
+at::Tensor LinearImpl::add_dora_output(at::Tensor result, const at::Tensor& xin, const std::string& adapter) const {
+  // PEFT DoraLinearVariant.forward + DoraLinearLayer.forward: with g = m / ||W + s B A|| (the norm detached,
+  // paper section 4.3), result += (g - 1) * base + g * s * B A x, where base is the bias-free base output
+  // (reused from result without dropout or in eval mode, recomputed on the dropped-out input otherwise).
+  const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;
+  const auto& B = lora_B_->get<FactorImpl>(adapter)->weight;
+  const double s = scaling(adapter);
+  const double p = dropout_p(adapter);
+  at::Tensor norm = dora_weight_norm(weight(), get_delta_weight(adapter).to(weight().scalar_type()));
+  at::Tensor g = dora_magnitude(adapter) / norm.to(dora_magnitude(adapter).scalar_type());  // (out,)
+  at::Tensor x = xin;
+  at::Tensor base;
+  if (p == 0.0 || !is_training()) {
+    base = has_bias() ? result - bias() : result;
+  } else {
+    x = at::dropout(xin, p, true);
+    base = base_forward(x, weight().to(x.scalar_type()), at::Tensor());
+  }
+  at::Tensor lora = at::linear(at::linear(x, A), B);
+  return result + (g - 1) * base + g * lora * s;
 }
 
 at::Tensor LinearImpl::get_delta_weight(const std::string& adapter) const {

@@ -8,6 +8,7 @@
 #include "config_reader.h"
 #include "families.h"
 #include "peft/error.h"
+#include "peft/lora/forward_context.h"
 #include "peft/lora/linear.h"
 
 namespace peft::models::detail {
@@ -56,6 +57,7 @@ class SequenceClassifier : public PretrainedModel {
 
   // Logits (batch, num_labels).
   at::Tensor forward(const ForwardInput& in) override {
+    nn::ForwardInputIdsGuard ids_guard(in.input_ids);  // aLoRA layers find their invocation sequence in it
     PEFT_CHECK(in.cache == nullptr, UnsupportedError, prefix(),
                "a KV cache is for causal LMs; this is an encoder");
     at::Tensor h = encoder_->forward(in.input_ids, in.attention_mask, in.token_type_ids);

@@ -15,6 +15,7 @@
 #include "families.h"
 #include "activations.h"
 #include "peft/error.h"
+#include "peft/lora/forward_context.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/linear.h"
 
@@ -216,6 +217,7 @@ class Gpt2LMHeadModel : public PretrainedModel {
   // Causal LM logits (batch, seq, vocab). With a cache, input_ids are the new positions only and
   // attention_mask (if any) covers cached + new positions.
   at::Tensor forward(const ForwardInput& in) override {
+    nn::ForwardInputIdsGuard ids_guard(in.input_ids);  // aLoRA layers find their invocation sequence in it
     const at::Tensor& ids = in.input_ids;
     PEFT_CHECK(ids.defined() && ids.dim() == 2 && !c10::isFloatingType(ids.scalar_type()),
                ShapeMismatchError, "gpt2", "input_ids must be an integer tensor (batch, seq)");

@@ -16,6 +16,7 @@
 #include "config_reader.h"
 #include "families.h"
 #include "peft/error.h"
+#include "peft/lora/forward_context.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/linear.h"
 #include "rope.h"
@@ -294,6 +295,7 @@ class LlamaForCausalLM : public PretrainedModel {
 
 at::Tensor LlamaForCausalLM::forward(const ForwardInput& input) {
   const at::Tensor& ids = input.input_ids;
+  nn::ForwardInputIdsGuard ids_guard(ids);  // aLoRA layers find their invocation sequence in it
   PEFT_CHECK(ids.defined() && ids.dim() == 2 && ids.scalar_type() == at::kLong, ShapeMismatchError,
              class_name(), "input_ids must be an int64 tensor (batch, seq)");
   PEFT_CHECK(

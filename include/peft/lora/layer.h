@@ -7,6 +7,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -30,6 +31,10 @@ struct AdapterSettings {
   bool lora_bias = false;
   InitLoraWeights init_lora_weights;
   bool use_dora = false;
+  // aLoRA: the adapter acts on the invocation sequence's last occurrence and every position after it.
+  std::optional<std::vector<int64_t>> alora_invocation_tokens;
+  // LoRA-GA's direction / scale choices (init_lora_weights = "lora_ga").
+  std::optional<LoraGAConfig> lora_ga_config;
   // alpha / r, or alpha / sqrt(r) with rsLoRA.
   double base_scaling() const;
 };
@@ -107,6 +112,12 @@ class LoraLayerImpl : public torch::nn::Module {
   void enable_adapters(bool enabled);
   bool adapters_enabled() const { return enabled_; }
 
+  // ---- DoRA (use_dora) ----
+  // The magnitude vector of a DoRA adapter (PEFT's lora_magnitude_vector[adapter].weight; saved under the key
+  // "lora_magnitude_vector"); undefined for a plain adapter. Shapes: Linear (out,), Embedding (embedding_dim,),
+  // ConvNd (1, out, 1...).
+  at::Tensor dora_magnitude(const std::string& adapter) const;
+
   // ---- merging ----
   // What merging `adapter` adds to `weight`: (scaling x B @ A) in the base weight's layout and dtype.
   virtual at::Tensor get_delta_weight(const std::string& adapter) const = 0;
@@ -115,11 +126,13 @@ class LoraLayerImpl : public torch::nn::Module {
   void merge(std::optional<std::vector<std::string>> adapters = std::nullopt, bool safe_merge = false);
   // Unmerges every merged adapter, last merged first.
   void unmerge();
-  bool merged() const { return !merged_.empty(); }
+  bool merged() const { return !merged_.empty() || !tokens_merged_.empty(); }
   const std::vector<std::string>& merged_adapters() const { return merged_; }
 
   // ---- modules_to_save (a full trainable copy of this layer per adapter) ----
-  void add_trainable_copy(const std::string& adapter);
+  // `shared_weight` (ensure_weight_tying): the copy's weight is that tensor (another layer's copy) instead of a
+  // clone of this layer's weight, so the tied copies train as one.
+  void add_trainable_copy(const std::string& adapter, const at::Tensor& shared_weight = {});
   void delete_trainable_copy(const std::string& adapter);
   bool has_trainable_copy(const std::string& adapter) const;
   std::vector<std::string> trainable_copy_names() const;
@@ -129,6 +142,31 @@ class LoraLayerImpl : public torch::nn::Module {
   void promote_trainable_copy(const std::string& adapter);
   // True when the base weights in use are those of a modules_to_save copy (enabled, active copy).
   bool uses_trainable_copy() const;
+
+  // ---- trainable tokens (PEFT TrainableTokensLayer; Embedding, or a Linear whose weight is tied to one) ----
+  // Rows `indices` of the weight get a trainable stand-in `trainable_tokens_delta` (n, dim), initialised as a
+  // copy of those rows (despite its name, PEFT stores the rows, not a difference). `tied_delta` makes this layer
+  // share another layer's parameter (a tied lm_head), which is then not saved again.
+  void add_trainable_tokens(const std::string& adapter, const std::vector<int64_t>& indices,
+                            const at::Tensor& tied_delta = {});
+  void delete_trainable_tokens(const std::string& adapter);
+  bool has_trainable_tokens(const std::string& adapter) const;
+  bool trainable_tokens_tied(const std::string& adapter) const;
+  const std::vector<int64_t>& trainable_token_indices(const std::string& adapter) const;
+  at::Tensor trainable_tokens_delta(const std::string& adapter) const;
+  std::vector<std::string> trainable_tokens_names() const;
+
+  // ---- data-driven initialisation (EVA, CorDA, LoRA-GA) ----
+  // Called with the layer's input at the start of every forward (PEFT registers forward hooks for this).
+  // An empty function removes the observer.
+  using InputObserver = std::function<void(const at::Tensor& input)>;
+  void set_input_observer(InputObserver observer) { observer_ = std::move(observer); }
+  // Tensors a preprocessing step attaches to the layer (PEFT sets module attributes such as `eigens` or
+  // `_peft_loraga_grad`); update_layer reads them for the init that needs them ("corda_U", "corda_S",
+  // "corda_V", "loraga_grad").
+  void set_init_data(const std::string& key, at::Tensor value);
+  at::Tensor init_data(const std::string& key) const;  // undefined when absent
+  void clear_init_data();
 
   // Removes every adapter and copy (after merge_and_unload / unload); the layer is then a plain layer.
   void remove_all_adapters();
@@ -164,6 +202,22 @@ class LoraLayerImpl : public torch::nn::Module {
   // scaling * (B2 @ A2) with B2: (out, r), A2: (r, in); on CPU, half-precision factors are multiplied in float32
   // (as PEFT does) and the result cast back.
   at::Tensor scaled_product(const at::Tensor& B2, const at::Tensor& A2, const std::string& adapter) const;
+  // Weight-based inits (PiSSA, OLoRA, orthogonal, CorDA, LoRA-GA) of a Linear / Conv1D adapter: replaces A, B
+  // and, for those that mutate the base, the base weight. Called by add_factors.
+  void init_from_weight(const std::string& adapter, const AdapterSettings& settings, at::Tensor& A, at::Tensor& B);
+  // DoRA: the magnitude dict (registered on first use) and the row-norm helpers of each layer type.
+  AdapterDict lora_magnitude_vector_{nullptr};
+  void set_dora_magnitude(const std::string& adapter, at::Tensor magnitude);
+  // ||W + scaling * dW|| per output channel (detached), shaped like the magnitude; `delta` already scaled and in
+  // the base weight's layout.
+  at::Tensor dora_weight_norm(const at::Tensor& weight, const at::Tensor& delta) const;
+  // m / ||W + dW|| shaped to scale the stored weight: (out, 1) Linear, (1, out) Conv1D, (1, dim) Embedding,
+  // (out, 1, 1...) ConvNd.
+  at::Tensor dora_factor_for_weight(const at::Tensor& factor) const;
+  // The trainable-token-substituted weight for forward (undefined when no token adapter is active).
+  at::Tensor weight_with_tokens(const at::Tensor& weight) const;
+  void merge_tokens(const std::vector<std::string>& adapters);
+  void unmerge_tokens();
 
  private:
   LayerKind kind_;
@@ -176,6 +230,21 @@ class LoraLayerImpl : public torch::nn::Module {
   std::vector<std::string> merged_;
   bool enabled_ = true;
   AdapterDict modules_to_save_{nullptr};
+  // DoRA merge caches ||W + dW|| per merged adapter (PEFT "{a}-weight_norm") for an exact unmerge.
+  std::map<std::string, at::Tensor> dora_merge_norm_;
+  // Trainable tokens.
+  struct TokenSlot {
+    std::vector<int64_t> indices;
+    at::Tensor index;     // int64 tensor of indices on the weight's device
+    at::Tensor delta;     // (n, dim) parameter
+    at::Tensor original;  // (n, dim) buffer: the base rows
+    bool tied = false;
+  };
+  std::map<std::string, TokenSlot> tokens_;
+  std::shared_ptr<torch::nn::Module> token_adapter_;
+  std::vector<std::string> tokens_merged_;
+  InputObserver observer_;
+  std::map<std::string, at::Tensor> init_data_;
 };
 
 // The adapter-ready layers of a module tree, by full dotted name, in named_modules() order (layers nested in

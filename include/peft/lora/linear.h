@@ -30,6 +30,7 @@ class LinearImpl : public LoraLayerImpl {
   at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const override;
 
  private:
+  at::Tensor add_dora_output(at::Tensor result, const at::Tensor& xin, const std::string& adapter) const;
   int64_t in_features_;
   int64_t out_features_;
   bool fan_in_fan_out_;

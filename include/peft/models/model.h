@@ -51,9 +51,10 @@ class PretrainedModel : public torch::nn::Module, public PeftModelInfo {
   virtual int64_t num_hidden_layers() const = 0;
   virtual int64_t vocab_size() const = 0;
   // Full name of the input embedding module ("model.embed_tokens").
-  virtual std::string input_embedding_name() const = 0;
+  std::string input_embedding_name() const override = 0;
   // Checkpoint keys that alias another parameter (tied lm_head), written by save but absent from many files.
   virtual std::vector<std::pair<std::string, std::string>> tied_weights() const { return {}; }
+  bool ties_word_embeddings() const override { return !tied_weights().empty(); }
 
   // The config.json text the model was built from.
   const std::string& config_json() const { return config_json_; }

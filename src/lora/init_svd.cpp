@@ -1,0 +1,149 @@
+// Weight-based LoRA initialisations (PEFT LoraLayer.pissa_init, olora_init, orthogonal_init, corda_init,
+// lora_ga_init) and torch.svd_lowrank, which LibTorch's C++ API lacks.
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "init_weights.h"
+#include "peft/error.h"
+
+namespace peft::detail {
+
+LowRankSvd svd_lowrank(const at::Tensor& M, int64_t q, int niter) {
+  PEFT_CHECK(M.dim() == 2, ShapeMismatchError, "svd_lowrank", "expected a matrix; got " << M.dim() << " dimensions");
+  const int64_t m = M.size(0);
+  const int64_t n = M.size(1);
+  PEFT_CHECK(q > 0 && q <= std::min(m, n), ConfigError, "svd_lowrank",
+             "q = " << q << " must be in [1, min(" << m << ", " << n << ")]");
+  // Work on the tall orientation: A (rows >= cols), as torch does by factoring A^T when m < n.
+  const bool wide = m < n;
+  at::Tensor A = wide ? M.t() : M;
+  // Randomized range finder with niter power iterations, re-orthonormalised each time (Halko et al., 4.4).
+  at::Tensor X = torch::randn({A.size(1), q}, A.options());
+  at::Tensor Q = std::get<0>(at::linalg_qr(at::matmul(A, X)));
+  for (int i = 0; i < niter; ++i) {
+    Q = std::get<0>(at::linalg_qr(at::matmul(A.t(), Q)));
+    Q = std::get<0>(at::linalg_qr(at::matmul(A, Q)));
+  }
+  at::Tensor B = at::matmul(Q.t(), A);  // (q, cols)
+  auto [Ub, S, Vh] = at::linalg_svd(B, /*full_matrices=*/false);
+  at::Tensor U = at::matmul(Q, Ub);
+  at::Tensor V = Vh.t();
+  if (wide) std::swap(U, V);
+  return {U, S, V};
+}
+
+WeightInit pissa_init(const at::Tensor& W, int r, double scaling, int niter) {
+  at::Tensor Vr, Sr, Uhr;
+  if (niter <= 0) {
+    // W = V diag(S) Uh (PEFT's naming: W is (out, in), V the left factor)
+    auto [V, S, Uh] = at::linalg_svd(W, /*full_matrices=*/false);
+    Vr = V.slice(1, 0, r);
+    Sr = S.slice(0, 0, r).clone();
+    Uhr = Uh.slice(0, 0, r);
+  } else {
+    LowRankSvd l = svd_lowrank(W, r, niter);
+    Vr = l.U;
+    Sr = l.S.clone();
+    Uhr = l.V.t();
+  }
+  Sr.div_(scaling);
+  at::Tensor sq = at::sqrt(Sr);
+  WeightInit out;
+  out.A = (sq.unsqueeze(1) * Uhr).contiguous();  // diag(sqrt S) @ Uh
+  out.B = (Vr * sq.unsqueeze(0)).contiguous();   // V @ diag(sqrt S)
+  out.residual = W - scaling * at::matmul(out.B, out.A);
+  return out;
+}
+
+WeightInit olora_init(const at::Tensor& W_stored, int r, double scaling) {
+  auto [Q, R] = at::linalg_qr(W_stored);
+  WeightInit out;
+  out.A = R.slice(0, 0, r).contiguous();
+  out.B = Q.slice(1, 0, r).contiguous();
+  out.residual = W_stored - scaling * at::matmul(out.B, out.A);
+  return out;
+}
+
+WeightInit orthogonal_init(int64_t in_features, int64_t out_features, int r) {
+  PEFT_CHECK(r % 2 == 0, ConfigError, "lora",
+             "Orthogonal initialization requires the LoRA rank to be even, got " << r << " instead.");
+  // PEFT draws on the CPU generator in this order: X (r, r), then A's and B's Gaussian factors.
+  at::Tensor X = torch::randn({r, r});
+  at::Tensor Q = std::get<0>(at::linalg_qr(X));
+  at::Tensor q_odd = Q.slice(0, 0, r, 2);   // rows 0, 2, 4, ...
+  at::Tensor q_even = Q.slice(0, 1, r, 2);  // rows 1, 3, 5, ...
+  WeightInit out;
+  out.A = (at::mm(torch::randn({in_features, r / 2}), q_odd).t() / 10.0).contiguous();  // (r, in)
+  out.B = (at::mm(torch::randn({r / 2, out_features}).t(), q_even) / 10.0).contiguous();  // (out, r)
+  return out;  // base untouched: B A = 0 because even and odd rows of Q are orthogonal
+}
+
+WeightInit corda_init(const at::Tensor& W, int r, double scaling, const at::Tensor& U, const at::Tensor& S,
+                      const at::Tensor& V) {
+  PEFT_CHECK(U.size(1) == r && S.size(0) == r && V.size(1) == r, ShapeMismatchError, "corda",
+             "CorDA decomposition has rank " << S.size(0) << " but the adapter's r is " << r);
+  at::Tensor sq = at::sqrt(S / scaling);
+  WeightInit out;
+  out.A = (V.t() * sq.unsqueeze(1)).contiguous();  // (r, in): rows of V^T scaled
+  out.B = (U * sq.unsqueeze(0)).contiguous();      // (out, r)
+  out.residual = W - scaling * at::matmul(out.B, out.A);
+  return out;
+}
+
+WeightInit loraga_init(const at::Tensor& W, const at::Tensor& G, int r, double scaling, const LoraGAConfig& c) {
+  PEFT_CHECK(G.sizes() == W.sizes(), ShapeMismatchError, "lora_ga",
+             "stored gradient has shape " << G.sizes() << " but the weight is " << W.sizes());
+  const int64_t q = std::min<int64_t>(4 * r, std::min(G.size(0), G.size(1)));
+  PEFT_CHECK(2 * r <= q, ConfigError, "lora_ga",
+             "LoRA-GA needs 2r = " << 2 * r << " singular directions but the weight allows only " << q);
+  LowRankSvd l = svd_lowrank(G, q, 4);
+  at::Tensor U = l.U.slice(1, 0, 2 * r);
+  at::Tensor S = l.S.slice(0, 0, 2 * r);
+  at::Tensor Vh = l.V.t().slice(0, 0, 2 * r);
+  at::Tensor A, B, SB;
+  if (c.direction == "ArBr") {
+    A = Vh.slice(0, 1, 2 * r, 2);
+    B = U.slice(1, 0, 2 * r, 2);
+    SB = S.slice(0, 0, 2 * r, 2);
+  } else if (c.direction == "A2rBr") {
+    A = Vh.slice(0, r, 2 * r);
+    B = U.slice(1, 0, r);
+    SB = S.slice(0, 0, r);
+  } else if (c.direction == "ArB2r") {
+    A = Vh.slice(0, 0, r);
+    B = U.slice(1, r, 2 * r);
+    SB = S.slice(0, r, 2 * r);
+  } else if (c.direction == "random") {
+    at::Tensor idx = torch::randperm(2 * r, at::TensorOptions().dtype(at::kLong)).slice(0, 0, r).to(U.device());
+    A = Vh.index_select(0, idx);
+    B = U.index_select(1, idx);
+    SB = S.index_select(0, idx);
+  } else {
+    throw ConfigError("lora_ga", "unknown direction \"" + c.direction +
+                                     "\" (expected \"ArBr\", \"A2rBr\", \"ArB2r\" or \"random\")");
+  }
+  B = B * SB.unsqueeze(0);
+  if (c.scale == "stable") {
+    B = B * (std::pow(static_cast<double>(W.size(0)), 0.25) / std::sqrt(c.stable_gamma));
+  } else if (c.scale == "weight_svd") {
+    const double smax = at::linalg_matrix_norm(W, 2).item<double>();
+    B = B * (smax / SB[0].item<double>());
+  } else if (c.scale == "gd_scale") {
+    A = A / scaling;
+    B = B / scaling;
+  } else if (c.scale != "unit") {
+    throw ConfigError("lora_ga", "unknown scale \"" + c.scale +
+                                     "\" (expected \"stable\", \"weight_svd\", \"gd_scale\" or \"unit\")");
+  }
+  WeightInit out;
+  out.A = A.contiguous();
+  out.B = B.contiguous();
+  out.residual = W - scaling * at::matmul(out.B, out.A);
+  return out;
+}
+
+}  // namespace peft::detail

@@ -1,0 +1,104 @@
+// The weight-based and data-driven init dispatch of a Linear / Conv1D adapter (PEFT LoraLayer.update_layer:
+// pissa*, corda, olora, eva, orthogonal, lora_ga), plus the tensors preprocessing steps attach to a layer.
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
+
+#include "init_weights.h"
+#include "peft/error.h"
+#include "peft/lora/layer.h"
+
+namespace peft::nn {
+
+void LoraLayerImpl::set_init_data(const std::string& key, at::Tensor value) { init_data_[key] = std::move(value); }
+
+at::Tensor LoraLayerImpl::init_data(const std::string& key) const {
+  auto it = init_data_.find(key);
+  return it == init_data_.end() ? at::Tensor() : it->second;
+}
+
+void LoraLayerImpl::clear_init_data() { init_data_.clear(); }
+
+void LoraLayerImpl::init_from_weight(const std::string& adapter, const AdapterSettings& s, at::Tensor& A,
+                                     at::Tensor& B) {
+  using K = InitLoraWeights::Kind;
+  const auto kind = s.init_lora_weights.kind;
+  if (kind == K::kTrue || kind == K::kFalse || kind == K::kGaussian) return;
+  const std::string spelling = to_string(s.init_lora_weights);
+  if (!is_linear()) {
+    // PEFT's Conv update_layer only knows true / "gaussian" (reset_lora_parameters raises for other strings).
+    PEFT_CHECK(kind_ == LayerKind::kEmbedding, ConfigError, "lora",
+               "Unknown initialization init_lora_weights='" << spelling << "' for a " << to_string(kind_)
+                                                             << " layer (hint: use true, false or \"gaussian\")");
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  if (kind == K::kEva) {
+    // PEFT: EVA only zeroes B here; initialize_lora_eva_weights sets A from the data afterwards.
+    B.zero_();
+    return;
+  }
+  const auto dtype = weight_.scalar_type();
+  PEFT_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, UnsupportedError, "lora",
+             "Please initialize " << spelling << " under float32, float16, or bfloat16; the base weight is "
+                                  << c10::toString(dtype)
+                                  << ". Subsequently, re-quantize the residual model to help minimize quantization "
+                                     "errors.");
+  const bool fifo = kind_ == LayerKind::kConv1D;
+  const double scaling = s.base_scaling();
+  at::Tensor W = weight_.detach().to(at::kFloat);
+  if (fifo) W = W.t();  // (out, in)
+  detail::WeightInit wi;
+  switch (kind) {
+    case K::kPissa:
+      wi = detail::pissa_init(W, s.r, scaling, s.init_lora_weights.niter);
+      break;
+    case K::kOlora:
+      // PEFT's olora_init works on the weight as stored, which gives transposed factors for Conv1D (broken there).
+      PEFT_CHECK(!fifo, UnsupportedError, "lora",
+                 "OLoRA on a fan_in_fan_out (GPT-2 Conv1D) layer: PEFT's olora_init factors the stored (in, out) "
+                 "weight and produces factors of the wrong shape (hint: use \"pissa\" for GPT-2)");
+      wi = detail::olora_init(W, s.r, scaling);
+      break;
+    case K::kOrthogonal:
+      wi = detail::orthogonal_init(in_features(), out_features(), s.r);
+      break;
+    case K::kCorda: {
+      at::Tensor U = init_data("corda_U"), S = init_data("corda_S"), V = init_data("corda_V");
+      PEFT_CHECK(U.defined() && S.defined() && V.defined(), ConfigError, "lora",
+                 "init_lora_weights=\"corda\": this layer has no CorDA decomposition (hint: run "
+                 "peft::preprocess_corda(model, config, run_model) before get_peft_model)");
+      wi = detail::corda_init(W, s.r, scaling, U.to(at::kFloat), S.to(at::kFloat), V.to(at::kFloat));
+      break;
+    }
+    case K::kLoraGa: {
+      at::Tensor G = init_data("loraga_grad");
+      if (!G.defined()) {
+        // PEFT falls back to the default init when no gradient was stored (e.g. while loading an adapter).
+        detail::default_weight_init_(A);
+        B.zero_();
+        return;
+      }
+      G = G.to(at::kFloat);
+      if (fifo) G = G.t();
+      wi = detail::loraga_init(W, G, s.r, scaling, s.lora_ga_config.value_or(LoraGAConfig{}));
+      break;
+    }
+    default:
+      throw UnsupportedError("lora", "init_lora_weights=\"" + spelling +
+                                         "\" is not available (hint: LoftQ lands with the quantization issue; MiCA "
+                                         "is not implemented)");
+  }
+  PEFT_CHECK(wi.A.sizes() == A.sizes() && wi.B.sizes() == B.sizes(), ShapeMismatchError, "lora",
+             spelling << " init produced A " << wi.A.sizes() << " and B " << wi.B.sizes() << "; the adapter needs "
+                      << A.sizes() << " and " << B.sizes() << " (hint: r must not exceed min(in, out))");
+  A.copy_(wi.A);
+  B.copy_(wi.B);
+  if (wi.residual.defined()) {
+    at::Tensor res = fifo ? wi.residual.t() : wi.residual;
+    weight_.copy_(res.to(dtype));
+  }
+  (void)adapter;
+}
+
+}  // namespace peft::nn
