@@ -1,6 +1,6 @@
-// Batched text generation: left padding + attention mask, one prefill, per-token decode through the
-// KV cache, transformers' logits processors, greedy or inverse-CDF sampling from a local
-// std::mt19937_64.
+// Batched text generation: left padding + attention mask, one prefill (optionally after a cached
+// prefix), per-token decode through the KV cache, transformers' logits processors, greedy or
+// inverse-CDF sampling from a local std::mt19937_64, aLoRA offsets kept for the whole call.
 #include "peft/generate.h"
 
 #include <ATen/ATen.h>
@@ -10,9 +10,15 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <random>
+#include <sstream>
+#include <string>
+#include <utility>
 
 #include "peft/error.h"
+#include "peft/lora/forward_context.h"
+#include "peft/lora/layer.h"
 
 namespace peft {
 namespace {
@@ -96,58 +102,197 @@ at::Tensor process_logits(const at::Tensor& logits, const std::vector<std::vecto
   return scores;
 }
 
-std::vector<std::vector<int64_t>> generate(
-    models::PretrainedModel& model, const std::vector<std::vector<int64_t>>& prompts,
-    const GenerationConfig& config, std::function<void(size_t row, int64_t token)> on_token) {
+namespace {
+
+void check_causal_lm(models::PretrainedModel& model) {
   PEFT_CHECK(model.task() == models::ModelTask::kCausalLm, UnsupportedError, "generate",
              model.class_name() << " is not a causal language model");
+}
+
+// Every row holds at least one token, each in the vocabulary.
+void check_rows(const std::vector<std::vector<int64_t>>& rows, int64_t vocab, const char* what) {
+  for (size_t row = 0; row < rows.size(); ++row) {
+    PEFT_CHECK(!rows[row].empty(), ShapeMismatchError, "generate",
+               what << " " << row << " is empty (hint: start it with the BOS token)");
+    for (int64_t t : rows[row]) {
+      PEFT_CHECK(t >= 0 && t < vocab, ShapeMismatchError, "generate",
+                 what << " " << row << " holds token id " << t << "; the vocabulary has " << vocab
+                      << " entries");
+    }
+  }
+}
+
+std::string ids_text(const std::vector<int64_t>& ids) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < ids.size(); ++i) os << (i ? ", " : "") << ids[i];
+  os << "]";
+  return os.str();
+}
+
+c10::Device model_device(models::PretrainedModel& model) {
+  const auto params = model.parameters();
+  return params.empty() ? c10::Device(c10::kCPU) : params.front().device();
+}
+
+// `rows` left-padded with `pad` to the longest: ids (batch, longest) int64 and the 1 / 0 attention
+// mask, undefined when no row is padded. On the CPU.
+std::pair<at::Tensor, at::Tensor> left_pad(const std::vector<std::vector<int64_t>>& rows,
+                                           int64_t pad) {
+  size_t longest = 0;
+  for (const auto& r : rows) longest = std::max(longest, r.size());
+  const auto batch = static_cast<int64_t>(rows.size());
+  const auto length = static_cast<int64_t>(longest);
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  at::Tensor ids = at::full({batch, length}, pad, opts);
+  at::Tensor mask = at::ones({batch, length}, opts);
+  bool padded = false;
+  for (size_t row = 0; row < rows.size(); ++row) {
+    const auto n = static_cast<int64_t>(rows[row].size());
+    const auto r = static_cast<int64_t>(row);
+    ids[r].narrow(0, length - n, n).copy_(at::tensor(rows[row], opts));
+    if (n < length) {
+      mask[r].narrow(0, 0, length - n).fill_(0);
+      padded = true;
+    }
+  }
+  return {ids, padded ? mask : at::Tensor()};
+}
+
+struct ActiveAlora {
+  std::string adapter;
+  std::vector<int64_t> tokens;
+};
+
+// The aLoRA adapter active in the model's enabled, unmerged LoRA layers (PEFT's
+// is_alora_relevant_in_batch), if any.
+std::optional<ActiveAlora> active_alora(models::PretrainedModel& model) {
+  std::optional<ActiveAlora> found;
+  for (const auto& [name, layer] : nn::lora_layers(model)) {
+    if (!layer->adapters_enabled() || layer->merged()) continue;
+    for (const auto& a : layer->active_adapters()) {
+      if (!layer->has_adapter(a)) continue;
+      const auto& tokens = layer->adapter_settings(a).alora_invocation_tokens;
+      if (!tokens) continue;
+      if (!found) {
+        found = ActiveAlora{a, *tokens};
+        continue;
+      }
+      // The forward context carries one offset per row, so one invocation sequence per call.
+      PEFT_CHECK(*tokens == found->tokens, UnsupportedError, "generate",
+                 "active aLoRA adapters \"" << found->adapter << "\" and \"" << a
+                     << "\" have different invocation sequences " << ids_text(found->tokens)
+                     << " and " << ids_text(*tokens) << " (layer " << name
+                     << "); expected one (hint: activate one aLoRA adapter at a time)");
+    }
+  }
+  return found;
+}
+
+// PEFT's calculate_alora_offsets over each prompt. A prompt's offset is counted from its end, so the
+// left padding of a batch does not change it.
+std::vector<std::optional<int64_t>> alora_offsets(const std::vector<std::vector<int64_t>>& prompts,
+                                                  const ActiveAlora& alora) {
+  std::vector<std::optional<int64_t>> offsets;
+  std::vector<size_t> missing;
+  for (size_t row = 0; row < prompts.size(); ++row) {
+    const auto n = static_cast<int64_t>(prompts[row].size());
+    at::Tensor ids = at::tensor(prompts[row], at::TensorOptions().dtype(at::kLong)).view({1, n});
+    offsets.push_back(nn::calculate_alora_offsets(ids, alora.tokens).front());
+    if (!offsets.back()) missing.push_back(row);
+  }
+  // Divergence from PEFT: PEFT runs a row without the invocation sequence silently as the base model
+  // (offset None); here that is an error, since the adapter would not act at all.
+  if (!missing.empty()) {
+    std::ostringstream rows;
+    for (size_t i = 0; i < missing.size(); ++i) {
+      rows << (i ? ", " : "") << missing[i] << " (" << prompts[missing[i]].size() << " tokens)";
+    }
+    throw ConfigError("generate", "prompt" + std::string(missing.size() > 1 ? "s " : " ") +
+                                      rows.str() + " lack" + (missing.size() > 1 ? "" : "s") +
+                                      " the invocation sequence " + ids_text(alora.tokens) +
+                                      " of aLoRA adapter \"" + alora.adapter +
+                                      "\"; expected it in every prompt, the adapter acts from its "
+                                      "last occurrence on (hint: append the invocation string to the "
+                                      "prompt; it must tokenize to these ids there)");
+  }
+  return offsets;
+}
+
+std::vector<std::vector<int64_t>> run(models::PretrainedModel& model, const PrefixCache* prefix,
+                                      const std::vector<std::vector<int64_t>>& prompts,
+                                      const GenerationConfig& config,
+                                      const std::function<void(size_t, int64_t)>& on_token) {
+  check_causal_lm(model);
   validate(config);
   const auto batch = static_cast<int64_t>(prompts.size());
   const int64_t vocab = model.vocab_size();
-  size_t longest = 0;
-  for (size_t row = 0; row < prompts.size(); ++row) {
-    PEFT_CHECK(!prompts[row].empty(), ShapeMismatchError, "generate",
-               "prompt " << row << " is empty (hint: start it with the BOS token)");
-    for (int64_t t : prompts[row]) {
-      PEFT_CHECK(t >= 0 && t < vocab, ShapeMismatchError, "generate",
-                 "prompt " << row << " holds token id " << t << "; the vocabulary has " << vocab
-                           << " entries");
-    }
-    longest = std::max(longest, prompts[row].size());
-  }
+  check_rows(prompts, vocab, "prompt");
   for (int64_t t : config.eos_token_ids) {
     PEFT_CHECK(t >= 0 && t < vocab, ConfigError, "generate",
                "eos_token_ids holds " << t << "; the vocabulary has " << vocab << " entries");
+  }
+  // What the prefill runs: the prompts, or what follows their cached prefixes.
+  std::vector<std::vector<int64_t>> rest = prompts;
+  if (prefix) {
+    PEFT_CHECK(prefix->tokens.size() == prompts.size(), ShapeMismatchError, "generate",
+               "the prefix cache holds " << prefix->tokens.size() << " rows; expected one per prompt ("
+                                         << prompts.size() << ")");
+    size_t longest = 0;
+    for (size_t row = 0; row < prompts.size(); ++row) {
+      const auto& p = prefix->tokens[row];
+      PEFT_CHECK(prompts[row].size() > p.size() &&
+                     std::equal(p.begin(), p.end(), prompts[row].begin()),
+                 ShapeMismatchError, "generate",
+                 "prompt " << row << " (" << prompts[row].size()
+                           << " tokens) does not extend its cached prefix (" << p.size()
+                           << " tokens); expected the prefix followed by at least one token (hint: "
+                              "leave the last prompt token out of the prefix)");
+      rest[row].erase(rest[row].begin(), rest[row].begin() + static_cast<std::ptrdiff_t>(p.size()));
+      longest = std::max(longest, p.size());
+    }
+    const int64_t cached = prefix->length();
+    const bool cache_ok =
+        batch == 0 || (cached == static_cast<int64_t>(longest) &&
+                       prefix->cache.keys.front().size(0) == batch &&
+                       (!prefix->attention_mask.defined() ||
+                        prefix->attention_mask.sizes() == at::IntArrayRef{batch, cached}));
+    PEFT_CHECK(cache_ok, ShapeMismatchError, "generate",
+               "the prefix cache holds " << cached << " positions; its token rows need "
+                                         << longest << " for a batch of " << batch
+                                         << " (hint: build it with prefill())");
+  }
+  // aLoRA: offsets from the whole prompts, kept for every forward of this call (decode steps too).
+  std::optional<nn::ForwardContextGuard> alora_guard;
+  if (!nn::current_forward_context().alora_offsets) {
+    if (auto alora = active_alora(model)) {
+      nn::ForwardContext context;
+      context.alora_offsets = alora_offsets(prompts, *alora);
+      alora_guard.emplace(std::move(context));
+    }
   }
   std::vector<std::vector<int64_t>> out(prompts.size());
   if (batch == 0 || config.max_new_tokens == 0) return out;
 
   const int64_t pad =
       config.pad_token_id.value_or(config.eos_token_ids.empty() ? 0 : config.eos_token_ids.front());
-  const auto length = static_cast<int64_t>(longest);
-  at::Tensor ids = at::full({batch, length}, pad, at::TensorOptions().dtype(at::kLong));
-  at::Tensor mask = at::ones({batch, length}, at::TensorOptions().dtype(at::kLong));
-  bool padded = false;
-  for (size_t row = 0; row < prompts.size(); ++row) {
-    const auto n = static_cast<int64_t>(prompts[row].size());
-    const auto r = static_cast<int64_t>(row);
-    ids[r]
-        .narrow(0, length - n, n)
-        .copy_(at::tensor(prompts[row], at::TensorOptions().dtype(at::kLong)));
-    if (n < length) {
-      mask[r].narrow(0, 0, length - n).fill_(0);
-      padded = true;
-    }
+  auto [ids, mask] = left_pad(rest, pad);
+  const int64_t length = ids.size(1);
+  if (prefix && (mask.defined() || prefix->attention_mask.defined())) {
+    // Padding may now sit between a row's prefix and its rest: positions count attended tokens.
+    const auto opts = at::TensorOptions().dtype(at::kLong);
+    at::Tensor head = prefix->attention_mask.defined() ? prefix->attention_mask.to(at::kCPU, at::kLong)
+                                                       : at::ones({batch, prefix->length()}, opts);
+    mask = at::cat({head, mask.defined() ? mask : at::ones({batch, length}, opts)}, 1);
   }
-  const auto params = model.parameters();
-  const c10::Device device = params.empty() ? c10::Device(c10::kCPU) : params.front().device();
+  const bool padded = mask.defined();
+  const c10::Device device = model_device(model);
   ids = ids.to(device);
-  mask = mask.to(device);
+  if (padded) mask = mask.to(device);
 
   torch::NoGradGuard no_grad;
-  models::KVCache cache;
-  at::Tensor logits =
-      model.forward({ids, padded ? mask : at::Tensor(), {}, &cache}).select(1, length - 1);
+  models::KVCache cache = prefix ? prefix->cache : models::KVCache{};  // the prefix stays untouched
+  at::Tensor logits = model.forward({ids, mask, {}, &cache}).select(1, length - 1);
   std::vector<std::vector<int64_t>> seen = prompts;
   std::vector<bool> done(prompts.size(), false);
   std::mt19937_64 rng(config.seed);
@@ -184,9 +329,41 @@ std::vector<std::vector<int64_t>> generate(
     at::Tensor step_ids =
         at::tensor(next, at::TensorOptions().dtype(at::kLong)).to(device).view({batch, 1});
     if (padded) mask = at::cat({mask, at::ones({batch, 1}, mask.options())}, 1);
-    logits = model.forward({step_ids, padded ? mask : at::Tensor(), {}, &cache}).select(1, 0);
+    logits = model.forward({step_ids, mask, {}, &cache}).select(1, 0);
   }
   return out;
+}
+
+}  // namespace
+
+PrefixCache prefill(models::PretrainedModel& model,
+                    const std::vector<std::vector<int64_t>>& prefixes) {
+  check_causal_lm(model);
+  check_rows(prefixes, model.vocab_size(), "prefix");
+  PrefixCache out;
+  out.tokens = prefixes;
+  if (prefixes.empty()) return out;
+  auto [ids, mask] = left_pad(prefixes, 0);  // padding is masked out: any id does
+  const c10::Device device = model_device(model);
+  ids = ids.to(device);
+  if (mask.defined()) mask = mask.to(device);
+  torch::NoGradGuard no_grad;
+  model.forward({ids, mask, {}, &out.cache});
+  out.attention_mask = mask;
+  return out;
+}
+
+std::vector<std::vector<int64_t>> generate(
+    models::PretrainedModel& model, const std::vector<std::vector<int64_t>>& prompts,
+    const GenerationConfig& config, std::function<void(size_t row, int64_t token)> on_token) {
+  return run(model, nullptr, prompts, config, on_token);
+}
+
+std::vector<std::vector<int64_t>> generate(
+    models::PretrainedModel& model, const PrefixCache& prefix,
+    const std::vector<std::vector<int64_t>>& prompts, const GenerationConfig& config,
+    std::function<void(size_t row, int64_t token)> on_token) {
+  return run(model, &prefix, prompts, config, on_token);
 }
 
 }  // namespace peft

@@ -32,12 +32,7 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
 // Fields whose feature lands in a later issue: parsed and kept, but refused when used.
 void check_supported(const LoraConfig& c) {
   std::vector<std::string> used;
-  if (c.use_dora) used.push_back("use_dora");
-  if (c.alora_invocation_tokens) used.push_back("alora_invocation_tokens");
-  if (c.trainable_token_indices) used.push_back("trainable_token_indices");
-  if (c.layer_replication) used.push_back("layer_replication");
   if (c.target_parameters) used.push_back("target_parameters");
-  if (c.ensure_weight_tying) used.push_back("ensure_weight_tying");
   if (c.arrow_config) used.push_back("arrow_config");
   if (c.use_qalora) used.push_back("use_qalora");
   if (c.megatron_config) used.push_back("megatron_config");
@@ -47,8 +42,8 @@ void check_supported(const LoraConfig& c) {
   if (c.kasa_config) used.push_back("kasa_config");
   using K = InitLoraWeights::Kind;
   const auto k = c.init_lora_weights.kind;
-  if (k != K::kTrue && k != K::kFalse && k != K::kGaussian) {
-    used.push_back("init_lora_weights=\"" + c.init_lora_weights.spelling + "\"");
+  if (k == K::kLoftq || k == K::kMica) {
+    used.push_back("init_lora_weights=\"" + to_string(c.init_lora_weights) + "\"");
   }
   if (used.empty()) return;
   const std::string list = detail::join(used);
@@ -172,6 +167,12 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
     config.modules_to_save = mts;
   }
 
+  if (config.layer_replication) {
+    // PEFT _prepare_model: replicate_layers before matching, so that targets use the new layer indices.
+    auto* mi = dynamic_cast<PeftModelInfo*>(model_.get());
+    PeftModelInfo fallback;
+    (mi ? *mi : fallback).replicate_layers(*config.layer_replication);
+  }
   auto all_layers = nn::lora_layers(*model_);
   std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layer_by_name(all_layers.begin(), all_layers.end());
   std::vector<ModuleInfo> modules = module_infos(*model_);
@@ -222,6 +223,8 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
       s.lora_bias = config.lora_bias;
       s.init_lora_weights = config.init_lora_weights;
       s.use_dora = config.use_dora;
+      s.alora_invocation_tokens = config.alora_invocation_tokens;
+      s.lora_ga_config = config.lora_ga_config;
       if (layer->kind() == nn::LayerKind::kConv1D && !config.fan_in_fan_out) {
         warn("get_peft_model", "fan_in_fan_out is set to False but the target module `" + name +
                                    "` is `Conv1D`. Setting fan_in_fan_out to True.");
@@ -234,14 +237,13 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
       touched.push_back(layer);
       layer->update_layer(adapter_name, s);
     }
-    for (auto& layer : copies) {
-      touched.push_back(layer);
-      layer->add_trainable_copy(adapter_name);
-    }
+    add_trainable_copies(adapter_name, config, copies, touched);
+    add_trainable_tokens(adapter_name, config, touched);
   } catch (...) {
     for (auto& layer : touched) {
       layer->delete_adapter(adapter_name);
       layer->delete_trainable_copy(adapter_name);
+      layer->delete_trainable_tokens(adapter_name);
     }
     throw;
   }
@@ -344,6 +346,7 @@ void PeftModel::delete_adapter(const std::string& adapter_name) {
   for (auto& [name, layer] : layers) {
     layer->delete_adapter(adapter_name);
     layer->delete_trainable_copy(adapter_name);
+    layer->delete_trainable_tokens(adapter_name);
   }
   configs_.erase(adapter_name);
   adapter_order_.erase(std::remove(adapter_order_.begin(), adapter_order_.end(), adapter_name),

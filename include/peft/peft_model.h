@@ -143,6 +143,12 @@ class PeftModel {
  private:
   friend class DisabledAdapterGuard;
   void inject(const std::string& adapter_name, LoraConfig& config);
+  // modules_to_save copies and trainable tokens, with ensure_weight_tying (src/peft_model_aux.cpp).
+  void add_trainable_copies(const std::string& adapter_name, const LoraConfig& config,
+                            std::vector<std::shared_ptr<nn::LoraLayerImpl>> copies,
+                            std::vector<std::shared_ptr<nn::LoraLayerImpl>>& touched);
+  void add_trainable_tokens(const std::string& adapter_name, const LoraConfig& config,
+                            std::vector<std::shared_ptr<nn::LoraLayerImpl>>& touched);
   void refresh_trainable();
   void cast_adapter_dtype(const std::string& adapter_name);
   void check_not_unloaded(const char* what) const;

@@ -90,6 +90,11 @@ std::map<std::string, KeyTarget> adapter_key_map(torch::nn::Module& model, const
     if (layer->has_trainable_copy(adapter)) {
       for (auto& [suffix, t] : layer->trainable_copy_tensors(adapter)) out[prefix + suffix] = {t, true};
     }
+    // Trainable tokens: <emb>.token_adapter.trainable_tokens_delta; a tied lm_head shares the embedding's delta
+    // and is not saved again (PEFT).
+    if (layer->has_trainable_tokens(adapter) && !layer->trainable_tokens_tied(adapter)) {
+      out[prefix + "token_adapter.trainable_tokens_delta"] = {layer->trainable_tokens_delta(adapter), true};
+    }
   }
   return out;
 }
@@ -174,8 +179,6 @@ LoadResult PeftModel::set_peft_model_state_dict(const std::map<std::string, at::
 
 void PeftModel::save_pretrained(const std::string& dir, std::optional<std::vector<std::string>> selected,
                                 const std::string& path_initial_model_for_weight_conversion) const {
-  PEFT_CHECK(path_initial_model_for_weight_conversion.empty(), UnsupportedError, "save_pretrained",
-             "path_initial_model_for_weight_conversion is not implemented yet");
   check_not_unloaded("save_pretrained");
   std::vector<std::string> adapters = selected ? *selected : adapter_order_;
   for (const auto& a : adapters) {
@@ -194,8 +197,11 @@ void PeftModel::save_pretrained(const std::string& dir, std::optional<std::vecto
     }
     c.peft_version = io::kPeftVersion;
     write_model_card(dir, c);
-    io::save_safetensors((fs::path(out) / io::kAdapterWeightsName).string(), get_peft_model_state_dict(a),
-                         {{"format", "pt"}});
+    auto state = get_peft_model_state_dict(a);
+    if (!path_initial_model_for_weight_conversion.empty()) {
+      io::convert_mutated_init_to_lora(c, state, path_initial_model_for_weight_conversion);
+    }
+    io::save_safetensors((fs::path(out) / io::kAdapterWeightsName).string(), state, {{"format", "pt"}});
     save_lora_config(c, (fs::path(out) / io::kAdapterConfigName).string());
   }
 }
@@ -205,6 +211,7 @@ LoadResult PeftModel::load_adapter(const std::string& dir, const std::string& ad
   io::check_adapter_dir(dir);
   if (!configs_.count(adapter_name)) {
     LoraConfig c = load_lora_config((fs::path(dir) / io::kAdapterConfigName).string());
+    io::warn_if_mutating_init(c, dir);
     c.inference_mode = !is_trainable;
     add_adapter(adapter_name, std::move(c));
   }
@@ -220,6 +227,7 @@ std::shared_ptr<PeftModel> PeftModel::from_pretrained(std::shared_ptr<torch::nn:
                                                       const std::string& adapter_name, bool is_trainable) {
   io::check_adapter_dir(dir);
   LoraConfig c = load_lora_config((fs::path(dir) / io::kAdapterConfigName).string());
+  io::warn_if_mutating_init(c, dir);
   c.inference_mode = !is_trainable;
   auto pm = std::make_shared<PeftModel>(std::move(model), std::move(c), adapter_name);
   pm->load_adapter(dir, adapter_name, is_trainable);

@@ -10,6 +10,7 @@
 #include "peft/error.h"
 #include "peft/lora/forward_context.h"
 #include "peft/lora/linear.h"
+#include "replicate.h"
 
 namespace peft::models::detail {
 namespace {
@@ -84,6 +85,19 @@ class SequenceClassifier : public PretrainedModel {
   }
   std::vector<std::string> default_target_modules() const override { return {"query", "value"}; }
   std::string output_embedding_name() const override { return ""; }
+
+  // PEFT replicate_layers on <bert|roberta>.encoder.layer.
+  // Divergence from PEFT: PEFT finds .bert.encoder.layer but not RobertaForSequenceClassification's
+  // .roberta.encoder.layer (it raises ValueError there); here RoBERTa is supported too.
+  void replicate_layers(const LayerRanges& ranges) override {
+    if (ranges.empty()) return;  // PEFT: an empty layer_replication is falsy, nothing happens
+    const auto sources =
+        replication_sources(ranges, c_.num_hidden_layers, prefix() + ".encoder.layer");
+    encoder_->replicate_layers(sources, prefix());
+    c_.num_hidden_layers = static_cast<int64_t>(sources.size());
+    // PEFT sets config.num_hidden_layers.
+    set_config_json(patched_config_json(config_json(), {{"num_hidden_layers", c_.num_hidden_layers}}));
+  }
 
  private:
   std::string prefix() const { return c_.roberta ? "roberta" : "bert"; }

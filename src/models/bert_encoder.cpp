@@ -17,6 +17,7 @@
 #include "peft/error.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/linear.h"
+#include "replicate.h"
 
 namespace peft::models::detail {
 namespace {
@@ -293,6 +294,17 @@ at::Tensor BertModelImpl::forward(const at::Tensor& input_ids, const at::Tensor&
                .view({B, 1, 1, T});
   }
   return encoder_->forward(h, mask);
+}
+
+void BertModelImpl::replicate_layers(const std::vector<size_t>& sources, const std::string& prefix) {
+  const auto old = as_modules(encoder_->layers);
+  std::vector<BertLayer> copies;
+  replicate_layer_list(*encoder_, "layer", prefix + ".encoder.layer", old, sources, [&](size_t) {
+    copies.push_back(BertLayer(config_));
+    return copies.back().ptr();
+  });
+  encoder_->layers = std::move(copies);
+  config_.num_hidden_layers = static_cast<int64_t>(sources.size());
 }
 
 at::Tensor BertModelImpl::pool(const at::Tensor& sequence_output) {

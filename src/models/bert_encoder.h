@@ -12,6 +12,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace peft::models::detail {
 
@@ -53,6 +54,9 @@ class BertModelImpl : public torch::nn::Module {
   // BertPooler: tanh(dense(hidden[:, 0])) -> (batch, hidden). Requires add_pooling_layer.
   at::Tensor pool(const at::Tensor& sequence_output);
   const BertConfig& config() const { return config_; }
+  // Layer replication: encoder.layer becomes layers[sources[0]], layers[sources[1]], ...; copies
+  // share their source's parameters (see replicate.h). `prefix` ("bert") names the model in errors.
+  void replicate_layers(const std::vector<size_t>& sources, const std::string& prefix);
 
  private:
   BertConfig config_;

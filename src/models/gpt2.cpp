@@ -18,6 +18,7 @@
 #include "peft/lora/forward_context.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/linear.h"
+#include "replicate.h"
 
 namespace peft::models::detail {
 namespace {
@@ -302,6 +303,25 @@ class Gpt2LMHeadModel : public PretrainedModel {
   std::string parent_library() const override { return "transformers.models.gpt2.modeling_gpt2"; }
   std::vector<std::string> default_target_modules() const override { return {"c_attn"}; }
   std::string output_embedding_name() const override { return "lm_head"; }
+
+  // PEFT replicate_layers on transformer.h. Each copy is built with its new position as layer_idx
+  // (PEFT renumbers every submodule's layer_idx, which scale_attn_by_inverse_layer_idx reads).
+  // Divergence from PEFT: PEFT's replicate_layers does not find GPT2LMHeadModel's layers (it looks
+  // for .model / .layers / .h at the top) and raises ValueError; here GPT-2 is supported.
+  void replicate_layers(const LayerRanges& ranges) override {
+    if (ranges.empty()) return;  // PEFT: an empty layer_replication is falsy, nothing happens
+    const auto sources = replication_sources(ranges, c_.n_layer, "transformer.h");
+    const auto old = as_modules(transformer->blocks);
+    std::vector<Gpt2Block> copies;
+    replicate_layer_list(*transformer, "h", "transformer.h", old, sources, [&](size_t i) {
+      copies.push_back(Gpt2Block(c_, static_cast<int64_t>(i)));
+      return copies.back().ptr();
+    });
+    transformer->blocks = std::move(copies);
+    c_.n_layer = static_cast<int64_t>(sources.size());
+    // PEFT sets config.num_hidden_layers, GPT2Config's alias of n_layer.
+    set_config_json(patched_config_json(config_json(), {{"n_layer", c_.n_layer}}));
+  }
 
   Gpt2Model transformer{nullptr};
 

@@ -19,6 +19,7 @@
 #include "peft/lora/forward_context.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/linear.h"
+#include "replicate.h"
 #include "rope.h"
 
 namespace peft::models::detail {
@@ -286,6 +287,7 @@ class LlamaForCausalLM : public PretrainedModel {
   }
   std::vector<std::string> default_target_modules() const override { return {"q_proj", "v_proj"}; }
   std::string output_embedding_name() const override { return "lm_head"; }
+  void replicate_layers(const LayerRanges& ranges) override;
 
  private:
   LlamaSettings s_;
@@ -362,6 +364,47 @@ at::Tensor LlamaForCausalLM::forward(const ForwardInput& input) {
     }
   }
   return lm_head_->forward(model_->norm->forward(h));
+}
+
+// PEFT replicate_layers: model.layers becomes the concatenation of the ranges; copies share their
+// source's parameters. Each copy keeps its source's sliding window (transformers' layers hold their
+// attention type / window from construction; PEFT only renumbers layer_idx, which here is the
+// position the forward loop passes for the KV cache).
+void LlamaForCausalLM::replicate_layers(const LayerRanges& ranges) {
+  if (ranges.empty()) return;  // PEFT: an empty layer_replication is falsy, nothing is replicated
+  const auto sources = replication_sources(ranges, s_.num_hidden_layers, "model.layers");
+  const auto old = as_modules(model_->layers);
+  std::vector<DecoderLayer> copies;
+  replicate_layer_list(*model_, "layers", "model.layers", old, sources, [&](size_t) {
+    copies.push_back(DecoderLayer(s_));
+    return copies.back().ptr();
+  });
+  model_->layers = std::move(copies);
+  std::vector<std::optional<int64_t>> windows;
+  for (size_t src : sources) windows.push_back(s_.sliding_window[src]);
+  s_.sliding_window = std::move(windows);
+  s_.num_hidden_layers = static_cast<int64_t>(sources.size());
+  // PEFT sets config.num_hidden_layers. A per-layer layer_types (Qwen2 / Qwen3) must keep one entry
+  // per layer (transformers and read_sliding_windows check it): it follows the sources, and is
+  // written when windows exist without it (max_window_layers cannot express a replicated order).
+  // Divergence from PEFT: PEFT leaves layer_types as it was (then of the old length).
+  nlohmann::json patch = {{"num_hidden_layers", s_.num_hidden_layers}};
+  const auto config = nlohmann::json::parse(config_json().empty() ? "{}" : config_json());
+  const auto old_types = config.value("layer_types", nlohmann::json());
+  if (old_types.is_array() && old_types.size() == old.size()) {
+    nlohmann::json types = nlohmann::json::array();
+    for (size_t src : sources) types.push_back(old_types[src]);
+    patch["layer_types"] = std::move(types);
+  } else if ((s_.model_type == "qwen2" || s_.model_type == "qwen3") &&
+             std::any_of(s_.sliding_window.begin(), s_.sliding_window.end(),
+                         [](const auto& w) { return w.has_value(); })) {
+    nlohmann::json types = nlohmann::json::array();
+    for (const auto& w : s_.sliding_window) {
+      types.push_back(w ? "sliding_attention" : "full_attention");
+    }
+    patch["layer_types"] = std::move(types);
+  }
+  set_config_json(patched_config_json(config_json(), patch));
 }
 
 }  // namespace

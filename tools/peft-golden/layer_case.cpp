@@ -33,8 +33,6 @@ std::set<std::string> wanted_names(const Case& c) {
 }  // namespace
 
 CaseResult run_layer_case(const Case& c) {
-  const auto& cfg = c.spec.value("lora_config", nlohmann::json::object());
-  if (cfg.value("use_dora", false)) return skip("DoRA (use_dora) lands with the variants issue");
   const fs::path base = fs::path(c.dir) / "base";
   if (!fs::exists(base / "architecture.json")) return skip("transformers base model: needs the model zoo");
   torch::NoGradGuard no_grad;

@@ -1,4 +1,7 @@
 // peft generate --model DIR [--adapter DIR] --prompt TEXT [sampling flags]: streams the continuation.
+// An aLoRA adapter (alora_invocation_tokens in its adapter_config.json) acts from the last occurrence
+// of its invocation sequence in the prompt on, as in PEFT, where users append the invocation string
+// to the prompt; a prompt without it is refused with the string to append.
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -6,10 +9,12 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "common.h"
 #include "peft/error.h"
 #include "peft/generate.h"
+#include "peft/lora/forward_context.h"
 #include "peft/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -40,12 +45,31 @@ std::vector<int64_t> eos_ids(const std::string& dir) {
   return {};
 }
 
+// Every active aLoRA adapter's invocation sequence must occur in the prompt (generate() would refuse
+// it too; here the message also shows the text to append).
+void check_alora_invocation(const PeftModel* pm, const Tokenizer& tok, const std::vector<int64_t>& prompt) {
+  if (pm == nullptr) return;
+  const at::Tensor ids = torch::tensor(prompt, torch::kLong).view({1, static_cast<int64_t>(prompt.size())});
+  for (const auto& name : pm->active_adapters()) {
+    const auto& tokens = pm->peft_config(name).alora_invocation_tokens;
+    if (!tokens || nn::calculate_alora_offsets(ids, *tokens).front()) continue;
+    std::ostringstream list;
+    for (size_t i = 0; i < tokens->size(); ++i) list << (i ? ", " : "") << (*tokens)[i];
+    const std::string text = tok.decode(*tokens, /*skip_special_tokens=*/false);
+    throw ConfigError("generate", "the prompt lacks the invocation sequence [" + list.str() + "] (\"" + text +
+                                      "\") of aLoRA adapter \"" + name +
+                                      "\"; expected it in the prompt, the adapter acts from its last "
+                                      "occurrence on (hint: append \"" + text + "\" to --prompt)");
+  }
+}
+
 void run(GenerateOptions o) {
   auto model = load_model(o.model);
   auto pm = load_adapters(model, o.adapters);
   Tokenizer tok = Tokenizer::from_dir(o.model.model_dir);
   std::vector<int64_t> prompt = tok.encode(o.prompt, !o.no_special_tokens);
   PEFT_CHECK(!prompt.empty(), ConfigError, "generate", "the prompt encodes to no tokens");
+  check_alora_invocation(pm.get(), tok, prompt);
   std::set<int64_t> stops(o.stop_tokens.begin(), o.stop_tokens.end());
   if (o.stop_tokens.empty()) {
     for (int64_t id : eos_ids(o.model.model_dir)) stops.insert(id);
@@ -79,9 +103,13 @@ void run(GenerateOptions o) {
 
 void register_generate(CLI::App& app) {
   auto o = std::make_shared<GenerateOptions>();
-  auto* verb = app.add_subcommand("generate", "generate text from a prompt, streaming tokens as they come");
+  auto* verb = app.add_subcommand("generate",
+                                  "generate text from a prompt, streaming tokens as they come (an aLoRA "
+                                  "adapter needs its invocation string in the prompt)");
   add_model_options(verb, o->model);
-  verb->add_option("--adapter", o->adapters, "PEFT adapter folder (repeatable: all active)");
+  verb->add_option("--adapter", o->adapters,
+                   "PEFT adapter folder (repeatable: all active; aLoRA adapters need their invocation string in "
+                   "--prompt)");
   verb->add_option("--prompt", o->prompt, "prompt text")->required();
   verb->add_option("--max-new-tokens", o->gen.max_new_tokens, "tokens to generate at most")->capture_default_str();
   verb->add_flag("--do-sample", o->gen.do_sample, "sample instead of greedy decoding");
