@@ -1,8 +1,9 @@
 // layer_replication on a Llama-shaped model (hidden 1024, 8 layers, GQA 16/8 heads, vocab 32000,
-// random weights, float32) expanded to 16 layers ([[0, 8], [0, 8]]): the time replicate_layers takes,
-// a prefill of the replicated model next to a 16-layer model with its own weights, and the resident
-// memory of each (measured in a child process per variant, because a process's high-water mark only
-// grows): the copies share their sources' tensors, so replication should add no base-weight memory.
+// random weights, float32) expanded to 16 layers ([[0, 8], [0, 8]]): the time replicate_layers
+// takes, a prefill of the replicated model next to a 16-layer model with its own weights, and the
+// resident memory of each (measured in a child process per variant, because a process's high-water
+// mark only grows): the copies share their sources' tensors, so replication should add no
+// base-weight memory.
 //   build-release/bench/layer_replication_bench [--prompt=N]
 #include <benchmark/benchmark.h>
 #include <malloc.h>
@@ -22,8 +23,7 @@ namespace {
 int64_t g_prompt = 128;
 
 enum Variant : int64_t { kBase8 = 0, kReplicated16 = 1, kDuplicated16 = 2, kReplicatedLora = 3 };
-const char* kNames[] = {"base, 8 layers", "replicated to 16", "16 own layers",
-                        "replicated + LoRA"};
+const char* kNames[] = {"base, 8 layers", "replicated to 16", "16 own layers", "replicated + LoRA"};
 
 std::shared_ptr<peft::models::PretrainedModel> make_model(int64_t layers) {
   torch::manual_seed(0);

@@ -178,7 +178,8 @@ std::optional<ActiveAlora> active_alora(models::PretrainedModel& model) {
         found = ActiveAlora{a, *tokens};
         continue;
       }
-      // The forward context carries one offset per row, so one invocation sequence per call.
+      // Divergence from PEFT: PEFT takes the offsets from the first active adapter's config alone; the
+      // forward context carries one offset per row, so differing sequences are refused instead.
       PEFT_CHECK(*tokens == found->tokens, UnsupportedError, "generate",
                  "active aLoRA adapters \"" << found->adapter << "\" and \"" << a
                      << "\" have different invocation sequences " << ids_text(found->tokens)
@@ -238,6 +239,7 @@ std::vector<std::vector<int64_t>> run(models::PretrainedModel& model, const Pref
     PEFT_CHECK(prefix->tokens.size() == prompts.size(), ShapeMismatchError, "generate",
                "the prefix cache holds " << prefix->tokens.size() << " rows; expected one per prompt ("
                                          << prompts.size() << ")");
+    check_rows(prefix->tokens, vocab, "prefix");
     size_t longest = 0;
     for (size_t row = 0; row < prompts.size(); ++row) {
       const auto& p = prefix->tokens[row];
@@ -253,7 +255,7 @@ std::vector<std::vector<int64_t>> run(models::PretrainedModel& model, const Pref
     }
     const int64_t cached = prefix->length();
     const bool cache_ok =
-        batch == 0 || (cached == static_cast<int64_t>(longest) &&
+        batch == 0 || (cached == static_cast<int64_t>(longest) && !prefix->cache.keys.empty() &&
                        prefix->cache.keys.front().size(0) == batch &&
                        (!prefix->attention_mask.defined() ||
                         prefix->attention_mask.sizes() == at::IntArrayRef{batch, cached}));

@@ -122,6 +122,7 @@ void PeftModel::add_trainable_tokens(const std::string& adapter_name, const Lora
   std::vector<int64_t> head_indices;
   auto emb_it = find_plan(emb);
   if (tied && emb_it != plan.end()) {
+    head_indices = emb_it->second;
     auto head_it = find_plan(head);
     if (head_it == plan.end()) {
       tie_head = true;  // the tied output embedding follows the input embedding's tokens
@@ -135,7 +136,6 @@ void PeftModel::add_trainable_tokens(const std::string& adapter_name, const Lora
                                   << head_it->second.size() << " different ones (hint: use the same list, or "
                                   << "ensure_weight_tying=False to train them separately)");
     }
-    head_indices = emb_it->second;
   }
   // The input embedding first, so that a tied head can share its delta.
   std::stable_partition(plan.begin(), plan.end(), [&](const auto& p) { return p.first == emb; });

@@ -121,7 +121,8 @@ TEST(Alora, OffsetsFollowPeftExamples) {
   EXPECT_EQ(calculate_alora_offsets(torch::tensor({1, 2, 3, 4, 0, 4, 1, 4}, torch::kLong).view({2, 4}), {1, 2}),
             (Offsets{4, std::nullopt}));
   // Left padding does not move an offset: it is counted from the end.
-  EXPECT_EQ(calculate_alora_offsets(torch::tensor({0, 0, 9, 1, 2, 3}, torch::kLong).view({1, 6}), {1, 2}), (Offsets{3}));
+  EXPECT_EQ(calculate_alora_offsets(torch::tensor({0, 0, 9, 1, 2, 3}, torch::kLong).view({1, 6}), {1, 2}),
+            (Offsets{3}));
 }
 
 TEST(Alora, LinearAdaptsFromTheInvocationOnPerRow) {
@@ -380,7 +381,8 @@ TEST(Alora, CliGenerateNeedsTheInvocationInThePrompt) {
     }
     vocab[s] = b;
   }
-  const nlohmann::json level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
+  const nlohmann::json level = {
+      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
   const nlohmann::json tok = {{"version", "1.0"},   {"added_tokens", nlohmann::json::array()},
                               {"normalizer", nullptr}, {"pre_tokenizer", level},
                               {"post_processor", nullptr}, {"decoder", level},

@@ -1,5 +1,7 @@
-// EVA initialisation (PEFT tuners/lora/eva.py): the incremental PCA, rank redistribution, token masks, shared
-// inputs, loading into a PeftModel and the config rewrite.
+// EVA initialisation (PEFT tuners/lora/eva.py): the incremental PCA, rank redistribution, token
+// masks, shared inputs, loading into a PeftModel and the config rewrite.
+#include "peft/init/eva.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -9,7 +11,6 @@
 
 #include "../src/init/incremental_pca.h"
 #include "peft/error.h"
-#include "peft/init/eva.h"
 #include "peft/lora/linear.h"
 #include "peft/peft_model.h"
 #include "test_util.h"
@@ -79,14 +80,15 @@ TORCH_MODULE(Stack);
 
 // ---- data ----
 
-// (batch, seq, features): `scales.size()` latent directions (a random orthonormal basis) with those standard
-// deviations, plus a mean offset and isotropic noise.
-torch::Tensor low_rank(int64_t batch, int64_t seq, int64_t features, const std::vector<double>& scales,
-                       double noise) {
+// (batch, seq, features): `scales.size()` latent directions (a random orthonormal basis) with those
+// standard deviations, plus a mean offset and isotropic noise.
+torch::Tensor low_rank(int64_t batch, int64_t seq, int64_t features,
+                       const std::vector<double>& scales, double noise) {
   const auto k = static_cast<int64_t>(scales.size());
   auto basis = std::get<0>(torch::linalg_qr(torch::randn({features, k}))).t();  // (k, features)
   auto z = torch::randn({batch * seq, k}) * torch::tensor(scales).to(torch::kFloat);
-  auto x = torch::matmul(z, basis) + 2.0 * torch::randn({1, features}) + noise * torch::randn({batch * seq, features});
+  auto x = torch::matmul(z, basis) + 2.0 * torch::randn({1, features}) +
+           noise * torch::randn({batch * seq, features});
   return x.reshape({batch, seq, features});
 }
 
@@ -152,7 +154,8 @@ TEST(IncrementalPCA, PartialFitsOverChunksMatchFullPca) {
     auto full = pca_directions(x, 4);
     // Same subspace (projectors), and here the same individual directions up to sign.
     auto c = pca.components().to(torch::kDouble);
-    EXPECT_EQ(peft::test::compare(c.t().mm(c), full.t().mm(full), 1e-8), "") << "lowrank=" << lowrank;
+    EXPECT_EQ(peft::test::compare(c.t().mm(c), full.t().mm(full), 1e-8), "")
+        << "lowrank=" << lowrank;
     EXPECT_GT(min_abs_cos(c, full), 1 - 1e-8);
     auto centred = x - x.mean(0);
     auto s = std::get<1>(torch::linalg_svd(centred, false)).slice(0, 0, 4);
@@ -167,9 +170,11 @@ TEST(IncrementalPCA, PartialFitsOverChunksMatchFullPca) {
 
 TEST(IncrementalPCA, FullRankFitEqualsBatchPcaAndTransformProjects) {
   torch::manual_seed(2);
-  auto x = torch::randn({90, 5}, torch::kDouble) * torch::tensor({5.0, 3.0, 2.0, 1.0, 0.5}, torch::kDouble);
+  auto x = torch::randn({90, 5}, torch::kDouble) *
+           torch::tensor({5.0, 3.0, 2.0, 1.0, 0.5}, torch::kDouble);
   peft::detail::IncrementalPCA pca({.n_components = 5, .batch_size = 25});
-  pca.fit(x);  // chunks 25, 25, 40 (the last full chunk would leave a 15-row tail < n_components? no: 25+5<=90)
+  pca.fit(x);  // chunks 25, 25, 40 (the last full chunk would leave a 15-row tail < n_components?
+               // no: 25+5<=90)
   auto full = pca_directions(x, 5);
   EXPECT_GT(min_abs_cos(pca.components(), full), 1 - 1e-10);
   auto t = pca.transform(x);
@@ -247,15 +252,18 @@ TEST_F(EvaTest, RhoOneKeepsRanksAndConfig) {
   const auto& c = pm->peft_config("default");
   EXPECT_TRUE(c.rank_pattern.empty());
   EXPECT_TRUE(c.alpha_pattern.empty());
-  EXPECT_EQ(std::get<std::vector<std::string>>(*c.target_modules), (std::vector<std::string>{"lin0", "lin1"}));
+  EXPECT_EQ(std::get<std::vector<std::string>>(*c.target_modules),
+            (std::vector<std::string>{"lin0", "lin1"}));
 }
 
-// o sees isotropic noise, q four strong directions: o's explained variance never makes the global top.
+// o sees isotropic noise, q four strong directions: o's explained variance never makes the global
+// top.
 TEST_F(EvaTest, ZeroRankLayerLosesItsAdapterAndConfigIsRewritten) {
   for (bool adjust : {true, false}) {
     torch::manual_seed(3);
     Split model;
-    auto x = torch::cat({low_rank(2, 128, 16, {5, 4.5, 4, 3.5}, 0.01), torch::randn({2, 128, 16})}, -1);
+    auto x =
+        torch::cat({low_rank(2, 128, 16, {5, 4.5, 4, 3.5}, 0.01), torch::randn({2, 128, 16})}, -1);
     auto config = eva_config({"q", "o"}, 2, 2.0);
     config.eva_config->adjust_scaling_factors = adjust;
     auto pm = peft::get_peft_model(model.ptr(), config);
@@ -267,7 +275,8 @@ TEST_F(EvaTest, ZeroRankLayerLosesItsAdapterAndConfigIsRewritten) {
     EXPECT_DOUBLE_EQ(model->q->adapter_settings("default").lora_alpha, alpha);
     EXPECT_DOUBLE_EQ(model->q->scaling("default"), alpha / 4);
     const auto& c = pm->peft_config("default");
-    EXPECT_EQ(std::get<std::vector<std::string>>(*c.target_modules), (std::vector<std::string>{"q"}));
+    EXPECT_EQ(std::get<std::vector<std::string>>(*c.target_modules),
+              (std::vector<std::string>{"q"}));
     EXPECT_EQ(c.rank_pattern, (std::vector<std::pair<std::string, int>>{{"q", 4}}));
     if (adjust) {
       EXPECT_EQ(c.alpha_pattern, (std::vector<std::pair<std::string, double>>{{"q", 16.0}}));
@@ -281,7 +290,8 @@ TEST_F(EvaTest, ZeroRankLayerLosesItsAdapterAndConfigIsRewritten) {
 
 TEST_F(EvaTest, EqualInputLayersShareOnePca) {
   Split model;
-  auto x = torch::cat({low_rank(2, 128, 16, {5, 4.5, 4, 3.5}, 0.01), torch::randn({2, 128, 16})}, -1);
+  auto x =
+      torch::cat({low_rank(2, 128, 16, {5, 4.5, 4, 3.5}, 0.01), torch::randn({2, 128, 16})}, -1);
   auto config = eva_config({"q", "k", "o"}, 2, 1.0);
   config.rank_pattern = {{"k", 4}};
   auto pm = peft::get_peft_model(model.ptr(), config);
@@ -296,7 +306,8 @@ TEST_F(EvaTest, EqualInputLayersShareOnePca) {
 TEST_F(EvaTest, MaskedTokensAreExcluded) {
   One model;
   auto x = low_rank(1, 96, 16, {5, 3, 2, 1}, 0.05);
-  // Tokens 64.. are outliers along one feature; they carry label -100 (batch 1) or attention 0 (batch 2).
+  // Tokens 64.. are outliers along one feature; they carry label -100 (batch 1) or attention 0
+  // (batch 2).
   auto outlier = torch::zeros({16});
   outlier[15] = 100;
   x.slice(1, 64, 96).add_(outlier * torch::randn({1, 32, 1}));
@@ -330,10 +341,11 @@ TEST_F(EvaTest, WhiteningDividesBySqrtSingularValues) {
   config.eva_config->whiten = false;
   pm->update_peft_config("default", config);
   auto plain = peft::get_eva_state_dict(*pm, {make_batch(x)}, forward_of(model)).at("lin0");
-  // One batch converges after two fits of the same rows: the PCA has seen them twice, so its singular values
-  // are sqrt(2) times the data's.
+  // One batch converges after two fits of the same rows: the PCA has seen them twice, so its
+  // singular values are sqrt(2) times the data's.
   auto rows = x.reshape({-1, 16}).to(torch::kDouble);
-  auto s = std::get<1>(torch::linalg_svd(rows - rows.mean(0), false)).slice(0, 0, 4) * std::sqrt(2.0);
+  auto s =
+      std::get<1>(torch::linalg_svd(rows - rows.mean(0), false)).slice(0, 0, 4) * std::sqrt(2.0);
   EXPECT_EQ(peft::test::compare(white, plain / s.sqrt().unsqueeze(1), 1e-6, 1e-3), "");
 }
 
@@ -347,7 +359,8 @@ TEST_F(EvaTest, StateDictFromThePlainModelMatchesThePeftModelPath) {
   ASSERT_EQ(before.size(), after.size());
   for (auto& [name, t] : before) EXPECT_TRUE(torch::equal(t, after.at(name))) << name;
   peft::initialize_lora_eva_weights(*pm, before);
-  EXPECT_TRUE(torch::equal(lora_tensor(*model->lin1, "lora_A.weight"), before.at("lin1").to(torch::kFloat)));
+  EXPECT_TRUE(torch::equal(lora_tensor(*model->lin1, "lora_A.weight"),
+                           before.at("lin1").to(torch::kFloat)));
 }
 
 TEST_F(EvaTest, ManyTargetsAreCondensedToSuffixes) {
@@ -356,7 +369,8 @@ TEST_F(EvaTest, ManyTargetsAreCondensedToSuffixes) {
   auto pm = peft::get_peft_model(model.ptr(), eva_config({"q", "v"}, 2, 1.0));
   peft::initialize_lora_eva_weights(*pm, {make_batch(x)}, forward_of(model));
   const auto& c = pm->peft_config("default");
-  EXPECT_EQ(std::get<std::vector<std::string>>(*c.target_modules), (std::vector<std::string>{"q", "v"}));
+  EXPECT_EQ(std::get<std::vector<std::string>>(*c.target_modules),
+            (std::vector<std::string>{"q", "v"}));
   EXPECT_EQ(pm->targeted_module_names("default").size(), 24u);
 }
 
@@ -368,8 +382,9 @@ TEST_F(EvaTest, SmallBatchesAreSkippedAndProgressIsPrinted) {
   tiny.attention_mask.slice(1, 0, 2).fill_(1);  // 2 tokens < 4 components
   peft::ScopedWarningCapture warnings;
   testing::internal::CaptureStderr();
-  auto sd = peft::get_eva_state_dict(*pm, {tiny, make_batch(low_rank(2, 64, 16, {5, 3, 2, 1}, 0.05))},
-                                     forward_of(model), "default", {.show_progress = true});
+  auto sd =
+      peft::get_eva_state_dict(*pm, {tiny, make_batch(low_rank(2, 64, 16, {5, 3, 2, 1}, 0.05))},
+                               forward_of(model), "default", {.show_progress = true});
   const std::string err = testing::internal::GetCapturedStderr();
   EXPECT_TRUE(warnings.contains("skipping SVD for lin0 because there are less than 4 examples"));
   EXPECT_NE(err.find("1/1 layers have converged"), std::string::npos) << err;
@@ -397,6 +412,20 @@ TEST_F(EvaTest, BadInputsThrow) {
   }
   EXPECT_EQ(model->lin0->adapter_settings("default").r, 4);
 
+  // Per-sequence labels cannot mask tokens: ignored with a warning.
+  {
+    peft::ScopedWarningCapture warnings;
+    Batch cls = make_batch(x);
+    cls.labels = torch::zeros({1}, torch::kLong);
+    EXPECT_EQ(peft::get_eva_state_dict(*pm, {cls}, fwd).at("lin0").size(0), 4);
+    EXPECT_TRUE(warnings.contains("are not per token"));
+  }
+  // A merged adapter cannot be re-created.
+  pm->merge_adapter();
+  EXPECT_THROW(peft::initialize_lora_eva_weights(*pm, {{"lin0", torch::randn({4, 16})}}),
+               peft::Error);
+  pm->unmerge_adapter();
+
   // round(r * rho) above in_features.
   auto c = pm->peft_config("default");
   c.eva_config->rho = 5.0;
@@ -409,8 +438,10 @@ TEST_F(EvaTest, BadInputsThrow) {
   plain_config.init_lora_weights.kind = peft::InitLoraWeights::Kind::kTrue;
   plain_config.eva_config.reset();
   auto pm2 = peft::get_peft_model(other.ptr(), plain_config);
-  EXPECT_THROW(peft::initialize_lora_eva_weights(*pm2, {make_batch(x)}, forward_of(other)), peft::ConfigError);
-  EXPECT_THROW(peft::get_eva_state_dict(*pm2, {make_batch(x)}, forward_of(other)), peft::ConfigError);
+  EXPECT_THROW(peft::initialize_lora_eva_weights(*pm2, {make_batch(x)}, forward_of(other)),
+               peft::ConfigError);
+  EXPECT_THROW(peft::get_eva_state_dict(*pm2, {make_batch(x)}, forward_of(other)),
+               peft::ConfigError);
 }
 
 TEST_F(EvaTest, UnconvergedLayersFailAfterMaxEpochs) {

@@ -1,7 +1,7 @@
-// layer_replication (PEFT replicate_layers): the replicated layer list shares its sources' parameter
-// tensors, computes what a model with duplicated weights computes (forward, KV cache, generation,
-// gradient checkpointing) for every family of the model zoo, gets one LoRA per copy through
-// get_peft_model, updates config.json, and rejects bad ranges.
+// layer_replication (PEFT replicate_layers): the replicated layer list shares its sources'
+// parameter tensors, computes what a model with duplicated weights computes (forward, KV cache,
+// generation, gradient checkpointing) for every family of the model zoo, gets one LoRA per copy
+// through get_peft_model, updates config.json, and rejects bad ranges.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -31,21 +31,27 @@ namespace {
 constexpr double kAtol = 1e-5;
 
 nlohmann::json llama_config(const std::string& type = "llama", int64_t layers = 2) {
-  return {{"model_type", type},      {"vocab_size", 97},            {"hidden_size", 32},
-          {"intermediate_size", 48}, {"num_hidden_layers", layers}, {"num_attention_heads", 4},
-          {"num_key_value_heads", 2}, {"rms_norm_eps", 1e-6},       {"rope_theta", 10000.0},
-          {"tie_word_embeddings", false}};
+  return {{"model_type", type},          {"vocab_size", 97},
+          {"hidden_size", 32},           {"intermediate_size", 48},
+          {"num_hidden_layers", layers}, {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},    {"rms_norm_eps", 1e-6},
+          {"rope_theta", 10000.0},       {"tie_word_embeddings", false}};
 }
 
 nlohmann::json gpt2_config() {
-  return {{"model_type", "gpt2"}, {"vocab_size", 97}, {"n_positions", 64}, {"n_embd", 32},
-          {"n_layer", 3},         {"n_head", 4},      {"scale_attn_by_inverse_layer_idx", true}};
+  return {{"model_type", "gpt2"},
+          {"vocab_size", 97},
+          {"n_positions", 64},
+          {"n_embd", 32},
+          {"n_layer", 3},
+          {"n_head", 4},
+          {"scale_attn_by_inverse_layer_idx", true}};
 }
 
 nlohmann::json bert_config(const std::string& type) {
   return {{"model_type", type},
-          {"architectures", {type == "bert" ? "BertForSequenceClassification"
-                                            : "RobertaForSequenceClassification"}},
+          {"architectures",
+           {type == "bert" ? "BertForSequenceClassification" : "RobertaForSequenceClassification"}},
           {"vocab_size", 97},
           {"hidden_size", 32},
           {"num_hidden_layers", 2},
@@ -96,7 +102,8 @@ void expect_shared(const PretrainedModel& model, const std::map<std::string, at:
     const auto i = static_cast<size_t>(std::stoll(rest.substr(0, dot)));
     ASSERT_LT(i, sources.size()) << name;
     const std::string src = list + "." + std::to_string(sources[i]) + rest.substr(dot);
-    EXPECT_EQ(t.unsafeGetTensorImpl(), before.at(src).unsafeGetTensorImpl()) << name << " vs " << src;
+    EXPECT_EQ(t.unsafeGetTensorImpl(), before.at(src).unsafeGetTensorImpl())
+        << name << " vs " << src;
     ++checked;
   }
   size_t per_layer = 0;
@@ -199,10 +206,9 @@ TEST(LayerReplication, Qwen2SlidingWindowsFollowTheirSources) {
   auto model = build(cfg);
   model->replicate_layers({{0, 2}, {0, 2}});  // [full, window, full, window]
   const auto json = nlohmann::json::parse(model->config_json());
-  EXPECT_EQ(json["layer_types"],
-            nlohmann::json({"full_attention", "sliding_attention", "full_attention",
-                            "sliding_attention"}));
-  auto ref = duplicated(*model);  // rebuilt from the written layer_types
+  EXPECT_EQ(json["layer_types"], nlohmann::json({"full_attention", "sliding_attention",
+                                                 "full_attention", "sliding_attention"}));
+  auto ref = duplicated(*model);      // rebuilt from the written layer_types
   const auto ids = random_ids(1, 8);  // longer than the window
   EXPECT_EQ(compare(logits(*model, ids), logits(*ref, ids), kAtol, kAtol), "");
   // Without layer_types the window would apply from layer 1 on (max_window_layers): different.
@@ -215,6 +221,17 @@ TEST(LayerReplication, Qwen2SlidingWindowsFollowTheirSources) {
     for (auto& item : suffix->named_parameters()) item.value().copy_(src.at(item.key()));
   }
   EXPECT_NE(compare(logits(*suffix, ids), logits(*model, ids), kAtol, kAtol), "");
+
+  // An explicit layer_types (Qwen3) is reordered like the layers.
+  auto q3 = llama_config("qwen3", 2);
+  q3["sliding_window"] = 3;
+  q3["layer_types"] = {"sliding_attention", "full_attention"};
+  auto model3 = build(q3);
+  model3->replicate_layers({{1, 2}, {0, 2}});
+  EXPECT_EQ(nlohmann::json::parse(model3->config_json())["layer_types"],
+            nlohmann::json({"full_attention", "sliding_attention", "full_attention"}));
+  auto ref3 = duplicated(*model3);
+  EXPECT_EQ(compare(logits(*model3, ids), logits(*ref3, ids), kAtol, kAtol), "");
 }
 
 TEST(LayerReplication, LlamaKvCacheAndGenerationMatchReference) {
@@ -286,7 +303,8 @@ TEST(LayerReplication, GetPeftModelInjectsOneAdapterPerCopy) {
     }
     for (auto& [name, layer] : layers) {
       if (name != "model.layers.0.self_attn.q_proj") continue;
-      for (auto& [key, t] : layer->adapter_tensors("default")) EXPECT_NE(t.abs().sum().item<double>(), 0.0);
+      for (auto& [key, t] : layer->adapter_tensors("default"))
+        EXPECT_NE(t.abs().sum().item<double>(), 0.0);
     }
   }
   EXPECT_NE(compare(logits(*model, ids), out, kAtol, kAtol), "");
@@ -347,6 +365,7 @@ TEST(LayerReplication, Gpt2RenumbersLayersAndMatchesReference) {
   // LoRA per copy with PEFT's default target c_attn.
   peft::LoraConfig c;
   c.r = 2;
+  c.fan_in_fan_out = true;  // GPT-2's Conv1D
   auto peft = peft::get_peft_model(model, c);
   EXPECT_EQ(peft->targeted_module_names("default").size(), 4u);
   EXPECT_EQ(peft->targeted_module_names("default").back(), "transformer.h.3.attn.c_attn");
@@ -392,8 +411,8 @@ TEST(LayerReplication, BadRangesThrowConfigErrorAndLeaveTheModel) {
   auto model = build(llama_config());
   const auto ids = random_ids(1, 4);
   const auto out = logits(*model, ids);
-  for (const Ranges& bad : {Ranges{{0, 3}}, Ranges{{1, 1}}, Ranges{{-1, 1}}, Ranges{{2, 1}},
-                            Ranges{{0, 2}, {2, 3}}}) {
+  for (const Ranges& bad :
+       {Ranges{{0, 3}}, Ranges{{1, 1}}, Ranges{{-1, 1}}, Ranges{{2, 1}}, Ranges{{0, 2}, {2, 3}}}) {
     EXPECT_THROW(model->replicate_layers(bad), peft::ConfigError);
   }
   try {
@@ -440,8 +459,10 @@ TEST(LayerReplication, DtypeMoveKeepsParametersShared) {
   for (const auto& [name, t] : before) EXPECT_EQ(t.scalar_type(), torch::kDouble) << name;
   // Still one tensor per source (the move converted each once) and the members follow.
   auto mods = model->named_modules();
-  auto q0 = std::dynamic_pointer_cast<peft::nn::LoraLayerImpl>(mods["model.layers.0.self_attn.q_proj"]);
-  auto q2 = std::dynamic_pointer_cast<peft::nn::LoraLayerImpl>(mods["model.layers.2.self_attn.q_proj"]);
+  auto q0 =
+      std::dynamic_pointer_cast<peft::nn::LoraLayerImpl>(mods["model.layers.0.self_attn.q_proj"]);
+  auto q2 =
+      std::dynamic_pointer_cast<peft::nn::LoraLayerImpl>(mods["model.layers.2.self_attn.q_proj"]);
   EXPECT_EQ(q0->weight().unsafeGetTensorImpl(), q2->weight().unsafeGetTensorImpl());
   EXPECT_EQ(q0->weight().scalar_type(), torch::kDouble);
   const auto ids = random_ids(1, 5);

@@ -1,6 +1,6 @@
-// Loading an EVA state dict into a PeftModel (PEFT src/peft/tuners/lora/eva.py: _load_eva_state_dict and
-// initialize_lora_eva_weights): re-created adapters with the redistributed ranks, A from the PCA, and the
-// rewritten target_modules / rank_pattern / alpha_pattern.
+// Loading an EVA state dict into a PeftModel (PEFT src/peft/tuners/lora/eva.py:
+// _load_eva_state_dict and initialize_lora_eva_weights): re-created adapters with the redistributed
+// ranks, A from the PCA, and the rewritten target_modules / rank_pattern / alpha_pattern.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -45,8 +45,8 @@ std::vector<std::string> suffixes(const std::string& name) {
   return out;
 }
 
-// PEFT _find_minimal_target_modules: the fewest name suffixes that select every target and no other module.
-// Returned sorted (PEFT returns a set).
+// PEFT _find_minimal_target_modules: the fewest name suffixes that select every target and no other
+// module. Returned sorted (PEFT returns a set).
 std::vector<std::string> find_minimal_target_modules(const std::vector<std::string>& targets,
                                                      const std::vector<std::string>& others) {
   std::set<std::string> other_suffixes;
@@ -56,7 +56,8 @@ std::vector<std::string> find_minimal_target_modules(const std::vector<std::stri
   const std::set<std::string> unique(targets.begin(), targets.end());
   std::vector<std::pair<std::string, std::vector<std::string>>> items;
   for (const auto& t : unique) items.emplace_back(t, suffixes(t));
-  std::sort(items.begin(), items.end(), [](const auto& a, const auto& b) { return a.second < b.second; });
+  std::sort(items.begin(), items.end(),
+            [](const auto& a, const auto& b) { return a.second < b.second; });
   std::set<std::string> required;
   for (const auto& [item, sufs] : items) {
     for (const auto& suffix : sufs) {
@@ -75,8 +76,8 @@ std::vector<std::string> find_minimal_target_modules(const std::vector<std::stri
   return {required.begin(), required.end()};
 }
 
-// update_layer with new r / alpha / init, keeping every adapter's trainability (update_layer makes the active
-// adapters trainable, which would undo inference_mode).
+// update_layer with new r / alpha / init, keeping every adapter's trainability (update_layer makes
+// the active adapters trainable, which would undo inference_mode).
 void recreate(nn::LoraLayerImpl& layer, const std::string& adapter, int64_t r, double alpha,
               const InitLoraWeights& init) {
   std::map<std::string, bool> trainable;
@@ -85,8 +86,8 @@ void recreate(nn::LoraLayerImpl& layer, const std::string& adapter, int64_t r, d
     for (const auto& [key, t] : layer.adapter_tensors(a)) any = any || t.requires_grad();
     trainable[a] = any;
   }
-  // Divergence from PEFT: PEFT passes only dropout / rslora / dora / lora_bias from the config and defaults the
-  // rest (aLoRA tokens, ...); here the layer's other settings are kept.
+  // Divergence from PEFT: PEFT passes only dropout / rslora / dora / lora_bias from the config and
+  // defaults the rest (aLoRA tokens, ...); here the layer's other settings are kept.
   nn::AdapterSettings s = layer.adapter_settings(adapter);
   s.r = static_cast<int>(r);
   s.lora_alpha = alpha;
@@ -106,13 +107,16 @@ at::Tensor lora_A(const nn::LoraLayerImpl& layer, const std::string& adapter) {
 
 void check_eva_adapter(const PeftModel& model, const std::string& adapter) {
   const LoraConfig& config = model.peft_config(adapter);
-  PEFT_CHECK(model.active_adapters().size() <= 1, UnsupportedError, kComponent,
-             "`initialize_lora_eva_weights` currently only works with a single active adapter; active: "
-                 << detail::join(model.active_adapters()) << " (hint: set_adapter(\"" << adapter << "\") first)");
-  PEFT_CHECK(config.init_lora_weights.kind == InitLoraWeights::Kind::kEva, ConfigError, kComponent,
-             "`initialize_lora_eva_weights` can only be used with `init_lora_weights='eva'`; adapter \""
-                 << adapter << "\" has init_lora_weights=" << to_string(config.init_lora_weights)
-                 << " (hint: create the adapter with init_lora_weights = \"eva\")");
+  PEFT_CHECK(
+      model.active_adapters().size() <= 1, UnsupportedError, kComponent,
+      "`initialize_lora_eva_weights` currently only works with a single active adapter; active: "
+          << detail::join(model.active_adapters()) << " (hint: set_adapter(\"" << adapter
+          << "\") first)");
+  PEFT_CHECK(
+      config.init_lora_weights.kind == InitLoraWeights::Kind::kEva, ConfigError, kComponent,
+      "`initialize_lora_eva_weights` can only be used with `init_lora_weights='eva'`; adapter \""
+          << adapter << "\" has init_lora_weights=" << to_string(config.init_lora_weights)
+          << " (hint: create the adapter with init_lora_weights = \"eva\")");
 }
 
 }  // namespace
@@ -121,7 +125,8 @@ void initialize_lora_eva_weights(PeftModel& model, const std::vector<train::Batc
                                  const EvaForwardFn& forward, const std::string& adapter,
                                  const EvaOptions& options) {
   check_eva_adapter(model, adapter);  // before the expensive part, as PEFT does
-  initialize_lora_eva_weights(model, get_eva_state_dict(model, batches, forward, adapter, options), adapter);
+  initialize_lora_eva_weights(model, get_eva_state_dict(model, batches, forward, adapter, options),
+                              adapter);
 }
 
 void initialize_lora_eva_weights(PeftModel& model, std::map<std::string, at::Tensor> eva_state_dict,
@@ -139,6 +144,14 @@ void initialize_lora_eva_weights(PeftModel& model, std::map<std::string, at::Ten
   }
 
   // Everything is checked before the first change.
+  std::vector<std::string> merged;
+  for (const auto& [name, layer] : layers) {
+    const auto& m = layer->merged_adapters();
+    if (std::find(m.begin(), m.end(), adapter) != m.end()) merged.push_back(name);
+  }
+  PEFT_CHECK(merged.empty(), Error, kComponent,
+             "adapter \"" << adapter << "\" is merged in " << detail::join(merged)
+                          << "; expected it unmerged (hint: call unmerge_adapter() first)");
   std::vector<std::string> problems, unknown;
   for (const auto& [name, w] : eva_state_dict) {
     auto it = by_name.find(name);
@@ -152,20 +165,17 @@ void initialize_lora_eva_weights(PeftModel& model, std::map<std::string, at::Ten
                          " layer (EVA initialises Linear / Conv1D layers only)");
     } else if (!w.defined() || w.dim() != 2 || w.size(1) != layer.in_features() ||
                !at::isFloatingType(w.scalar_type())) {
-      problems.push_back("\"" + name + "\": " +
-                         (w.defined() ? detail::shape_string(w.sizes()) + " " + c10::toString(w.scalar_type())
-                                      : std::string("undefined tensor")) +
-                         ", expected a floating (new_r, " + std::to_string(layer.in_features()) + ") matrix");
-    }
-    const auto& merged = layer.merged_adapters();
-    if (std::find(merged.begin(), merged.end(), adapter) != merged.end()) {
-      problems.push_back("\"" + name + "\" has adapter \"" + adapter + "\" merged (unmerge first)");
+      problems.push_back(
+          "\"" + name + "\": " +
+          (w.defined() ? detail::shape_string(w.sizes()) + " " + c10::toString(w.scalar_type())
+                       : std::string("undefined tensor")) +
+          ", expected a floating (new_r, " + std::to_string(layer.in_features()) + ") matrix");
     }
   }
   PEFT_CHECK(problems.empty(), ShapeMismatchError, kComponent,
-             "the EVA state dict does not fit adapter \"" << adapter << "\": " << detail::join(problems, "; ")
-                                                          << " (hint: compute it with get_eva_state_dict on this "
-                                                             "model and adapter)");
+             "the EVA state dict does not fit adapter \""
+                 << adapter << "\": " << detail::join(problems, "; ")
+                 << " (hint: compute it with get_eva_state_dict on this model and adapter)");
   if (!unknown.empty()) {
     // PEFT ignores them silently.
     warn(kComponent, "EVA state dict entries that name no layer carrying adapter \"" + adapter +
@@ -173,7 +183,7 @@ void initialize_lora_eva_weights(PeftModel& model, std::map<std::string, at::Ten
   }
 
   torch::NoGradGuard no_grad;
-  std::vector<std::string> targets, missing, removed;
+  std::vector<std::string> targets, missing;
   std::vector<std::pair<std::string, int>> rank_pattern;
   std::vector<std::pair<std::string, double>> alpha_pattern;
   for (const auto& [name, layer] : layers) {
@@ -185,13 +195,13 @@ void initialize_lora_eva_weights(PeftModel& model, std::map<std::string, at::Ten
       const at::Tensor& w = it->second;
       new_rank = w.size(0);
       if (new_rank == 0) {
-        // Divergence from PEFT: PEFT swaps the whole LoRA layer for its base layer (dropping other adapters
-        // on it too); here only this adapter is removed.
+        // Divergence from PEFT: PEFT swaps the whole LoRA layer for its base layer (dropping other
+        // adapters on it too); here only this adapter is removed.
         layer->delete_adapter(adapter);
-        removed.push_back(name);
         continue;
       }
-      if (new_rank != rr.r && ec.adjust_scaling_factors) alpha *= static_cast<double>(new_rank) / rr.r;
+      if (new_rank != rr.r && ec.adjust_scaling_factors)
+        alpha *= static_cast<double>(new_rank) / rr.r;
       if (new_rank != rr.r) recreate(*layer, adapter, new_rank, alpha, config.init_lora_weights);
       lora_A(*layer, adapter).copy_(w);
       targets.push_back(name);
@@ -205,9 +215,9 @@ void initialize_lora_eva_weights(PeftModel& model, std::map<std::string, at::Ten
 
   targets.insert(targets.end(), missing.begin(), missing.end());
   if (targets.size() >= kMinTargetModulesForOptimization) {
-    // Divergence from PEFT: PEFT's list of other modules leaves out the layers that lost their adapter, so the
-    // condensed suffixes can select them again when the adapter is loaded; here every module that does not
-    // keep the adapter counts as "other".
+    // Divergence from PEFT: PEFT's list of other modules leaves out the layers that lost their
+    // adapter, so the condensed suffixes can select them again when the adapter is loaded; here
+    // every module that does not keep the adapter counts as "other".
     const std::set<std::string> kept(targets.begin(), targets.end());
     std::vector<std::string> others;
     for (const auto& item : model.base_model().named_modules("", /*include_self=*/false)) {
@@ -221,10 +231,12 @@ void initialize_lora_eva_weights(PeftModel& model, std::map<std::string, at::Ten
   model.update_peft_config(adapter, std::move(config));
 
   if (!missing.empty()) {
-    warn(kComponent, "the following layers were initialized with init_lora_weights=True because they were not "
-                     "found in the eva state_dict: " + detail::join(missing) +
-                         "; currently the following lora modules are not supported by EVA: Embedding, "
-                         "MultiheadAttention, Conv1d/2d/3d");
+    warn(kComponent,
+         "the following layers were initialized with init_lora_weights=True because they were not "
+         "found in the eva state_dict: " +
+             detail::join(missing) +
+             "; currently the following lora modules are not supported by EVA: Embedding, "
+             "MultiheadAttention, Conv1d/2d/3d");
   }
 }
 

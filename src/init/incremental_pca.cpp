@@ -1,5 +1,5 @@
-// Incremental PCA (PEFT's port of sklearn's IncrementalPCA, src/peft/utils/incremental_pca.py) and the seeded
-// torch.svd_lowrank it runs for EVA.
+// Incremental PCA (PEFT's port of sklearn's IncrementalPCA, src/peft/utils/incremental_pca.py) and
+// the seeded torch.svd_lowrank it runs for EVA.
 #include "incremental_pca.h"
 
 #include <ATen/ATen.h>
@@ -19,14 +19,16 @@ namespace {
 
 constexpr const char* kComponent = "incremental_pca";
 
-// torch._lowrank.get_approximate_basis: an orthonormal basis Q (m, <= q) of A's range, refined by niter power
-// iterations with re-orthonormalisation after every product.
-at::Tensor approximate_basis(const at::Tensor& A, int64_t q, int niter, std::optional<uint64_t> seed) {
+// torch._lowrank.get_approximate_basis: an orthonormal basis Q (m, <= q) of A's range, refined by
+// niter power iterations with re-orthonormalisation after every product.
+at::Tensor approximate_basis(const at::Tensor& A, int64_t q, int niter,
+                             std::optional<uint64_t> seed) {
   at::Tensor R;
   if (seed) {
-    // Drawn on the CPU from a private generator so that the stream equals PEFT's after torch.manual_seed(seed)
-    // and the global generator is not touched. Divergence from PEFT: on an accelerator PEFT draws on the
-    // device's generator; here the CPU draws are moved there (same distribution, other numbers).
+    // Drawn on the CPU from a private generator so that the stream equals PEFT's after
+    // torch.manual_seed(seed) and the global generator is not touched. Divergence from PEFT: on an
+    // accelerator PEFT draws on the device's generator; here the CPU draws are moved there (same
+    // distribution, other numbers).
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(*seed);
     R = at::randn({A.size(1), q}, gen, A.options().device(at::kCPU)).to(A.device());
   } else {
@@ -40,8 +42,9 @@ at::Tensor approximate_basis(const at::Tensor& A, int64_t q, int niter, std::opt
   return Q;
 }
 
-// sklearn svd_flip(u_based_decision=False): the largest-|.| entry of every row of Vh becomes positive, so
-// consecutive fits give comparable signs (EVA's convergence test compares them by cosine similarity).
+// sklearn svd_flip(u_based_decision=False): the largest-|.| entry of every row of Vh becomes
+// positive, so consecutive fits give comparable signs (EVA's convergence test compares them by
+// cosine similarity).
 void svd_flip_(at::Tensor& U, at::Tensor& Vh) {
   at::Tensor cols = at::argmax(at::abs(Vh), 1);
   at::Tensor rows = at::arange(Vh.size(0), cols.options());
@@ -52,7 +55,8 @@ void svd_flip_(at::Tensor& U, at::Tensor& Vh) {
 
 }  // namespace
 
-SvdResult svd_lowrank_seeded(const at::Tensor& A, int64_t q, int niter, std::optional<uint64_t> seed) {
+SvdResult svd_lowrank_seeded(const at::Tensor& A, int64_t q, int niter,
+                             std::optional<uint64_t> seed) {
   PEFT_CHECK(A.dim() == 2, ShapeMismatchError, kComponent,
              "svd_lowrank expects a matrix; got shape " << shape_string(A.sizes()));
   PEFT_CHECK(q > 0, ConfigError, kComponent, "svd_lowrank needs q > 0; got q = " << q);
@@ -68,7 +72,8 @@ SvdResult svd_lowrank_seeded(const at::Tensor& A, int64_t q, int niter, std::opt
 
 IncrementalPCA::IncrementalPCA(IncrementalPcaOptions options)
     : options_(options), n_components_(options.n_components) {
-  PEFT_CHECK(n_components_ >= 0, ConfigError, kComponent, "n_components must be >= 0; got " << n_components_);
+  PEFT_CHECK(n_components_ >= 0, ConfigError, kComponent,
+             "n_components must be >= 0; got " << n_components_);
   if (options_.lowrank) {
     PEFT_CHECK(options_.lowrank_q > 0 || n_components_ > 0, ConfigError, kComponent,
                "n_components must be specified when using lowrank mode with lowrank_q=None.");
@@ -80,15 +85,17 @@ IncrementalPCA::IncrementalPCA(IncrementalPcaOptions options)
 }
 
 SvdResult IncrementalPCA::svd(const at::Tensor& X) const {
-  if (options_.lowrank) return svd_lowrank_seeded(X, options_.lowrank_q, options_.lowrank_niter, options_.lowrank_seed);
+  if (options_.lowrank)
+    return svd_lowrank_seeded(X, options_.lowrank_q, options_.lowrank_niter, options_.lowrank_seed);
   auto [U, S, Vh] = at::linalg_svd(X, /*full_matrices=*/false);
   return {U, S, Vh};
 }
 
 IncrementalPCA& IncrementalPCA::partial_fit(const at::Tensor& input) {
   torch::NoGradGuard no_grad;
-  PEFT_CHECK(input.dim() == 2, ShapeMismatchError, kComponent,
-             "partial_fit expects (n_samples, n_features); got shape " << shape_string(input.sizes()));
+  PEFT_CHECK(
+      input.dim() == 2, ShapeMismatchError, kComponent,
+      "partial_fit expects (n_samples, n_features); got shape " << shape_string(input.sizes()));
   const int64_t n_samples = input.size(0);
   const int64_t n_features = input.size(1);
   // _validate_data (copy=True): the caller's tensor is never modified.
@@ -96,9 +103,11 @@ IncrementalPCA& IncrementalPCA::partial_fit(const at::Tensor& input) {
              "n_components=" << n_components_ << " invalid for n_features=" << n_features
                              << ", need more rows than columns for IncrementalPCA processing.");
   PEFT_CHECK(n_components_ <= n_samples, ShapeMismatchError, kComponent,
-             "n_components=" << n_components_ << " must be less or equal to the batch number of samples "
+             "n_components=" << n_components_
+                             << " must be less or equal to the batch number of samples "
                              << n_samples);
-  at::Tensor X = input.scalar_type() == at::kDouble ? input.clone() : input.to(at::kFloat, false, true);
+  at::Tensor X =
+      input.scalar_type() == at::kDouble ? input.clone() : input.to(at::kFloat, false, true);
 
   const bool first_pass = !fitted();
   if (first_pass) {
@@ -106,7 +115,8 @@ IncrementalPCA& IncrementalPCA::partial_fit(const at::Tensor& input) {
     if (n_components_ == 0) n_components_ = std::min(n_samples, n_features);
   }
   PEFT_CHECK(n_features == n_features_, ShapeMismatchError, kComponent,
-             "Number of features of the new batch does not match the number of features of the first batch ("
+             "Number of features of the new batch does not match the number of features of the "
+             "first batch ("
                  << n_features << " vs " << n_features_ << ").");
 
   // _incremental_mean_and_var: running mean / variance in float64 (Chan et al.'s pairwise update).
@@ -120,7 +130,8 @@ IncrementalPCA& IncrementalPCA::partial_fit(const at::Tensor& input) {
   const at::Tensor col_mean = (last_sum + new_sum) / total_count;
   at::Tensor temp = X.to(at::kDouble) - new_sum / new_count;
   const at::Tensor correction = temp.sum(0, false, at::kDouble).square();
-  at::Tensor new_unnormalized_var = temp.square().sum(0, false, at::kDouble) - correction / new_count;
+  at::Tensor new_unnormalized_var =
+      temp.square().sum(0, false, at::kDouble) - correction / new_count;
   at::Tensor col_var;
   if (first_pass) {
     col_var = new_unnormalized_var / total_count;

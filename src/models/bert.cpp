@@ -96,7 +96,8 @@ class SequenceClassifier : public PretrainedModel {
     encoder_->replicate_layers(sources, prefix());
     c_.num_hidden_layers = static_cast<int64_t>(sources.size());
     // PEFT sets config.num_hidden_layers.
-    set_config_json(patched_config_json(config_json(), {{"num_hidden_layers", c_.num_hidden_layers}}));
+    set_config_json(
+        patched_config_json(config_json(), {{"num_hidden_layers", c_.num_hidden_layers}}));
   }
 
  private:

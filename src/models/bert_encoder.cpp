@@ -296,7 +296,8 @@ at::Tensor BertModelImpl::forward(const at::Tensor& input_ids, const at::Tensor&
   return encoder_->forward(h, mask);
 }
 
-void BertModelImpl::replicate_layers(const std::vector<size_t>& sources, const std::string& prefix) {
+void BertModelImpl::replicate_layers(const std::vector<size_t>& sources,
+                                     const std::string& prefix) {
   const auto old = as_modules(encoder_->layers);
   std::vector<BertLayer> copies;
   replicate_layer_list(*encoder_, "layer", prefix + ".encoder.layer", old, sources, [&](size_t) {

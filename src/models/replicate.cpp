@@ -115,8 +115,8 @@ std::vector<size_t> replication_sources(const LayerRanges& ranges, int64_t num_l
     }
     for (int64_t i = start; i < end; ++i) out.push_back(static_cast<size_t>(i));
   }
-  // Divergence from PEFT: PEFT does not validate (an empty or reversed range adds nothing, a negative
-  // start counts from the end, an end past the list raises IndexError midway).
+  // Divergence from PEFT: PEFT does not validate (an empty or reversed range adds nothing, a
+  // negative start counts from the end, an end past the list raises IndexError midway).
   PEFT_CHECK(n_bad == 0, ConfigError, kComponent,
              (n_bad == 1 ? "range " : "ranges ")
                  << bad.str() << " of " << layers_name << " (" << num_layers

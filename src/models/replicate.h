@@ -34,7 +34,8 @@ std::vector<std::shared_ptr<torch::nn::Module>> as_modules(const std::vector<Hol
 }
 
 // Builds the replicated layer list and registers it in place of the old one.
-//   parent.<list_name> is a ModuleList holding `layers`; `full_name` is its dotted name in the model
+//   parent.<list_name> is a ModuleList holding `layers`; `full_name` is its dotted name in the
+//   model
 //   ("model.layers"). make(i) builds a fresh layer for new position i (of the same structure as
 //   layers[sources[i]], with its per-position settings such as a layer index); its parameters
 //   are then replaced by the source's tensors (the same TensorImpls: no new memory, and loading,
@@ -44,8 +45,8 @@ std::vector<std::shared_ptr<torch::nn::Module>> as_modules(const std::vector<Hol
 // children, so module names read <full_name>.0 .. N-1 in the new order. The default CPU generator's
 // state is restored afterwards: building draws random init values that are dropped, and PEFT's
 // deepcopy draws none, so later draws (adapter init) stay as without replication.
-// Throws UnsupportedError when a source layer already holds LoRA adapters, modules_to_save copies or
-// trainable tokens (replicate before injecting, as PEFT's get_peft_model does).
+// Throws UnsupportedError when a source layer already holds LoRA adapters, modules_to_save copies
+// or trainable tokens (replicate before injecting, as PEFT's get_peft_model does).
 void replicate_layer_list(torch::nn::Module& parent, const std::string& list_name,
                           const std::string& full_name,
                           const std::vector<std::shared_ptr<torch::nn::Module>>& layers,
