@@ -397,8 +397,20 @@ DisabledAdapterGuard::~DisabledAdapterGuard() {
 // ---------------------------------------------------------------------------------------------------------
 // merging
 
+void PeftModel::check_merge_allowed() const {
+  for (const auto& [name, c] : configs_) {
+    // Divergence from PEFT: PEFT's guard looks the key up in the wrong dict and never fires, so merging a
+    // replicated model adds every copy's update to the one shared weight (huggingface/peft#1707). Refuse instead.
+    PEFT_CHECK(!c.layer_replication || c.layer_replication->empty(), UnsupportedError, "merge",
+               "adapter \"" << name << "\" uses layer_replication: the replicated layers share their base weights, so "
+                            "merging would add every copy's update to the same weight (hint: keep the adapters "
+                            "unmerged, or merge into a model whose layers were materialised with separate weights)");
+  }
+}
+
 void PeftModel::merge_adapter(std::optional<std::vector<std::string>> adapter_names, bool safe_merge) {
   check_not_unloaded("merge_adapter");
+  check_merge_allowed();
   if (adapter_names) {
     for (const auto& a : *adapter_names) peft_config(a);
   }
@@ -413,6 +425,7 @@ void PeftModel::unmerge_adapter() {
 std::shared_ptr<torch::nn::Module> PeftModel::merge_and_unload(bool safe_merge,
                                                                std::optional<std::vector<std::string>> adapter_names) {
   check_not_unloaded("merge_and_unload");
+  check_merge_allowed();
   if (adapter_names) {
     for (const auto& a : *adapter_names) peft_config(a);
   }

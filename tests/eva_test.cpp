@@ -9,7 +9,6 @@
 #include <string>
 #include <vector>
 
-#include "../src/init/incremental_pca.h"
 #include "peft/error.h"
 #include "peft/lora/linear.h"
 #include "peft/peft_model.h"
@@ -141,68 +140,6 @@ class EvaTest : public ::testing::Test {
  protected:
   void SetUp() override { torch::manual_seed(0); }
 };
-
-// ---- IncrementalPCA ----
-
-TEST(IncrementalPCA, PartialFitsOverChunksMatchFullPca) {
-  torch::manual_seed(1);
-  auto x = low_rank(1, 240, 12, {6, 4, 3, 2}, 0.0).reshape({240, 12}).to(torch::kDouble);
-  for (bool lowrank : {false, true}) {
-    peft::detail::IncrementalPCA pca({.n_components = 4, .lowrank = lowrank, .lowrank_seed = 42});
-    for (int64_t s = 0; s < 240; s += 40) pca.partial_fit(x.slice(0, s, s + 40));
-    EXPECT_EQ(pca.n_samples_seen(), 240);
-    auto full = pca_directions(x, 4);
-    // Same subspace (projectors), and here the same individual directions up to sign.
-    auto c = pca.components().to(torch::kDouble);
-    EXPECT_EQ(peft::test::compare(c.t().mm(c), full.t().mm(full), 1e-8), "")
-        << "lowrank=" << lowrank;
-    EXPECT_GT(min_abs_cos(c, full), 1 - 1e-8);
-    auto centred = x - x.mean(0);
-    auto s = std::get<1>(torch::linalg_svd(centred, false)).slice(0, 0, 4);
-    EXPECT_EQ(peft::test::compare(pca.singular_values(), s, 1e-8, 1e-8), "");
-    EXPECT_EQ(peft::test::compare(pca.mean(), x.mean(0), 1e-10), "");
-    EXPECT_EQ(peft::test::compare(pca.var(), x.var(0, /*unbiased=*/false), 1e-9), "");
-    auto ratio = s.square() / centred.square().sum();
-    EXPECT_EQ(peft::test::compare(pca.explained_variance_ratio(), ratio, 1e-10), "");
-    EXPECT_EQ(peft::test::compare(pca.explained_variance(), s.square() / 239.0, 1e-8, 1e-8), "");
-  }
-}
-
-TEST(IncrementalPCA, FullRankFitEqualsBatchPcaAndTransformProjects) {
-  torch::manual_seed(2);
-  auto x = torch::randn({90, 5}, torch::kDouble) *
-           torch::tensor({5.0, 3.0, 2.0, 1.0, 0.5}, torch::kDouble);
-  peft::detail::IncrementalPCA pca({.n_components = 5, .batch_size = 25});
-  pca.fit(x);  // chunks 25, 25, 40 (the last full chunk would leave a 15-row tail < n_components?
-               // no: 25+5<=90)
-  auto full = pca_directions(x, 5);
-  EXPECT_GT(min_abs_cos(pca.components(), full), 1 - 1e-10);
-  auto t = pca.transform(x);
-  EXPECT_EQ(peft::test::compare(t, (x - x.mean(0)).mm(pca.components().t()), 1e-10), "");
-}
-
-TEST(IncrementalPCA, RejectsTooManyComponents) {
-  peft::detail::IncrementalPCA wide({.n_components = 6});
-  EXPECT_THROW(wide.partial_fit(torch::randn({20, 5})), peft::ConfigError);
-  peft::detail::IncrementalPCA tall({.n_components = 4});
-  EXPECT_THROW(tall.partial_fit(torch::randn({3, 5})), peft::ShapeMismatchError);
-  tall.partial_fit(torch::randn({10, 5}));
-  EXPECT_THROW(tall.partial_fit(torch::randn({10, 6})), peft::ShapeMismatchError);
-}
-
-TEST(IncrementalPCA, SeededLowRankSvdIsReproducibleAndLeavesGlobalRngAlone) {
-  auto a = torch::randn({30, 10});
-  torch::manual_seed(7);
-  auto before = torch::rand({1});
-  torch::manual_seed(7);
-  auto r1 = peft::detail::svd_lowrank_seeded(a, 4, 2, 42);
-  auto after = torch::rand({1});
-  auto r2 = peft::detail::svd_lowrank_seeded(a, 4, 2, 42);
-  EXPECT_TRUE(torch::equal(before, after));
-  EXPECT_TRUE(torch::equal(r1.Vh, r2.Vh));
-  auto wide = peft::detail::svd_lowrank_seeded(a.t(), 10, 2, 42);  // q = min(m, n): exact
-  EXPECT_EQ(peft::test::compare(wide.U.mm(torch::diag(wide.S)).mm(wide.Vh), a.t(), 1e-4), "");
-}
 
 // ---- EVA on a PeftModel ----
 

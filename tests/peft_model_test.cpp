@@ -201,15 +201,15 @@ TEST_F(PeftModelTest, ModulesToSaveMakesATrainableCopy) {
 
 TEST_F(PeftModelTest, UnsupportedFieldsNameTheField) {
   auto c = lin_config({"lin0"});
-  c.use_dora = true;
+  c.target_parameters = std::vector<std::string>{"lin0.weight"};
   try {
     peft::get_peft_model(mlp.ptr(), c);
     FAIL() << "expected UnsupportedError";
   } catch (const peft::UnsupportedError& e) {
-    EXPECT_NE(std::string(e.what()).find("use_dora"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("target_parameters"), std::string::npos);
   }
-  c.use_dora = false;
-  c.init_lora_weights = peft::InitLoraWeights{peft::InitLoraWeights::Kind::kPissa, 0, "pissa"};
+  c.target_parameters.reset();
+  c.init_lora_weights = peft::InitLoraWeights{peft::InitLoraWeights::Kind::kLoftq, 0, "loftq"};
   EXPECT_THROW(peft::get_peft_model(mlp.ptr(), c), peft::UnsupportedError);
 }
 

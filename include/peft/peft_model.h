@@ -152,6 +152,7 @@ class PeftModel {
   void refresh_trainable();
   void cast_adapter_dtype(const std::string& adapter_name);
   void check_not_unloaded(const char* what) const;
+  void check_merge_allowed() const;
   const PeftModelInfo& info() const;
 
   std::shared_ptr<torch::nn::Module> model_;

@@ -190,6 +190,10 @@ std::map<std::string, at::Tensor> compute_eva(torch::nn::Module& model,
              "no Linear / Conv1D layer to initialise; EVA supports only these (hint: check the "
              "adapter's target_modules)");
   const EvaConfig ec = eva_config_of(config);
+  PEFT_CHECK(
+      ec.rho >= 1.0 && ec.tau >= 0.0 && ec.tau <= 1.0, ConfigError, kComponent,
+      "eva_config has rho = " << ec.rho << ", tau = " << ec.tau
+                              << "; expected rho >= 1 and tau in [0, 1] (as validate() checks)");
   PEFT_CHECK(options.max_epochs >= 0, ConfigError, kComponent,
              "max_epochs must be >= 0 (0 = no limit); got " << options.max_epochs);
   const size_t n = layers.size();

@@ -12,8 +12,13 @@ namespace peft::train {
 
 std::vector<NamedParameter> trainable_parameters(const torch::nn::Module& module) {
   std::vector<NamedParameter> out;
+  // A tensor registered under several names (tied embeddings, tied modules_to_save copies, replicated layers'
+  // shared biases) is one parameter: PyTorch's named_parameters() de-duplicates, LibTorch's does not.
+  std::set<const void*> seen;
   for (const auto& item : module.named_parameters(/*recurse=*/true)) {
-    if (item.value().requires_grad()) out.push_back({item.key(), item.value()});
+    if (!item.value().requires_grad()) continue;
+    if (!seen.insert(item.value().unsafeGetTensorImpl()).second) continue;
+    out.push_back({item.key(), item.value()});
   }
   return out;
 }

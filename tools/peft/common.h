@@ -37,5 +37,6 @@ void register_logits(CLI::App& app);
 void register_merge(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_train(CLI::App& app);
+void register_init(CLI::App& app);
 
 }  // namespace peft::cli

@@ -1,4 +1,4 @@
-// peft: the command-line face of peft.cpp. One file per verb (inspect, logits, merge, generate, train).
+// peft: the command-line face of peft.cpp. One file per verb (inspect, logits, merge, generate, train, init).
 // Errors print one line "error: ..." and exit 2 for usage / configuration errors, 1 otherwise.
 #include <torch/torch.h>
 
@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   peft::cli::register_merge(app);
   peft::cli::register_generate(app);
   peft::cli::register_train(app);
+  peft::cli::register_init(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
