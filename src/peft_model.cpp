@@ -212,6 +212,7 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
 
   std::vector<std::shared_ptr<nn::LoraLayerImpl>> touched;
   try {
+    const auto [tied_head, tied_embedding] = plan_lora_weight_tying(config, targets.targeted);
     for (const auto& name : targets.targeted) {
       auto layer = layer_by_name.at(name);
       ResolvedRank rr = resolve_rank(config, name);
@@ -236,6 +237,11 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
       }
       touched.push_back(layer);
       layer->update_layer(adapter_name, s);
+    }
+    if (!tied_head.empty()) {
+      auto head = layer_by_name.at(tied_head);
+      touched.push_back(head);
+      head->tie_adapter_to(adapter_name, layer_by_name.at(tied_embedding));
     }
     add_trainable_copies(adapter_name, config, copies, touched);
     add_trainable_tokens(adapter_name, config, touched);

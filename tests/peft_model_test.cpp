@@ -209,7 +209,7 @@ TEST_F(PeftModelTest, UnsupportedFieldsNameTheField) {
     EXPECT_NE(std::string(e.what()).find("target_parameters"), std::string::npos);
   }
   c.target_parameters.reset();
-  c.init_lora_weights = peft::InitLoraWeights{peft::InitLoraWeights::Kind::kLoftq, 0, "loftq"};
+  c.init_lora_weights = peft::InitLoraWeights{peft::InitLoraWeights::Kind::kMica, 0, "mica"};
   EXPECT_THROW(peft::get_peft_model(mlp.ptr(), c), peft::UnsupportedError);
 }
 

@@ -198,6 +198,66 @@ TEST(WeightTyingTable, ModulesToSave) {
   }
 }
 
+TEST(WeightTyingTable, TargetModules) {
+  auto lora = [](std::vector<std::string> targets, bool ensure) {
+    LoraConfig c;
+    c.r = 4;
+    c.target_modules = std::move(targets);
+    c.ensure_weight_tying = ensure;
+    c.init_lora_weights.kind = peft::InitLoraWeights::Kind::kFalse;  // non-zero deltas
+    return c;
+  };
+  const at::Tensor ids = torch::tensor({{1, 3, 5, 2, 9, 4}});
+  {  // tied + ensure, only lm_head named: one LoRA on the embedding, the head tied to it
+    peft::test::TempDir dir;
+    auto m = llama(true);
+    auto pm = peft::get_peft_model(m, lora({"lm_head"}, true));
+    auto emb = layer(*m, "model.embed_tokens"), head = layer(*m, "lm_head");
+    ASSERT_TRUE(emb->has_adapter("default"));
+    ASSERT_TRUE(head->adapter_tied("default"));
+    EXPECT_TRUE(at::equal(head->get_delta_weight("default"), emb->get_delta_weight("default")));
+    torch::NoGradGuard no_grad;
+    const at::Tensor out = logits(*m, ids);
+    // Reference: the tied model with the embedding's delta applied to the shared weight, once.
+    auto ref = llama(true);
+    layer(*ref, "model.embed_tokens")->weight().add_(emb->get_delta_weight("default"));
+    EXPECT_EQ(compare(out, logits(*ref, ids), 1e-4), "");
+    pm->save_pretrained(dir.str());
+    for (const auto& [k, v] : peft::io::load_safetensors(dir.str("adapter_model.safetensors"))) {
+      EXPECT_EQ(k.find("lm_head"), std::string::npos) << k;
+    }
+    auto fresh = llama(true);
+    auto loaded = peft::PeftModel::from_pretrained(fresh, dir.str());
+    EXPECT_TRUE(layer(*fresh, "lm_head")->adapter_tied("default"));
+    EXPECT_EQ(compare(logits(*fresh, ids), out, 1e-6), "");
+    pm->merge_and_unload();  // the shared weight receives the delta once
+    EXPECT_EQ(compare(logits(*m, ids), out, 1e-4), "");
+  }
+  {  // tied, no ensure, both: warn, separate adapters
+    peft::ScopedWarningCapture w;
+    auto m = llama(true);
+    auto pm = peft::get_peft_model(m, lora({"embed_tokens", "lm_head"}, false));
+    EXPECT_TRUE(w.contains("ensure_weight_tying=False"));
+    EXPECT_FALSE(layer(*m, "lm_head")->adapter_tied("default"));
+    EXPECT_TRUE(layer(*m, "lm_head")->has_adapter("default"));
+  }
+  {  // tied, no ensure, one: separate, no warning
+    peft::ScopedWarningCapture w;
+    auto m = llama(true);
+    auto pm = peft::get_peft_model(m, lora({"lm_head"}, false));
+    EXPECT_FALSE(layer(*m, "model.embed_tokens")->has_adapter("default"));
+    EXPECT_TRUE(w.messages().empty());
+  }
+  {  // untied + ensure: warn, selected layer only
+    peft::ScopedWarningCapture w;
+    auto m = llama(false);
+    auto pm = peft::get_peft_model(m, lora({"lm_head"}, true));
+    EXPECT_TRUE(w.contains("not tied"));
+    EXPECT_FALSE(layer(*m, "model.embed_tokens")->has_adapter("default"));
+    EXPECT_FALSE(layer(*m, "lm_head")->adapter_tied("default"));
+  }
+}
+
 TEST(TrainableTokens, ErrorsNameTheProblem) {
   auto m = llama(false);
   EXPECT_THROW(peft::get_peft_model(m, tokens_config(Dict{{"no_such_module", {1}}})), peft::ConfigError);

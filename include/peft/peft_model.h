@@ -149,6 +149,11 @@ class PeftModel {
                             std::vector<std::shared_ptr<nn::LoraLayerImpl>>& touched);
   void add_trainable_tokens(const std::string& adapter_name, const LoraConfig& config,
                             std::vector<std::shared_ptr<nn::LoraLayerImpl>>& touched);
+  // target_modules on tied embeddings (the docs' table): returns the full name of the output head whose LoRA is
+  // to be tied to the input embedding's and the embedding's full name (after making sure the embedding is targeted
+  // and the head is not), or two empty strings.
+  std::pair<std::string, std::string> plan_lora_weight_tying(const LoraConfig& config,
+                                                             std::vector<std::string>& targeted) const;
   void refresh_trainable();
   void cast_adapter_dtype(const std::string& adapter_name);
   void check_not_unloaded(const char* what) const;

@@ -144,6 +144,7 @@ void LoraLayerImpl::delete_adapter(const std::string& adapter) {
              "Cannot delete adapter(s) [" << adapter << "] while they are merged. Please unmerge them first.");
   destroy_adapter(adapter);
   if (lora_magnitude_vector_) lora_magnitude_vector_->erase(adapter);
+  tied_adapters_.erase(adapter);
   settings_.erase(adapter);
   scaling_.erase(adapter);
   adapter_order_.erase(std::remove(adapter_order_.begin(), adapter_order_.end(), adapter),
@@ -244,6 +245,10 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
   }
   torch::NoGradGuard no_grad;
   for (const auto& n : todo) {
+    if (adapter_tied(n)) {
+      merged_.push_back(n);  // the shared weight receives the delta through the source layer's merge
+      continue;
+    }
     at::Tensor delta = get_delta_weight(n).to(weight_.scalar_type());
     auto bias_delta = [&]() -> at::Tensor {
       for (auto& [key, t] : adapter_tensors(n)) {
@@ -290,6 +295,7 @@ void LoraLayerImpl::unmerge() {
   while (!merged_.empty()) {
     std::string n = merged_.back();
     merged_.pop_back();
+    if (adapter_tied(n)) continue;
     at::Tensor delta = get_delta_weight(n).to(weight_.scalar_type());
     const at::Tensor m = dora_magnitude(n);
     if (m.defined() && dora_merge_norm_.count(n)) {
@@ -386,12 +392,36 @@ void LoraLayerImpl::remove_all_adapters() {
     for (const auto& n : lora_magnitude_vector_->keys()) lora_magnitude_vector_->erase(n);
   }
   dora_merge_norm_.clear();
+  tied_adapters_.clear();
   for (const auto& n : trainable_tokens_names()) delete_trainable_tokens(n);
   tokens_merged_.clear();
   if (modules_to_save_) {
     for (const auto& n : modules_to_save_->keys()) modules_to_save_->erase(n);
   }
   enabled_ = true;
+}
+
+void LoraLayerImpl::tie_adapter_to(const std::string& adapter, const std::shared_ptr<LoraLayerImpl>& source) {
+  PEFT_CHECK(source && source.get() != this && source->has_adapter(adapter), Error, "ensure_weight_tying",
+             "the tied source layer has no adapter \"" << adapter << "\"");
+  PEFT_CHECK(kind_ == LayerKind::kLinear && source->kind() == LayerKind::kEmbedding, UnsupportedError,
+             "ensure_weight_tying", "LoRA weight tying links a Linear output head to an Embedding; got a "
+                                        << to_string(kind_) << " tied to a " << to_string(source->kind()));
+  PEFT_CHECK(source->weight().is_same(weight_), ConfigError, "ensure_weight_tying",
+             "the output head's weight is not the embedding's tensor, so the two layers are not tied");
+  const AdapterSettings& s = source->adapter_settings(adapter);
+  PEFT_CHECK(!s.use_dora, UnsupportedError, "ensure_weight_tying", "tied LoRA adapters cannot use DoRA");
+  if (has_adapter(adapter)) delete_adapter(adapter);
+  adapter_order_.push_back(adapter);
+  settings_[adapter] = s;
+  scaling_[adapter] = source->scaling(adapter);
+  tied_adapters_[adapter] = source;
+  set_active_adapters(active_, true);
+}
+
+std::shared_ptr<LoraLayerImpl> LoraLayerImpl::tied_source(const std::string& adapter) const {
+  auto it = tied_adapters_.find(adapter);
+  return it == tied_adapters_.end() ? nullptr : it->second.lock();
 }
 
 std::vector<std::pair<std::string, std::shared_ptr<LoraLayerImpl>>> lora_layers(torch::nn::Module& root) {

@@ -58,6 +58,7 @@ at::Tensor LinearImpl::base_forward(const at::Tensor& x, const at::Tensor& w, co
 
 at::Tensor LinearImpl::add_adapter_output(at::Tensor result, const at::Tensor& x,
                                           const std::string& adapter) const {
+  if (auto source = tied_source(adapter)) return add_tied_output(std::move(result), x, *source, adapter);
   const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;  // (r, in)
   const auto& Bm = lora_B_->get<FactorImpl>(adapter);         // weight (out, r)
   const double s = scaling(adapter);
@@ -106,7 +107,21 @@ at::Tensor LinearImpl::add_dora_output(at::Tensor result, const at::Tensor& xin,
   return result + (g - 1) * base + g * lora * s;
 }
 
+at::Tensor LinearImpl::add_tied_output(at::Tensor result, const at::Tensor& x, const LoraLayerImpl& source,
+                                       const std::string& adapter) const {
+  // Tied to the input embedding (vocab, dim): its delta is s (B_e A_e)^T, so the head adds s * (x B_e) A_e.
+  at::Tensor A_e, B_e;  // (r, vocab), (dim, r)
+  for (auto& [key, t] : source.adapter_tensors(adapter)) {
+    if (key == "lora_embedding_A") A_e = t;
+    if (key == "lora_embedding_B") B_e = t;
+  }
+  at::Tensor xin = x.scalar_type() == A_e.scalar_type() ? x : x.to(A_e.scalar_type());
+  at::Tensor y = at::matmul(at::matmul(xin, B_e), A_e) * scaling(adapter);
+  return result + y.to(result.scalar_type());
+}
+
 at::Tensor LinearImpl::get_delta_weight(const std::string& adapter) const {
+  if (auto source = tied_source(adapter)) return source->get_delta_weight(adapter);
   const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;  // (r, in)
   const auto& B = lora_B_->get<FactorImpl>(adapter)->weight;  // (out, r)
   at::Tensor delta = scaled_product(B, A, adapter);          // (out, in)

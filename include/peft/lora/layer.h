@@ -156,6 +156,14 @@ class LoraLayerImpl : public torch::nn::Module {
   at::Tensor trainable_tokens_delta(const std::string& adapter) const;
   std::vector<std::string> trainable_tokens_names() const;
 
+  // ---- weight tying of LoRA (ensure_weight_tying on tied input / output embeddings) ----
+  // Makes `adapter` of this layer (a Linear whose weight is tied to an Embedding: the lm_head) use the LoRA of
+  // `source` (that Embedding, which must carry `adapter`): the head's delta is the embedding's delta on the shared
+  // weight, computed as s * (x B_e) A_e. Nothing of its own is created or saved, and merging skips it (the
+  // embedding's merge already changed the shared weight).
+  void tie_adapter_to(const std::string& adapter, const std::shared_ptr<LoraLayerImpl>& source);
+  bool adapter_tied(const std::string& adapter) const { return tied_adapters_.count(adapter) != 0; }
+
   // ---- data-driven initialisation (EVA, CorDA, LoRA-GA) ----
   // Called with the layer's input at the start of every forward (PEFT registers forward hooks for this).
   // An empty function removes the observer.
@@ -214,6 +222,8 @@ class LoraLayerImpl : public torch::nn::Module {
   // m / ||W + dW|| shaped to scale the stored weight: (out, 1) Linear, (1, out) Conv1D, (1, dim) Embedding,
   // (out, 1, 1...) ConvNd.
   at::Tensor dora_factor_for_weight(const at::Tensor& factor) const;
+  // The layer whose LoRA a tied adapter uses (null when `adapter` is not tied).
+  std::shared_ptr<LoraLayerImpl> tied_source(const std::string& adapter) const;
   // The trainable-token-substituted weight for forward (undefined when no token adapter is active).
   at::Tensor weight_with_tokens(const at::Tensor& weight) const;
   void merge_tokens(const std::vector<std::string>& adapters);
@@ -244,6 +254,7 @@ class LoraLayerImpl : public torch::nn::Module {
   std::shared_ptr<torch::nn::Module> token_adapter_;
   std::vector<std::string> tokens_merged_;
   InputObserver observer_;
+  std::map<std::string, std::weak_ptr<LoraLayerImpl>> tied_adapters_;
   std::map<std::string, at::Tensor> init_data_;
 };
 

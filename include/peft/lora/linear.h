@@ -31,6 +31,8 @@ class LinearImpl : public LoraLayerImpl {
 
  private:
   at::Tensor add_dora_output(at::Tensor result, const at::Tensor& xin, const std::string& adapter) const;
+  at::Tensor add_tied_output(at::Tensor result, const at::Tensor& x, const LoraLayerImpl& source,
+                             const std::string& adapter) const;
   int64_t in_features_;
   int64_t out_features_;
   bool fan_in_fan_out_;
