@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <set>
 #include <string>
@@ -39,6 +40,17 @@ class TimesReporter : public benchmark::ConsoleReporter {
   std::map<std::string, double> times_;
   std::set<std::string> medians_;
 };
+
+// A field of /proc/self/status in kB ("VmRSS", "VmHWM"), or -1 when absent.
+inline long read_status_kb(const char* field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const std::string key = std::string(field) + ":";
+  while (std::getline(f, line)) {
+    if (line.rfind(key, 0) == 0) return std::stol(line.substr(key.size()));
+  }
+  return -1;
+}
 
 // Uses every core and prints the thread count and the BLAS library LibTorch runs on.
 inline void print_runtime_header() {

@@ -90,30 +90,20 @@ BENCHMARK(BM_Prefill)
     ->MinTime(2.0)
     ->UseRealTime();
 
-long read_status_kb(const char* field) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  const std::string key = std::string(field) + ":";
-  while (std::getline(f, line)) {
-    if (line.rfind(key, 0) == 0) return std::stol(line.substr(key.size()));
-  }
-  return -1;
-}
-
 // Child mode: build the variant and print "<VmRSS kB> <VmRSS kB after malloc_trim> <VmHWM kB>
 // <distinct parameter bytes>". glibc may keep memory freed during construction (the random weights
 // of replication's freshly built layers, dropped for the sources' tensors) until malloc_trim.
 int memory_child(Variant v) {
   peft::set_num_threads();
   Built b = make(v);
-  const long rss = read_status_kb("VmRSS");
+  const long rss = peft::bench::read_status_kb("VmRSS");
   malloc_trim(0);
   std::unordered_set<const void*> seen;
   int64_t bytes = 0;
   for (const auto& p : b.model->parameters()) {
     if (seen.insert(p.unsafeGetTensorImpl()).second) bytes += p.numel() * p.element_size();
   }
-  std::printf("%ld %ld %ld %lld\n", rss, read_status_kb("VmRSS"), read_status_kb("VmHWM"),
+  std::printf("%ld %ld %ld %lld\n", rss, peft::bench::read_status_kb("VmRSS"), peft::bench::read_status_kb("VmHWM"),
               static_cast<long long>(bytes));
   return 0;
 }

@@ -96,23 +96,13 @@ void BM_Forward(benchmark::State& state) {
 
 BENCHMARK(BM_Forward)->DenseRange(1, kVariants - 1)->ArgName("variant")->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
-long read_status_kb(const char* field) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  const std::string key = std::string(field) + ":";
-  while (std::getline(f, line)) {
-    if (line.rfind(key, 0) == 0) return std::stol(line.substr(key.size()));
-  }
-  return -1;
-}
-
 // Child mode: build the variant, run 3 steps, print "<VmHWM kB> <VmRSS kB after building>".
 int peak_memory_child(Variant v) {
   peft::set_num_threads();
   Setup s = make(v);
-  const long built = read_status_kb("VmRSS");
+  const long built = peft::bench::read_status_kb("VmRSS");
   for (int i = 0; i < 3; ++i) train_step(s);
-  std::printf("%ld %ld\n", read_status_kb("VmHWM"), built);
+  std::printf("%ld %ld\n", peft::bench::read_status_kb("VmHWM"), built);
   return 0;
 }
 

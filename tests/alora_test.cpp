@@ -335,6 +335,31 @@ TEST(Alora, ActiveAdaptersNeedOneInvocationSequence) {
   EXPECT_NO_THROW((void)peft::generate(*model, {{1, 2, 92}}, greedy()));
 }
 
+// Gradient checkpointing recomputes each layer in backward, outside the model's forward: the aLoRA mask must be
+// the forward's, so the gradients equal those of a run without checkpointing.
+TEST(Alora, GradientCheckpointingKeepsTheInvocationMask) {
+  std::vector<std::map<std::string, at::Tensor>> grads;
+  for (bool checkpointing : {false, true}) {
+    auto model = tiny_llama();
+    auto pm = adapt(model, true);
+    model->train();
+    if (checkpointing) model->gradient_checkpointing_enable();
+    peft::models::ForwardInput in;
+    in.input_ids = row_ids(cat({random_tokens(5, 3), kInvocation, random_tokens(3, 4)}));
+    model->forward(in).pow(2).mean().backward();
+    std::map<std::string, at::Tensor> g;
+    for (auto& p : model->named_parameters()) {
+      if (p.value().grad().defined()) g[p.key()] = p.value().grad().clone();
+    }
+    grads.push_back(std::move(g));
+  }
+  ASSERT_FALSE(grads[0].empty());
+  ASSERT_EQ(grads[0].size(), grads[1].size());
+  for (const auto& [name, g] : grads[0]) {
+    EXPECT_LT(max_abs_diff(grads[1].at(name), g), 1e-5) << name;
+  }
+}
+
 TEST(Alora, MergingIsRefused) {
   auto model = tiny_llama();
   auto pm = adapt(model, /*alora=*/true);
@@ -367,20 +392,7 @@ TEST(Alora, CliGenerateNeedsTheInvocationInThePrompt) {
   config["alora_invocation_tokens"] = {35, 35};
   config["task_type"] = "CAUSAL_LM";
   peft::test::write_file((adapter / "adapter_config.json").string(), config.dump());
-  nlohmann::json vocab = nlohmann::json::object();
-  int n = 0;
-  for (int b = 0; b < 256; ++b) {  // GPT-2's byte-to-unicode table
-    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-    const int cp = printable ? b : 256 + n++;
-    std::string s;
-    if (cp < 0x80) {
-      s.push_back(static_cast<char>(cp));
-    } else {
-      s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    }
-    vocab[s] = b;
-  }
+  nlohmann::json vocab = peft::test::byte_level_vocab();
   const nlohmann::json level = {
       {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
   const nlohmann::json tok = {{"version", "1.0"},   {"added_tokens", nlohmann::json::array()},

@@ -90,21 +90,7 @@ TEST_F(PeftCli, GenerateStreamsAContinuation) {
   const fs::path model = tmp.path() / "model";
   fs::create_directories(model);
   for (const auto& e : fs::directory_iterator(base)) fs::copy_file(e.path(), model / e.path().filename());
-  nlohmann::json vocab = nlohmann::json::object();
-  // GPT-2's byte-to-unicode table: printable bytes map to themselves, the others to 256 + n.
-  int n = 0;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-    const int cp = printable ? b : 256 + n++;
-    std::string s;
-    if (cp < 0x80) {
-      s.push_back(static_cast<char>(cp));
-    } else {
-      s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    }
-    vocab[s] = b;
-  }
+  nlohmann::json vocab = peft::test::byte_level_vocab();
   nlohmann::json tok = {{"version", "1.0"},
                         {"added_tokens", nlohmann::json::array()},
                         {"normalizer", nullptr},

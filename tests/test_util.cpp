@@ -74,4 +74,22 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+nlohmann::json byte_level_vocab() {
+  nlohmann::json vocab = nlohmann::json::object();
+  int n = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    const int cp = printable ? b : 256 + n++;
+    std::string s;
+    if (cp < 0x80) {
+      s.push_back(static_cast<char>(cp));
+    } else {
+      s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+    vocab[s] = b;
+  }
+  return vocab;
+}
+
 }  // namespace peft::test

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace peft::test {
@@ -38,6 +39,10 @@ struct CliRun {
 CliRun peft_cli(const std::string& args);
 
 void write_file(const std::string& path, const std::string& text);
+
+// GPT-2's byte-to-unicode table as a tokenizer.json vocab: printable bytes map to themselves, the others to
+// code points 256 + n; each byte's token gets id = the byte.
+nlohmann::json byte_level_vocab();
 std::string read_file(const std::string& path);
 
 }  // namespace peft::test

@@ -13,6 +13,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "peft/lora/forward_context.h"
 #include "peft/models/model.h"
 
 namespace peft::models {
@@ -84,6 +85,9 @@ struct CheckpointState : torch::CustomClassHolder {
   std::function<at::Tensor(const at::Tensor&)> fn;
   std::vector<at::Tensor> params;
   RngStates rng;  // at the start of forward
+  // The per-call data of the forward (aLoRA's input ids / offsets): the recomputation in backward runs outside
+  // the model's forward, so it is reinstated there.
+  peft::nn::ForwardContext context;
 };
 
 class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
@@ -93,6 +97,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList /*params*/,
                             const c10::intrusive_ptr<CheckpointState>& state) {
     state->rng = RngStates::capture(x, state->params);
+    state->context = peft::nn::current_forward_context();
     ctx->save_for_backward({x});
     ctx->saved_data["state"] = c10::IValue::make_capsule(state);
     return state->fn(x);  // Function::apply runs this with grad mode off
@@ -125,6 +130,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     at::Tensor y;
     {
       ForkedRng rng(state.rng);
+      peft::nn::ForwardContextGuard context(state.context);
       at::AutoGradMode grad_mode(true);
       y = state.fn(input);
     }
