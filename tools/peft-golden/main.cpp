@@ -24,7 +24,7 @@ CaseResult run_case(const Case& c) {
   if (kind == "layer") return peft::golden::run_layer_case(c);
   if (kind == "targeting") return peft::golden::run_targeting_case(c);
   if (kind == "model") return peft::golden::run_model_case(c);
-  if (kind == "combine") return peft::golden::skip("add_weighted_adapter: the composition issue");
+  if (kind == "combine") return peft::golden::run_combine_case(c);
   if (kind == "init") return peft::golden::run_init_case(c);
   if (kind == "train") return peft::golden::run_train_case(c);
   if (kind == "param") return peft::golden::skip("target_parameters: the MoE issue");
