@@ -39,6 +39,15 @@ std::vector<at::Tensor> pruned(const std::vector<at::Tensor>& tensors, double de
   return out;
 }
 
+// TIES' second half, shared by ties and dare_ties: elect signs on the unweighted pruned tensors, then
+// disjoint-merge the weighted ones.
+at::Tensor elect_and_merge(const std::vector<at::Tensor>& pruned_tensors, const std::vector<double>& weights,
+                           MajoritySign method) {
+  at::Tensor w;
+  at::Tensor stacked = stack(pruned_tensors, weights, &w);
+  return disjoint_merge(stacked * w, calculate_majority_sign_mask(stacked, method));
+}
+
 }  // namespace
 
 MajoritySign parse_majority_sign(const std::string& s) {
@@ -94,10 +103,7 @@ at::Tensor magnitude_prune(const std::vector<at::Tensor>& tensors, const std::ve
 
 at::Tensor ties(const std::vector<at::Tensor>& tensors, const std::vector<double>& weights, double density,
                 MajoritySign method) {
-  at::Tensor w;
-  at::Tensor stacked = stack(pruned(tensors, density, PruneMethod::kMagnitude, false), weights, &w);
-  at::Tensor mask = calculate_majority_sign_mask(stacked, method);
-  return disjoint_merge(stacked * w, mask);
+  return elect_and_merge(pruned(tensors, density, PruneMethod::kMagnitude, false), weights, method);
 }
 
 at::Tensor dare_linear(const std::vector<at::Tensor>& tensors, const std::vector<double>& weights, double density) {
@@ -106,10 +112,7 @@ at::Tensor dare_linear(const std::vector<at::Tensor>& tensors, const std::vector
 
 at::Tensor dare_ties(const std::vector<at::Tensor>& tensors, const std::vector<double>& weights, double density,
                      MajoritySign method) {
-  at::Tensor w;
-  at::Tensor stacked = stack(pruned(tensors, density, PruneMethod::kRandom, true), weights, &w);
-  at::Tensor mask = calculate_majority_sign_mask(stacked, method);
-  return disjoint_merge(stacked * w, mask);
+  return elect_and_merge(pruned(tensors, density, PruneMethod::kRandom, true), weights, method);
 }
 
 }  // namespace peft::merge

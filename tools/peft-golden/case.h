@@ -4,9 +4,14 @@
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <memory>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
+
+namespace torch::nn {
+class Module;
+}  // namespace torch::nn
 
 namespace peft {
 class PeftModel;
@@ -43,6 +48,14 @@ CaseResult run_combine_case(const Case& c);
 
 // Saves the adapters of `pm` as listed in the case's expected.json and compares the files.
 CaseResult compare_saved_layout(const Case& c, const PeftModel& pm);
+
+// A fresh copy of the case's base model (custom architecture.json or transformers checkpoint in base/), in eval
+// mode, and its forward on the case's inputs file.
+struct FreshModel {
+  std::shared_ptr<torch::nn::Module> root;
+  std::function<at::Tensor()> forward;
+};
+FreshModel fresh_model(const Case& c);
 
 inline CaseResult skip(const std::string& why) { return {CaseResult::Status::kSkip, 0.0, why}; }
 inline CaseResult fail(const std::string& why) { return {CaseResult::Status::kFail, 0.0, why}; }

@@ -22,24 +22,9 @@ namespace peft::golden {
 
 CaseResult run_combine_case(const Case& c) {
   const fs::path dir(c.dir);
-  const fs::path base = dir / "base";
-  auto inputs = io::load_safetensors((dir / c.spec.value("inputs_file", "inputs.safetensors")).string());
-  std::shared_ptr<torch::nn::Module> root;
-  std::function<at::Tensor()> forward;
-  if (fs::exists(base / "architecture.json")) {
-    auto arch = std::make_shared<ArchModel>(build_arch_model(base.string()));
-    at::Tensor x = inputs.at(arch->input_name);
-    root = arch->root;
-    forward = [arch, x] { return run_forward(*arch, x); };
-  } else {
-    auto model = models::load_pretrained(base.string());
-    models::ForwardInput in;
-    in.input_ids = inputs.at("input_ids");
-    if (inputs.count("attention_mask")) in.attention_mask = inputs.at("attention_mask");
-    root = model;
-    forward = [model, in] { return model->forward(in); };
-  }
-  root->eval();
+  FreshModel m = fresh_model(c);
+  std::shared_ptr<torch::nn::Module> root = m.root;
+  const auto& forward = m.forward;
   torch::NoGradGuard no_grad;
   std::shared_ptr<PeftModel> pm;
   std::map<std::string, at::Tensor> produced;

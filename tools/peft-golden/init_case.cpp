@@ -24,35 +24,6 @@ namespace fs = std::filesystem;
 namespace peft::golden {
 namespace {
 
-// A fresh base model of the case (custom architecture or transformers checkpoint) and a forward on its input.
-struct FreshModel {
-  std::shared_ptr<torch::nn::Module> root;
-  std::function<at::Tensor()> forward;
-};
-
-FreshModel fresh_model(const Case& c) {
-  const fs::path base = fs::path(c.dir) / "base";
-  auto inputs = io::load_safetensors((fs::path(c.dir) / c.spec.value("inputs_file", "inputs.safetensors")).string());
-  FreshModel m;
-  if (fs::exists(base / "architecture.json")) {
-    auto arch = std::make_shared<ArchModel>(build_arch_model(base.string()));
-    PEFT_CHECK(inputs.count(arch->input_name), FormatError, "peft-golden",
-               "inputs file has no tensor \"" << arch->input_name << "\"");
-    at::Tensor x = inputs.at(arch->input_name);
-    m.root = arch->root;
-    m.forward = [arch, x] { return run_forward(*arch, x); };
-  } else {
-    auto model = models::load_pretrained(base.string());
-    models::ForwardInput in;
-    in.input_ids = inputs.at("input_ids");
-    if (inputs.count("attention_mask")) in.attention_mask = inputs.at("attention_mask");
-    m.root = model;
-    m.forward = [model, in] { return model->forward(in); };
-  }
-  m.root->eval();
-  return m;
-}
-
 LoraConfig config_with_init(const Case& c, const nlohmann::json& init) {
   nlohmann::json j = c.spec.at("lora_config");
   j["peft_type"] = "LORA";

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "peft/error.h"
+#include "peft/io/hf_checkpoint.h"
 #include "peft/runtime.h"
 
 namespace peft::cli {
@@ -12,6 +13,16 @@ void add_model_options(CLI::App* verb, ModelOptions& options) {
   verb->add_option("--model", options.model_dir, "Hugging Face model folder (config.json + safetensors)")->required();
   verb->add_option("--dtype", options.dtype, "parameter dtype: float32 | bfloat16 | float16")->capture_default_str();
   verb->add_option("--threads", options.threads, "intra-op threads (default: all cores)");
+}
+
+void save_model_weights(models::PretrainedModel& model, const std::string& out_dir) {
+  std::vector<std::string> skip;
+  auto params = model.named_parameters();
+  for (const auto& [key, source] : model.tied_weights()) {
+    if (params.contains(key) && params.contains(source) && params[key].is_same(params[source])) skip.push_back(key);
+  }
+  std::filesystem::create_directories(out_dir);
+  io::save_checkpoint_tensors(model, out_dir, skip);
 }
 
 c10::ScalarType parse_dtype(const std::string& name) {

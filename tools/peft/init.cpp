@@ -117,13 +117,7 @@ void run(const InitOptions& o) {
   std::cout << "adapter (" << to_string(config.init_lora_weights) << "): " << o.out << "\n";
   if (mutates_base(kind)) {
     pm->unload();  // the base now holds the residual weights
-    std::vector<std::string> skip;
-    auto params = model->named_parameters();
-    for (const auto& [key, source] : model->tied_weights()) {
-      if (params.contains(key) && params.contains(source) && params[key].is_same(params[source])) skip.push_back(key);
-    }
-    fs::create_directories(residual);
-    io::save_checkpoint_tensors(*model, residual, skip);
+    save_model_weights(*model, residual);
     for (const auto& e : fs::directory_iterator(o.model.model_dir)) {
       const std::string name = e.path().filename().string();
       if (e.is_regular_file() && name.find("safetensors") == std::string::npos) {

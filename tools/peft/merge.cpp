@@ -39,14 +39,7 @@ void run(const MergeOptions& o) {
   auto model = load_model(o.model);
   auto pm = load_adapters(model, o.adapters);
   pm->merge_and_unload(o.safe_merge);
-  // Tied weights that still share storage are written once, as transformers does.
-  std::vector<std::string> skip;
-  auto params = model->named_parameters();
-  for (const auto& [key, source] : model->tied_weights()) {
-    if (params.contains(key) && params.contains(source) && params[key].is_same(params[source])) skip.push_back(key);
-  }
-  fs::create_directories(o.out_dir);
-  io::save_checkpoint_tensors(*model, o.out_dir, skip);
+  save_model_weights(*model, o.out_dir);
   for (const auto& e : fs::directory_iterator(o.model.model_dir)) {
     const std::string name = e.path().filename().string();
     if (e.is_regular_file() && is_side_file(name)) {
