@@ -18,6 +18,7 @@
 
 #include "peft/error.h"
 #include "peft/lora/forward_context.h"
+#include "peft/lora/mixed_batch.h"
 #include "peft/lora/layer.h"
 
 namespace peft {
@@ -264,11 +265,19 @@ std::vector<std::vector<int64_t>> run(models::PretrainedModel& model, const Pref
                                          << longest << " for a batch of " << batch
                                          << " (hint: build it with prefill())");
   }
+  // Mixed batch: one adapter per prompt, for every forward of this call.
+  std::optional<nn::MixedBatchGuard> mixed_guard;
+  if (!config.adapter_names.empty()) {
+    PEFT_CHECK(config.adapter_names.size() == prompts.size(), ShapeMismatchError, "generate",
+               "adapter_names has " << config.adapter_names.size() << " entries for " << prompts.size()
+                                    << " prompts; expected one adapter name (or \"__base__\") per prompt");
+    mixed_guard.emplace(model, config.adapter_names);
+  }
   // aLoRA: offsets from the whole prompts, kept for every forward of this call (decode steps too).
   std::optional<nn::ForwardContextGuard> alora_guard;
   if (!nn::current_forward_context().alora_offsets) {
     if (auto alora = active_alora(model)) {
-      nn::ForwardContext context;
+      nn::ForwardContext context = nn::current_forward_context();
       context.alora_offsets = alora_offsets(prompts, *alora);
       alora_guard.emplace(std::move(context));
     }

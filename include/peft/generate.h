@@ -43,6 +43,9 @@ struct GenerationConfig {
   std::optional<int64_t> pad_token_id;
   // Seeds the sampler's std::mt19937_64 (see generate()).
   uint64_t seed = 0;
+  // PEFT's generate(..., adapter_names=[...]): one adapter per prompt ("__base__": the base model), run as one
+  // mixed batch (peft/lora/mixed_batch.h). Empty: the model's active adapters for every row.
+  std::vector<std::string> adapter_names;
 };
 
 // The KV cache of the first tokens of each prompt ("prefix"), computed once by prefill() and reused

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "init_weights.h"
+#include "mixed_kernel.h"
 #include "peft/error.h"
 
 namespace peft::nn {
@@ -59,7 +60,7 @@ std::vector<std::string> AdapterDictImpl::keys() const {
   return out;
 }
 
-LoraLayerImpl::LoraLayerImpl(LayerKind kind) : kind_(kind) {}
+LoraLayerImpl::LoraLayerImpl(LayerKind kind) : mixed_cache_(std::make_shared<mixed::MixedCache>()), kind_(kind) {}
 LoraLayerImpl::~LoraLayerImpl() = default;
 
 void LoraLayerImpl::register_base(at::Tensor weight, at::Tensor bias) {
@@ -136,6 +137,14 @@ void LoraLayerImpl::update_layer(const std::string& adapter, const AdapterSettin
   }
   // PEFT calls set_adapter(active_adapters) at the end: a new, inactive adapter starts frozen.
   set_active_adapters(active_, true);
+  adapters_changed();
+}
+
+void LoraLayerImpl::adapters_changed() {
+  mixed_cache_->clear();
+  // Copy first: a callback may install or remove custom forwards.
+  auto forwards = adapter_forwards_;
+  for (auto& [name, f] : forwards) f->on_adapter_change(*this);
 }
 
 void LoraLayerImpl::delete_adapter(const std::string& adapter) {
@@ -150,6 +159,8 @@ void LoraLayerImpl::delete_adapter(const std::string& adapter) {
   adapter_order_.erase(std::remove(adapter_order_.begin(), adapter_order_.end(), adapter),
                        adapter_order_.end());
   active_.erase(std::remove(active_.begin(), active_.end(), adapter), active_.end());
+  adapter_forwards_.erase(adapter);
+  adapters_changed();
 }
 
 std::vector<std::string> LoraLayerImpl::adapter_names() const { return adapter_order_; }
@@ -169,6 +180,7 @@ double LoraLayerImpl::scaling(const std::string& adapter) const {
 
 void LoraLayerImpl::set_scale(const std::string& adapter, double factor) {
   scaling_[adapter] = factor * adapter_settings(adapter).base_scaling();
+  mixed_cache_->clear();
 }
 
 std::vector<std::pair<std::string, at::Tensor>> LoraLayerImpl::adapter_tensors(const std::string& adapter) const {
@@ -236,6 +248,10 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
     PEFT_CHECK(!settings_.at(n).alora_invocation_tokens, UnsupportedError, "merge",
                "aLoRA adapter \"" << n << "\" cannot be merged: it acts only from the invocation sequence onwards "
                                       "(PEFT raises too)");
+    if (auto f = adapter_forward(n)) {
+      const std::string refusal = f->merge_refusal();
+      PEFT_CHECK(refusal.empty(), UnsupportedError, "merge", refusal);
+    }
     todo.push_back(n);
   }
   if (todo.empty()) {
@@ -321,6 +337,10 @@ at::Tensor LoraLayerImpl::forward_with_adapters(const at::Tensor& x) const {
     w = &copy->weight;
     b = &copy->bias;
   }
+  const ForwardContext& context = current_forward_context();
+  if (context.adapter_names && (!settings_.empty() || modules_to_save_ || !tokens_.empty())) {
+    return forward_mixed(x, *context.adapter_names);
+  }
   if (observer_) observer_(x);
   at::Tensor tokens_w = weight_with_tokens(*w);
   if (tokens_w.defined()) w = &tokens_w;
@@ -329,7 +349,7 @@ at::Tensor LoraLayerImpl::forward_with_adapters(const at::Tensor& x) const {
   const auto dtype = result.scalar_type();
   for (const auto& name : active_) {
     if (!has_adapter(name)) continue;
-    result = add_adapter_output(std::move(result), x, name);
+    result = add_output(std::move(result), x, name);
   }
   return result.scalar_type() == dtype ? result : result.to(dtype);
 }

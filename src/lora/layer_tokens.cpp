@@ -92,10 +92,14 @@ std::vector<std::string> LoraLayerImpl::trainable_tokens_names() const {
 }
 
 at::Tensor LoraLayerImpl::weight_with_tokens(const at::Tensor& weight) const {
+  return weight_with_tokens(weight, active_);
+}
+
+at::Tensor LoraLayerImpl::weight_with_tokens(const at::Tensor& weight, const std::vector<std::string>& adapters) const {
   if (tokens_.empty() || !enabled_ || !tokens_merged_.empty()) return {};
   at::Tensor w;
   std::vector<int64_t> seen;
-  for (const auto& name : active_) {
+  for (const auto& name : adapters) {
     auto it = tokens_.find(name);
     if (it == tokens_.end()) continue;
     for (int64_t i : it->second.indices) {

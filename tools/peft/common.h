@@ -42,5 +42,6 @@ void register_merge(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_train(CLI::App& app);
 void register_init(CLI::App& app);
+void register_combine(CLI::App& app);
 
 }  // namespace peft::cli

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   peft::cli::register_generate(app);
   peft::cli::register_train(app);
   peft::cli::register_init(app);
+  peft::cli::register_combine(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

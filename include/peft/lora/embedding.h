@@ -29,6 +29,8 @@ class EmbeddingImpl : public LoraLayerImpl {
   void destroy_adapter(const std::string& adapter) override;
   at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const override;
   at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const override;
+  at::Tensor add_mixed_output(at::Tensor result, const at::Tensor& x,
+                              const std::vector<AdapterRows>& groups) const override;
 
  private:
   int64_t num_embeddings_;

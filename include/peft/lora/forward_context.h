@@ -7,9 +7,14 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace peft::nn {
+
+// How a layer computes a mixed batch: kGathered groups the rows by adapter and runs one batched product for A
+// and one for B over all groups (Linear, Embedding; other layers loop); kLoop is PEFT's sub-batch loop.
+enum class MixedBatchKernel { kGathered, kLoop };
 
 struct ForwardContext {
   // The token ids of the running forward (batch, seq), set by the model zoo's causal LMs (and encoders) unless a
@@ -19,6 +24,10 @@ struct ForwardContext {
   // occurrence of the invocation sequence), or nullopt when a row has none. Set explicitly by generate() so that
   // decoding steps (one new token each) keep the offsets computed at prefill.
   std::optional<std::vector<std::optional<int64_t>>> alora_offsets;
+  // PEFT's adapter_names forward argument: the one adapter of each batch row ("__base__": none). Set through
+  // MixedBatchGuard (peft/lora/mixed_batch.h), which checks the names.
+  std::optional<std::vector<std::string>> adapter_names;
+  MixedBatchKernel mixed_batch_kernel = MixedBatchKernel::kGathered;
 };
 
 // The context of the calling thread (empty outside any guard).

@@ -39,6 +39,31 @@ struct AdapterSettings {
   double base_scaling() const;
 };
 
+// The rows of a batch that one adapter serves in a mixed batch (PEFT's forward(..., adapter_names=[...])).
+struct AdapterRows {
+  std::string adapter;
+  std::vector<int64_t> rows;  // ascending batch indices
+};
+
+class LoraLayerImpl;
+namespace mixed {
+struct MixedCache;
+}
+
+// An adapter whose contribution to forward is computed by an object rather than by its own factors (PEFT's LoRA
+// variants with a custom forward: Arrow's router). Installed per layer with LoraLayerImpl::set_adapter_forward.
+class AdapterForward {
+ public:
+  virtual ~AdapterForward() = default;
+  // Returns result + the adapter's contribution for the input x (the layer's input, any leading shape).
+  virtual at::Tensor forward(const LoraLayerImpl& layer, const std::string& adapter, const at::Tensor& x,
+                             at::Tensor result) const = 0;
+  // Called after an adapter of the layer was created or deleted (PEFT's on_adapter_change).
+  virtual void on_adapter_change(LoraLayerImpl& /*layer*/) {}
+  // Non-empty: merging the adapter is refused with this message.
+  virtual std::string merge_refusal() const { return {}; }
+};
+
 // One LoRA factor: a weight (and optionally a bias) registered as "weight" / "bias", so that parameter names
 // read ...lora_A.<adapter>.weight exactly as in PEFT.
 class FactorImpl : public torch::nn::Module {
@@ -179,7 +204,13 @@ class LoraLayerImpl : public torch::nn::Module {
   // Removes every adapter and copy (after merge_and_unload / unload); the layer is then a plain layer.
   void remove_all_adapters();
 
-  // The layer's forward for any kind: base + every active, unmerged adapter (PEFT's forward dispatch).
+  // ---- custom adapter forwards (Arrow) ----
+  // Makes forward call `f` for `adapter` instead of adding s * B A x (null removes it). The adapter must exist.
+  void set_adapter_forward(const std::string& adapter, std::shared_ptr<AdapterForward> f);
+  std::shared_ptr<AdapterForward> adapter_forward(const std::string& adapter) const;
+
+  // The layer's forward for any kind: base + every active, unmerged adapter (PEFT's forward dispatch). When the
+  // current ForwardContext carries adapter_names (a mixed batch), row i gets only adapter_names[i] instead.
   at::Tensor forward_with_adapters(const at::Tensor& x) const;
 
  protected:
@@ -197,6 +228,15 @@ class LoraLayerImpl : public torch::nn::Module {
   // Adds the adapter's contribution (already scaled) to result.
   virtual at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x,
                                         const std::string& adapter) const = 0;
+  // Mixed batch: adds each group's adapter to its rows of result. The default is PEFT's sub-batch loop (one
+  // add_adapter_output per group); Linear and Embedding override it with a gathered kernel.
+  virtual at::Tensor add_mixed_output(at::Tensor result, const at::Tensor& x,
+                                      const std::vector<AdapterRows>& groups) const;
+  // PEFT's sub-batch loop over `groups` (the reference algorithm; kernels fall back to it).
+  at::Tensor add_mixed_output_loop(at::Tensor result, const at::Tensor& x,
+                                   const std::vector<AdapterRows>& groups) const;
+  // One adapter's contribution, through its custom forward when it has one.
+  at::Tensor add_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const;
 
   // Linear and Conv keep factors here; Embedding uses its own ParameterDicts.
   AdapterDict lora_A_{nullptr};
@@ -226,6 +266,10 @@ class LoraLayerImpl : public torch::nn::Module {
   std::shared_ptr<LoraLayerImpl> tied_source(const std::string& adapter) const;
   // The trainable-token-substituted weight for forward (undefined when no token adapter is active).
   at::Tensor weight_with_tokens(const at::Tensor& weight) const;
+  // The same for the token adapters among `adapters` (undefined when there are none).
+  at::Tensor weight_with_tokens(const at::Tensor& weight, const std::vector<std::string>& adapters) const;
+  // The gathered kernel's stacked factors per adapter set (src/lora/mixed_kernel.h); cleared when adapters change.
+  std::shared_ptr<mixed::MixedCache> mixed_cache_;
   void merge_tokens(const std::vector<std::string>& adapters);
   void unmerge_tokens();
 
@@ -256,6 +300,10 @@ class LoraLayerImpl : public torch::nn::Module {
   InputObserver observer_;
   std::map<std::string, std::weak_ptr<LoraLayerImpl>> tied_adapters_;
   std::map<std::string, at::Tensor> init_data_;
+  std::map<std::string, std::shared_ptr<AdapterForward>> adapter_forwards_;
+  at::Tensor forward_mixed(const at::Tensor& x, const std::vector<std::string>& names) const;
+  // After an adapter was created or deleted: drops the mixed-batch cache, tells the custom forwards.
+  void adapters_changed();
 };
 
 // The adapter-ready layers of a module tree, by full dotted name, in named_modules() order (layers nested in
