@@ -12,6 +12,7 @@
 #include <sstream>
 #include <unordered_set>
 
+#include "peft/arrow.h"
 #include "peft/error.h"
 #include "strings.h"
 #include "peft/lora/layer.h"
@@ -33,7 +34,6 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
 void check_supported(const LoraConfig& c) {
   std::vector<std::string> used;
   if (c.target_parameters) used.push_back("target_parameters");
-  if (c.arrow_config) used.push_back("arrow_config");
   if (c.use_qalora) used.push_back("use_qalora");
   if (c.megatron_config) used.push_back("megatron_config");
   if (c.velora_config) used.push_back("velora_config");
@@ -237,6 +237,16 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
       }
       touched.push_back(layer);
       layer->update_layer(adapter_name, s);
+      if (config.arrow_config) {
+        // PEFT resolves the Arrow variant per layer type: Linear (and GPT-2 Conv1D) only.
+        PEFT_CHECK(layer->is_linear(), ConfigError, "add_adapter",
+                   "Invalid or unsupported variant combination: arrow_config on " << name << " ("
+                                                                                 << nn::to_string(layer->kind())
+                                                                                 << "); only Linear layers support Arrow");
+        auto router = std::make_shared<ArrowForward>(*config.arrow_config);
+        layer->set_adapter_forward(adapter_name, router);
+        router->on_adapter_change(*layer);
+      }
     }
     if (!tied_head.empty()) {
       auto head = layer_by_name.at(tied_head);

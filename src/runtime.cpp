@@ -5,13 +5,11 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <thread>
 
 namespace peft {
 
 int set_num_threads(int threads) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(threads);
+  if (threads > 0) at::set_num_threads(threads);
   return at::get_num_threads();
 }
 

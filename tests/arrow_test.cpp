@@ -402,6 +402,16 @@ TEST(Arrow, RouterConfigIsSavedWithItsArrowConfig) {
   EXPECT_EQ(json["arrow_config"]["rng_seed"], 5);
   EXPECT_EQ(json["arrow_config"]["task_adapter_names"], nlohmann::json({"task_0", "task_1"}));
   EXPECT_EQ(json["r"], 4);
+  // Loading the saved router next to the same task adapters routes as the original model.
+  MLP mlp2 = base_mlp();
+  auto loaded = peft::PeftModel::from_pretrained(mlp2.ptr(), fx.tasks[0], "task_0");
+  loaded->load_adapter(fx.tasks[1], "task_1");
+  loaded->load_adapter(out.str("arrow_router"), "arrow_router");
+  loaded->set_adapter("arrow_router");
+  torch::NoGradGuard no_grad;
+  const at::Tensor x = torch::randn({5, 10});
+  EXPECT_EQ(compare(mlp2->forward(x), mlp->forward(x), 1e-6, 1e-6), "");
+  EXPECT_THROW(loaded->merge_adapter(), peft::UnsupportedError);
 }
 
 TEST(Arrow, TaskAdapterLoadedBeforeTheFirstForwardEqualsLoadingAllAtOnce) {

@@ -118,14 +118,16 @@ TEST(MixedBatch, EveryRowEqualsItsAdapterAloneForEveryLayerKindAndKernel) {
 
 TEST(MixedBatch, OneAdapterForAllRowsEqualsTheActiveAdapter) {
   Fixture f;
-  at::Tensor expected;
-  {
-    torch::NoGradGuard no_grad;
-    f.pm->set_adapter("b");
-    expected = f.net->forward(f.ids);
-    f.pm->set_adapter("default");
+  for (const std::string name : {"b", "default", "c"}) {  // lora_bias; Embedding + Conv; modules_to_save
+    at::Tensor expected;
+    {
+      torch::NoGradGuard no_grad;
+      f.pm->set_adapter(name);
+      expected = f.net->forward(f.ids);
+      f.pm->set_adapter("default");
+    }
+    EXPECT_EQ(compare(f.mixed(Names(7, name), MixedBatchKernel::kGathered), expected, 1e-5, 1e-5), "") << name;
   }
-  EXPECT_EQ(compare(f.mixed(Names(7, "b"), MixedBatchKernel::kGathered), expected, 1e-5, 1e-5), "");
 }
 
 TEST(MixedBatch, UnevenGroupsFallBackAndStillMatch) {

@@ -178,27 +178,10 @@ void add_arrow_router(PeftModel& model, ArrowConfig config) {
              "Invalid or unsupported variant combination: arrow_config on ["
                  << detail::join(bad) << "]; only Linear layers support Arrow");
 
-  // Divergence from PEFT: PeftModel::add_adapter still refuses LoraConfig::arrow_config
-  // (check_supported in peft_model.cpp), so the router is injected without it and the stored config
-  // gets it right after; it is then written to adapter_config.json by save_pretrained, but loading
-  // such a file back is refused.
-  LoraConfig injectable = router;
-  injectable.arrow_config.reset();
-  model.add_adapter(kArrowRouterName, injectable);
-  LoraConfig stored =
-      model.peft_config(kArrowRouterName);  // with target_modules as resolved by injection
-  stored.arrow_config = config;
-  model.update_peft_config(kArrowRouterName, stored);
-
-  // One ArrowForward per layer (PEFT's lora_arrow["arrow_router"]); then PEFT's end-of-update_layer
-  // on_adapter_change, which takes every non-router, non-gks adapter of the layer as a task
-  // adapter.
-  for (const auto& [full_name, layer] : nn::lora_layers(model.base_model())) {
-    if (!layer->has_adapter(kArrowRouterName)) continue;
-    auto f = std::make_shared<ArrowForward>(config);
-    layer->set_adapter_forward(kArrowRouterName, f);
-    f->on_adapter_change(*layer);
-  }
+  // add_adapter installs an ArrowForward on each of the router's layers (PEFT's lora_arrow["arrow_router"])
+  // and runs PEFT's end-of-update_layer on_adapter_change, which takes every non-router, non-gks adapter of
+  // the layer as a task adapter.
+  model.add_adapter(kArrowRouterName, router);
   model.set_adapter(kArrowRouterName);
 }
 

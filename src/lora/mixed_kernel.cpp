@@ -160,6 +160,13 @@ at::Tensor LinearImpl::add_mixed_output(at::Tensor result, const at::Tensor& x,
   at::Tensor x3 = x.reshape({batch, -1, in_features_});
   if (x3.scalar_type() != f.A.scalar_type()) x3 = x3.to(f.A.scalar_type());
   const int64_t L = x3.size(1);
+  if (plan.identity && result.scalar_type() == f.A.scalar_type() && result.is_contiguous()) {
+    // Every row has the same adapter: the plain path's fused GEMM into the output buffer.
+    at::Tensor out2d = result.view({-1, out_features_});
+    if (f.bias.defined()) out2d.add_(f.bias[0]);
+    out2d.addmm_(at::mm(x3.reshape({-1, in_features_}), f.A[0].t()), f.B[0]);
+    return result;
+  }
   at::Tensor xg = plan.identity ? x3.reshape({1, batch * L, in_features_})
                                 : x3.index_select(0, plan.gather).view({plan.groups, plan.per_group * L, in_features_});
   at::Tensor h = at::bmm(xg, f.A.transpose(1, 2));  // (groups, m L, r)
@@ -195,6 +202,10 @@ at::Tensor EmbeddingImpl::add_mixed_output(at::Tensor result, const at::Tensor& 
   const auto plan = mixed::make_gather_plan(groups, batch, x.device());
   at::Tensor ids = x.reshape({batch, -1});
   const int64_t L = ids.size(1);
+  if (plan.identity && result.scalar_type() == f.A.scalar_type() && result.is_contiguous()) {
+    result.view({-1, embedding_dim_}).addmm_(at::embedding(f.A, ids.reshape({-1})), f.B[0]);
+    return result;
+  }
   ids = plan.identity ? ids.reshape({1, batch * L}) : ids.index_select(0, plan.gather).view({plan.groups, -1});
   at::Tensor offsets = at::arange(plan.groups, ids.options()).mul_(num_embeddings_).view({plan.groups, 1});
   at::Tensor h = at::embedding(f.A, ids + offsets);  // (groups, m L, r)

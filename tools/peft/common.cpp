@@ -12,7 +12,7 @@ namespace peft::cli {
 void add_model_options(CLI::App* verb, ModelOptions& options) {
   verb->add_option("--model", options.model_dir, "Hugging Face model folder (config.json + safetensors)")->required();
   verb->add_option("--dtype", options.dtype, "parameter dtype: float32 | bfloat16 | float16")->capture_default_str();
-  verb->add_option("--threads", options.threads, "intra-op threads (default: all cores)");
+  verb->add_option("--threads", options.threads, "intra-op threads (default: LibTorch's, one per physical core)");
 }
 
 void save_model_weights(models::PretrainedModel& model, const std::string& out_dir) {
@@ -46,8 +46,14 @@ std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::Pretraine
   std::set<std::string> used;
   std::vector<std::string> names;
   for (size_t i = 0; i < dirs.size(); ++i) {
+    std::string dir = dirs[i];
     std::string name = "default";
-    if (i > 0) {
+    const auto eq = dir.find('=');
+    if (eq != std::string::npos && eq > 0 && dir.find('/') > eq) {  // NAME=DIR
+      name = dir.substr(0, eq);
+      dir = dir.substr(eq + 1);
+      PEFT_CHECK(!used.count(name), ConfigError, "--adapter", "adapter name \"" << name << "\" is given twice");
+    } else if (i > 0) {
       name = std::filesystem::path(dirs[i]).lexically_normal().filename().string();
       if (name.empty()) name = std::filesystem::path(dirs[i]).lexically_normal().parent_path().filename().string();
       if (name.empty() || name == "default") name = "adapter";
@@ -57,9 +63,9 @@ std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::Pretraine
     used.insert(name);
     names.push_back(name);
     if (!pm) {
-      pm = PeftModel::from_pretrained(model, dirs[i], name, is_trainable);
+      pm = PeftModel::from_pretrained(model, dir, name, is_trainable);
     } else {
-      pm->load_adapter(dirs[i], name, is_trainable);
+      pm->load_adapter(dir, name, is_trainable);
     }
   }
   pm->set_adapters(names, !is_trainable);

@@ -23,8 +23,8 @@ void add_model_options(CLI::App* verb, ModelOptions& options);
 // Sets the thread count and loads the checkpoint.
 std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options);
 
-// Loads adapter folders onto `model`: the first as "default", the others under their folder names (made
-// unique). All become active (outputs summed) when `activate_all`. Returns nullptr when `dirs` is empty.
+// Loads adapter folders onto `model`: an entry NAME=DIR under NAME; a plain DIR as "default" when first, else
+// under its folder name (made unique). All become active (outputs summed). Returns nullptr when `dirs` is empty.
 std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::PretrainedModel>& model,
                                          const std::vector<std::string>& dirs, bool is_trainable = false);
 

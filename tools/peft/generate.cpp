@@ -1,13 +1,18 @@
-// peft generate --model DIR [--adapter DIR] --prompt TEXT [sampling flags]: streams the continuation.
-// An aLoRA adapter (alora_invocation_tokens in its adapter_config.json) acts from the last occurrence
-// of its invocation sequence in the prompt on, as in PEFT, where users append the invocation string
-// to the prompt; a prompt without it is refused with the string to append.
+// peft generate --model DIR [--adapter [NAME=]DIR]... (--prompt TEXT | --prompts FILE) [sampling flags]:
+// --prompt streams the continuation. An aLoRA adapter (alora_invocation_tokens in its adapter_config.json) acts
+// from the last occurrence of its invocation sequence in the prompt on, as in PEFT, where users append the
+// invocation string to the prompt; a prompt without it is refused with the string to append.
+// --prompts runs every line of FILE as one batch and prints one JSON line per prompt; a line is either plain
+// text or {"prompt": TEXT, "adapter": NAME}: with adapters named per line, each prompt runs with its own adapter
+// (a mixed batch; lines without one get the base model, "__base__").
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -15,6 +20,7 @@
 #include "peft/error.h"
 #include "peft/generate.h"
 #include "peft/lora/forward_context.h"
+#include "peft/lora/mixed_batch.h"
 #include "peft/tokenizer.h"
 
 namespace fs = std::filesystem;
@@ -26,6 +32,7 @@ struct GenerateOptions {
   ModelOptions model;
   std::vector<std::string> adapters;
   std::string prompt;
+  std::string prompts_file;
   GenerationConfig gen;
   std::vector<int64_t> stop_tokens;
   bool no_special_tokens = false;
@@ -63,18 +70,93 @@ void check_alora_invocation(const PeftModel* pm, const Tokenizer& tok, const std
   }
 }
 
+struct PromptLine {
+  std::string prompt;
+  std::optional<std::string> adapter;
+};
+
+// The lines of a --prompts file: plain text, or a JSON object with "prompt" and an optional "adapter".
+std::vector<PromptLine> read_prompts(const std::string& path) {
+  std::ifstream f(path);
+  PEFT_CHECK(f.good(), Error, "generate", "cannot open --prompts file \"" << path << "\"");
+  std::vector<PromptLine> out;
+  std::string line;
+  for (int number = 1; std::getline(f, line); ++number) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    if (line.front() != '{') {
+      out.push_back({line, std::nullopt});
+      continue;
+    }
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    PEFT_CHECK(!j.is_discarded() && j.is_object() && j.contains("prompt") && j["prompt"].is_string() &&
+                   (!j.contains("adapter") || j["adapter"].is_string()),
+               FormatError, "generate",
+               "\"" << path << "\" line " << number
+                     << " is not {\"prompt\": TEXT, \"adapter\": NAME} (hint: write plain text lines, or JSON "
+                        "objects with a string \"prompt\" and an optional string \"adapter\")");
+    PromptLine p{j["prompt"].get<std::string>(), std::nullopt};
+    if (j.contains("adapter")) p.adapter = j["adapter"].get<std::string>();
+    out.push_back(std::move(p));
+  }
+  PEFT_CHECK(!out.empty(), FormatError, "generate", "--prompts file \"" << path << "\" holds no prompt");
+  return out;
+}
+
+std::set<int64_t> stop_tokens(const GenerateOptions& o, const Tokenizer& tok) {
+  std::set<int64_t> stops(o.stop_tokens.begin(), o.stop_tokens.end());
+  if (o.stop_tokens.empty()) {
+    for (int64_t id : eos_ids(o.model.model_dir)) stops.insert(id);
+    if (tok.eos_token_id()) stops.insert(*tok.eos_token_id());
+  }
+  return stops;
+}
+
+// --prompts: one batch, one JSON line per prompt ({"adapter", "prompt", "completion"}).
+void run_batch(GenerateOptions o) {
+  const std::vector<PromptLine> lines = read_prompts(o.prompts_file);
+  auto model = load_model(o.model);
+  auto pm = load_adapters(model, o.adapters);
+  Tokenizer tok = Tokenizer::from_dir(o.model.model_dir);
+  std::vector<std::vector<int64_t>> prompts;
+  const bool mixed = std::any_of(lines.begin(), lines.end(), [](const PromptLine& p) { return p.adapter.has_value(); });
+  for (size_t i = 0; i < lines.size(); ++i) {
+    prompts.push_back(tok.encode(lines[i].prompt, !o.no_special_tokens));
+    PEFT_CHECK(!prompts.back().empty(), ConfigError, "generate", "prompt " << i + 1 << " encodes to no tokens");
+    if (mixed) o.gen.adapter_names.push_back(lines[i].adapter.value_or(nn::kBaseAdapterName));
+  }
+  PEFT_CHECK(!mixed || pm, ConfigError, "generate",
+             "the --prompts file names adapters but no --adapter NAME=DIR was given");
+  if (!mixed) {
+    for (const auto& p : prompts) check_alora_invocation(pm.get(), tok, p);
+  }
+  const std::set<int64_t> stops = stop_tokens(o, tok);
+  o.gen.eos_token_ids.assign(stops.begin(), stops.end());
+  if (!o.gen.pad_token_id && tok.pad_token_id()) o.gen.pad_token_id = tok.pad_token_id();
+  torch::NoGradGuard no_grad;
+  const auto out = generate(*model, prompts, o.gen);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    std::vector<int64_t> tokens;
+    for (int64_t t : out[i]) {
+      if (!stops.count(t)) tokens.push_back(t);
+    }
+    nlohmann::json j = {{"prompt", lines[i].prompt}, {"completion", tok.decode(tokens, /*skip_special_tokens=*/true)}};
+    if (mixed) j["adapter"] = o.gen.adapter_names[i];
+    std::cout << j.dump() << "\n";
+  }
+}
+
 void run(GenerateOptions o) {
+  PEFT_CHECK(o.prompt.empty() != o.prompts_file.empty(), ConfigError, "generate",
+             "give either --prompt TEXT or --prompts FILE (exactly one)");
+  if (!o.prompts_file.empty()) return run_batch(std::move(o));
   auto model = load_model(o.model);
   auto pm = load_adapters(model, o.adapters);
   Tokenizer tok = Tokenizer::from_dir(o.model.model_dir);
   std::vector<int64_t> prompt = tok.encode(o.prompt, !o.no_special_tokens);
   PEFT_CHECK(!prompt.empty(), ConfigError, "generate", "the prompt encodes to no tokens");
   check_alora_invocation(pm.get(), tok, prompt);
-  std::set<int64_t> stops(o.stop_tokens.begin(), o.stop_tokens.end());
-  if (o.stop_tokens.empty()) {
-    for (int64_t id : eos_ids(o.model.model_dir)) stops.insert(id);
-    if (tok.eos_token_id()) stops.insert(*tok.eos_token_id());
-  }
+  const std::set<int64_t> stops = stop_tokens(o, tok);
   o.gen.eos_token_ids.assign(stops.begin(), stops.end());
   if (!o.gen.pad_token_id && tok.pad_token_id()) o.gen.pad_token_id = tok.pad_token_id();
   std::vector<int64_t> generated;
@@ -108,9 +190,12 @@ void register_generate(CLI::App& app) {
                                   "adapter needs its invocation string in the prompt)");
   add_model_options(verb, o->model);
   verb->add_option("--adapter", o->adapters,
-                   "PEFT adapter folder (repeatable: all active; aLoRA adapters need their invocation string in "
-                   "--prompt)");
-  verb->add_option("--prompt", o->prompt, "prompt text")->required();
+                   "[NAME=]DIR: a PEFT adapter folder (repeatable: all active, unless --prompts names one adapter "
+                   "per line; aLoRA adapters need their invocation string in the prompt)");
+  verb->add_option("--prompt", o->prompt, "prompt text (streamed)");
+  verb->add_option("--prompts", o->prompts_file,
+                   "file of prompts run as one batch, one per line: plain text or {\"prompt\": TEXT, \"adapter\": "
+                   "NAME}; prints one JSON line per prompt");
   verb->add_option("--max-new-tokens", o->gen.max_new_tokens, "tokens to generate at most")->capture_default_str();
   verb->add_flag("--do-sample", o->gen.do_sample, "sample instead of greedy decoding");
   verb->add_option("--temperature", o->gen.temperature, "sampling temperature")->capture_default_str();
