@@ -23,16 +23,10 @@ using peft::test::compare;
 
 namespace {
 
-struct MLPImpl : torch::nn::Module {
-  MLPImpl() {
-    lin0 = register_module("lin0", peft::nn::Linear(10, 16));
-    lin1 = register_module("lin1", peft::nn::Linear(16, 8));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return lin1(torch::relu(lin0(x))); }
-  peft::nn::Linear lin0{nullptr};
-  peft::nn::Linear lin1{nullptr};
+// The Arrow tests' MLP: lin0 10 -> 16, lin1 16 -> 8.
+struct MLP : peft::test::MLP {
+  MLP() : peft::test::MLP(10, 16, 8) {}
 };
-TORCH_MODULE(MLP);
 
 // A model with an Embedding in front (for the Linear-only check).
 struct EmbMLPImpl : torch::nn::Module {
@@ -45,14 +39,8 @@ struct EmbMLPImpl : torch::nn::Module {
 };
 TORCH_MODULE(EmbMLP);
 
-std::pair<at::Tensor, at::Tensor> factors(const peft::nn::LoraLayerImpl& layer,
-                                          const std::string& adapter) {
-  at::Tensor A, B;
-  for (auto& [key, t] : layer.adapter_tensors(adapter)) {
-    if (key == "lora_A.weight") A = t;
-    if (key == "lora_B.weight") B = t;
-  }
-  return {A, B};
+std::pair<at::Tensor, at::Tensor> factors(const peft::nn::LoraLayerImpl& layer, const std::string& adapter) {
+  return {layer.adapter_tensor(adapter, "lora_A.weight"), layer.adapter_tensor(adapter, "lora_B.weight")};
 }
 
 // Writes adapters into `layers` with a clear spectral gap: dW = B A = U diag(S) V^T with singular
@@ -329,16 +317,25 @@ TEST(Arrow, GenKnowSubChangesTheOutput) {
   EXPECT_FALSE(torch::allclose(a->forward(x), b->forward(x)));
 }
 
+// PEFT's load-adapter-later tests: a "big" Arrow model over every task adapter of a fixture and a "small" one
+// over the first two, both with GenKnowSub over its general adapters.
+struct BigAndSmall {
+  MLP big_mlp = base_mlp(), small_mlp = base_mlp();
+  std::shared_ptr<PeftModel> big, small;
+  BigAndSmall(const ArrowFixture& fx, int64_t seed) {
+    const ArrowConfig cfg{.top_k = 2, .use_gks = true, .rng_seed = seed};
+    big = peft::create_arrow_model(big_mlp.ptr(), fx.tasks, cfg, fx.general);
+    small = peft::create_arrow_model(small_mlp.ptr(), {fx.tasks[0], fx.tasks[1]}, cfg, fx.general);
+  }
+};
+
 // PEFT's test_arrow_gks_with_load_adapter_later_with_forward: a task adapter loaded after the first
 // forward gets GenKnowSub once and joins the prototypes, giving what loading all of them at once
 // gives.
 TEST(Arrow, TaskAdapterLoadedLaterEqualsLoadingAllAtOnce) {
   ArrowFixture fx(3, 1);
-  MLP big_mlp = base_mlp(), small_mlp = base_mlp();
-  const ArrowConfig cfg{.top_k = 2, .use_gks = true, .rng_seed = 42};
-  auto big = peft::create_arrow_model(big_mlp.ptr(), fx.tasks, cfg, fx.general);
-  auto small =
-      peft::create_arrow_model(small_mlp.ptr(), {fx.tasks[0], fx.tasks[1]}, cfg, fx.general);
+  BigAndSmall m(fx, 42);
+  auto& [big_mlp, small_mlp, big, small] = m;
   torch::NoGradGuard no_grad;
   const at::Tensor x = torch::randn({5, 10});
   small_mlp->forward(x);  // GenKnowSub + prototypes over two experts
@@ -372,11 +369,8 @@ TEST(Arrow, TaskAdapterLoadedLaterEqualsLoadingAllAtOnce) {
 // adapters loaded between forwards is never purified; here both are, once.
 TEST(Arrow, TwoTaskAdaptersLoadedBetweenForwardsAreBothPurifiedOnce) {
   ArrowFixture fx(4, 2);
-  MLP big_mlp = base_mlp(), small_mlp = base_mlp();
-  const ArrowConfig cfg{.top_k = 2, .use_gks = true, .rng_seed = 9};
-  auto big = peft::create_arrow_model(big_mlp.ptr(), fx.tasks, cfg, fx.general);
-  auto small =
-      peft::create_arrow_model(small_mlp.ptr(), {fx.tasks[0], fx.tasks[1]}, cfg, fx.general);
+  BigAndSmall m(fx, 9);
+  auto& [big_mlp, small_mlp, big, small] = m;
   torch::NoGradGuard no_grad;
   const at::Tensor x = torch::randn({5, 10});
   small_mlp->forward(x);
@@ -416,11 +410,8 @@ TEST(Arrow, RouterConfigIsSavedWithItsArrowConfig) {
 
 TEST(Arrow, TaskAdapterLoadedBeforeTheFirstForwardEqualsLoadingAllAtOnce) {
   ArrowFixture fx(3, 1);
-  MLP big_mlp = base_mlp(), small_mlp = base_mlp();
-  const ArrowConfig cfg{.top_k = 2, .use_gks = true, .rng_seed = 42};
-  auto big = peft::create_arrow_model(big_mlp.ptr(), fx.tasks, cfg, fx.general);
-  auto small =
-      peft::create_arrow_model(small_mlp.ptr(), {fx.tasks[0], fx.tasks[1]}, cfg, fx.general);
+  BigAndSmall m(fx, 42);
+  auto& [big_mlp, small_mlp, big, small] = m;
   small->load_adapter(fx.tasks[2], "new_added_ts_expert");
   torch::NoGradGuard no_grad;
   const at::Tensor x = torch::randn({5, 10});

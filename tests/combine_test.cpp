@@ -14,16 +14,7 @@ using peft::test::compare;
 
 namespace {
 
-struct MLPImpl : torch::nn::Module {
-  MLPImpl() {
-    lin0 = register_module("lin0", peft::nn::Linear(10, 20));
-    lin1 = register_module("lin1", peft::nn::Linear(20, 2));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return lin1(torch::relu(lin0(x))); }
-  peft::nn::Linear lin0{nullptr};
-  peft::nn::Linear lin1{nullptr};
-};
-TORCH_MODULE(MLP);
+using MLP = peft::test::MLP;
 
 LoraConfig config(int r, double alpha) {
   LoraConfig c;

@@ -18,16 +18,10 @@ using peft::test::compare;
 
 namespace {
 
-struct MLPImpl : torch::nn::Module {
-  MLPImpl(int64_t in = 12, int64_t hidden = 20, int64_t out = 6) {
-    lin0 = register_module("lin0", peft::nn::Linear(in, hidden));
-    lin1 = register_module("lin1", peft::nn::Linear(hidden, out));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return lin1(torch::relu(lin0(x))); }
-  peft::nn::Linear lin0{nullptr};
-  peft::nn::Linear lin1{nullptr};
+// This file's MLP: 12 -> 20 -> 6 unless given.
+struct MLP : peft::test::MLP {
+  explicit MLP(int64_t in = 12, int64_t hidden = 20, int64_t out = 6) : peft::test::MLP(in, hidden, out) {}
 };
-TORCH_MODULE(MLP);
 
 LoraConfig config(const std::string& init, int r = 4, double alpha = 6) {
   LoraConfig c;

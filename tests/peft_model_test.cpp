@@ -18,18 +18,7 @@ using peft::test::compare;
 
 namespace {
 
-// The model of PEFT's docs / tests (MLP: lin0 10->20, relu, lin1 20->2), built from peft::nn layers the way a
-// user adapts their own model.
-struct MLPImpl : torch::nn::Module {
-  MLPImpl() {
-    lin0 = register_module("lin0", peft::nn::Linear(10, 20));
-    lin1 = register_module("lin1", peft::nn::Linear(20, 2));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return lin1(torch::relu(lin0(x))); }
-  peft::nn::Linear lin0{nullptr};
-  peft::nn::Linear lin1{nullptr};
-};
-TORCH_MODULE(MLP);
+using MLP = peft::test::MLP;
 
 LoraConfig lin_config(std::vector<std::string> targets, bool init = false, int r = 8) {
   LoraConfig c;

@@ -92,4 +92,11 @@ nlohmann::json byte_level_vocab() {
   return vocab;
 }
 
+MLPImpl::MLPImpl(int64_t in, int64_t hidden, int64_t out) {
+  lin0 = register_module("lin0", peft::nn::Linear(in, hidden));
+  lin1 = register_module("lin1", peft::nn::Linear(hidden, out));
+}
+
+at::Tensor MLPImpl::forward(const at::Tensor& x) { return lin1(torch::relu(lin0(x))); }
+
 }  // namespace peft::test

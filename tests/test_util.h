@@ -2,12 +2,26 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "peft/lora/linear.h"
+
 namespace peft::test {
+
+// The model of PEFT's docs and tests: lin0 (in -> hidden), relu, lin1 (hidden -> out), built from peft::nn layers
+// the way a user adapts their own model.
+struct MLPImpl : torch::nn::Module {
+  explicit MLPImpl(int64_t in = 10, int64_t hidden = 20, int64_t out = 2);
+  at::Tensor forward(const at::Tensor& x);
+  peft::nn::Linear lin0{nullptr};
+  peft::nn::Linear lin1{nullptr};
+};
+TORCH_MODULE(MLP);
 
 // tests/fixtures/<rel>
 std::string fixture(const std::string& rel);

@@ -34,14 +34,8 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
 
 // The adapter's (A, B) weights on this layer; undefined tensors when it has none (an Embedding's or
 // a tied adapter: PEFT's `k in lora_A` is false for them).
-std::pair<at::Tensor, at::Tensor> factors(const nn::LoraLayerImpl& layer,
-                                          const std::string& adapter) {
-  at::Tensor A, B;
-  for (auto& [key, t] : layer.adapter_tensors(adapter)) {
-    if (key == "lora_A.weight") A = t;
-    if (key == "lora_B.weight") B = t;
-  }
-  return {A, B};
+std::pair<at::Tensor, at::Tensor> factors(const nn::LoraLayerImpl& layer, const std::string& adapter) {
+  return {layer.adapter_tensor(adapter, "lora_A.weight"), layer.adapter_tensor(adapter, "lora_B.weight")};
 }
 
 std::pair<at::Tensor, at::Tensor> required_factors(const nn::LoraLayerImpl& layer,

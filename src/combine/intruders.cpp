@@ -18,14 +18,6 @@
 namespace peft {
 namespace {
 
-at::Tensor tensor_of(const nn::LoraLayerImpl& layer, const std::string& adapter,
-                     const std::string& key) {
-  for (auto& [k, t] : layer.adapter_tensors(adapter)) {
-    if (k == key) return t;
-  }
-  throw Error("reduce_intruder_dimension",
-              "adapter \"" + adapter + "\" has no tensor \"" + key + "\"");
-}
 
 bool is_conv(nn::LayerKind kind) {
   return kind == nn::LayerKind::kConv1d || kind == nn::LayerKind::kConv2d ||
@@ -126,8 +118,8 @@ void reduce_intruder_dimension(PeftModel& model, const IntruderOptions& o) {
     const bool emb = kind == nn::LayerKind::kEmbedding;
     const std::string a_key = emb ? "lora_embedding_A" : "lora_A.weight";
     const std::string b_key = emb ? "lora_embedding_B" : "lora_B.weight";
-    at::Tensor A_new = tensor_of(*layer, o.new_adapter_name, a_key);
-    at::Tensor B_new = tensor_of(*layer, o.new_adapter_name, b_key);
+    at::Tensor A_new = layer->adapter_tensor(o.new_adapter_name, a_key);
+    at::Tensor B_new = layer->adapter_tensor(o.new_adapter_name, b_key);
 
     // Divergence from PEFT: PEFT upcasts only W for its SVD and runs the SVD of W + dW in half
     // precision (which LibTorch does not implement); here W and dW are both upcast to float32.
@@ -145,8 +137,8 @@ void reduce_intruder_dimension(PeftModel& model, const IntruderOptions& o) {
     if (!M.defined()) {
       // No intruders: the old factors unchanged. PEFT quirk kept: only A and B are copied (not
       // lora_B.bias nor a DoRA magnitude, which keep the new adapter's initial values).
-      A_new.copy_(tensor_of(*layer, o.old_adapter_name, a_key));
-      B_new.copy_(tensor_of(*layer, o.old_adapter_name, b_key));
+      A_new.copy_(layer->adapter_tensor(o.old_adapter_name, a_key));
+      B_new.copy_(layer->adapter_tensor(o.old_adapter_name, b_key));
       continue;
     }
     // Divergence from PEFT: PEFT factorises the update in the stored layout, which gives B and A of

@@ -40,12 +40,6 @@ at::Tensor combine(const std::string& base_type, const std::vector<at::Tensor>& 
   return merge::magnitude_prune(tensors, weights, *o.density);
 }
 
-at::Tensor tensor_of(const nn::LoraLayerImpl& layer, const std::string& adapter, const std::string& key) {
-  for (auto& [k, t] : layer.adapter_tensors(adapter)) {
-    if (k == key) return t;
-  }
-  return {};
-}
 
 LoraConfig new_config(PeftModel& model, const std::vector<std::string>& adapters, int new_rank) {
   LoraConfig c = model.peft_config(adapters.front());
@@ -119,16 +113,16 @@ void add_weighted_adapter(PeftModel& model, const std::vector<std::string>& adap
   for (auto& [name, layer] : nn::lora_layers(model.base_model())) {
     if (!layer->has_adapter(adapter_name)) continue;
     const bool emb = layer->kind() == nn::LayerKind::kEmbedding;
-    at::Tensor A = tensor_of(*layer, adapter_name, emb ? "lora_embedding_A" : "lora_A.weight");
-    at::Tensor B = tensor_of(*layer, adapter_name, emb ? "lora_embedding_B" : "lora_B.weight");
+    at::Tensor A = layer->adapter_tensor(adapter_name, emb ? "lora_embedding_A" : "lora_A.weight");
+    at::Tensor B = layer->adapter_tensor(adapter_name, emb ? "lora_embedding_B" : "lora_B.weight");
     A.zero_();
     B.zero_();
     std::vector<at::Tensor> As, Bs, deltas;
     std::vector<double> w, ws;
     for (size_t i = 0; i < adapters.size(); ++i) {
       if (!layer->has_adapter(adapters[i])) continue;  // only the adapters present in this layer take part
-      As.push_back(tensor_of(*layer, adapters[i], emb ? "lora_embedding_A" : "lora_A.weight"));
-      Bs.push_back(tensor_of(*layer, adapters[i], emb ? "lora_embedding_B" : "lora_B.weight"));
+      As.push_back(layer->adapter_tensor(adapters[i], emb ? "lora_embedding_A" : "lora_A.weight"));
+      Bs.push_back(layer->adapter_tensor(adapters[i], emb ? "lora_embedding_B" : "lora_B.weight"));
       w.push_back(weights[i] * layer->scaling(adapters[i]));
       if (kSvdFamily.count(type)) deltas.push_back(layer->get_delta_weight(adapters[i]));
     }

@@ -197,6 +197,13 @@ std::vector<std::pair<std::string, at::Tensor>> LoraLayerImpl::adapter_tensors(c
   return out;
 }
 
+at::Tensor LoraLayerImpl::adapter_tensor(const std::string& adapter, const std::string& key) const {
+  for (auto& [k, t] : adapter_tensors(adapter)) {
+    if (k == key) return t;
+  }
+  return {};
+}
+
 void LoraLayerImpl::set_active_adapters(const std::vector<std::string>& adapters, bool trainable) {
   if (merged()) {
     warn("lora", "Adapter cannot be set when the model is merged. Unmerging the model first.");

@@ -79,10 +79,21 @@ bool gathered_kernel_applies(const LoraLayerImpl& layer, const std::vector<Adapt
 
 namespace {
 
-std::vector<std::string> names_of(const std::vector<AdapterRows>& groups) {
-  std::vector<std::string> out;
-  for (const auto& g : groups) out.push_back(g.adapter);
-  return out;
+// What a stack is built from: the groups' adapters, their tensors (from `sources_of(adapter)`) and scalings.
+struct StackInputs {
+  std::vector<std::string> adapters;
+  std::vector<std::vector<at::Tensor>> sources;
+  std::vector<double> scalings;
+};
+template <class SourcesOf>
+StackInputs stack_inputs(const LoraLayerImpl& layer, const std::vector<AdapterRows>& groups, SourcesOf sources_of) {
+  StackInputs in;
+  for (const auto& g : groups) {
+    in.adapters.push_back(g.adapter);
+    in.sources.push_back(sources_of(g.adapter));
+    in.scalings.push_back(layer.scaling(g.adapter));
+  }
+  return in;
 }
 
 // The cached stack of `adapters`, rebuilt by `build` when missing or when a source tensor or scaling changed.
@@ -124,16 +135,15 @@ at::Tensor LinearImpl::add_mixed_output(at::Tensor result, const at::Tensor& x,
                                         const std::vector<AdapterRows>& groups) const {
   const int64_t batch = x.size(0);
   if (!mixed::gathered_kernel_applies(*this, groups)) return add_mixed_output_loop(std::move(result), x, groups);
-  const auto adapters = mixed::names_of(groups);
-  std::vector<std::vector<at::Tensor>> sources;
-  std::vector<double> scalings;
-  for (const auto& a : adapters) {
+  const auto in = mixed::stack_inputs(*this, groups, [&](const std::string& a) {
     auto Bm = lora_B_->get<FactorImpl>(a);
-    sources.push_back({lora_A_->get<FactorImpl>(a)->weight, Bm->weight});
-    if (Bm->bias.defined()) sources.back().push_back(Bm->bias);
-    scalings.push_back(scaling(a));
-  }
-  const auto f = mixed::cached_stack(*mixed_cache_, adapters, sources, scalings, [&] {
+    std::vector<at::Tensor> v{lora_A_->get<FactorImpl>(a)->weight, Bm->weight};
+    if (Bm->bias.defined()) v.push_back(Bm->bias);
+    return v;
+  });
+  const auto& sources = in.sources;
+  const auto& scalings = in.scalings;
+  const auto f = mixed::cached_stack(*mixed_cache_, in.adapters, sources, scalings, [&] {
     mixed::StackedFactors out;
     int64_t r_max = 0;
     bool any_bias = false;
@@ -178,14 +188,12 @@ at::Tensor EmbeddingImpl::add_mixed_output(at::Tensor result, const at::Tensor& 
                                            const std::vector<AdapterRows>& groups) const {
   const int64_t batch = x.size(0);
   if (!mixed::gathered_kernel_applies(*this, groups)) return add_mixed_output_loop(std::move(result), x, groups);
-  const auto adapters = mixed::names_of(groups);
-  std::vector<std::vector<at::Tensor>> sources;
-  std::vector<double> scalings;
-  for (const auto& a : adapters) {
-    sources.push_back({lora_embedding_A_->get(a), lora_embedding_B_->get(a)});
-    scalings.push_back(scaling(a));
-  }
-  const auto f = mixed::cached_stack(*mixed_cache_, adapters, sources, scalings, [&] {
+  const auto in = mixed::stack_inputs(*this, groups, [&](const std::string& a) {
+    return std::vector<at::Tensor>{lora_embedding_A_->get(a), lora_embedding_B_->get(a)};
+  });
+  const auto& sources = in.sources;
+  const auto& scalings = in.scalings;
+  const auto f = mixed::cached_stack(*mixed_cache_, in.adapters, sources, scalings, [&] {
     mixed::StackedFactors out;
     int64_t r_max = 0;
     for (const auto& s : sources) r_max = std::max(r_max, s[0].size(0));

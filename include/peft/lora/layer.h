@@ -127,6 +127,8 @@ class LoraLayerImpl : public torch::nn::Module {
   // "lora_B.bias", "lora_embedding_A", "lora_embedding_B". The references stay valid until the adapter is
   // deleted; assigning through them replaces values in place (use copy_ under NoGradGuard).
   virtual std::vector<std::pair<std::string, at::Tensor>> adapter_tensors(const std::string& adapter) const;
+  // One of adapter_tensors(adapter) by its key; undefined when the adapter has no such tensor here.
+  at::Tensor adapter_tensor(const std::string& adapter, const std::string& key) const;
 
   // Active adapters are summed in this order. Their parameters get requires_grad = trainable, every other
   // adapter's parameters requires_grad = false (PEFT LoraLayer.set_adapter).
