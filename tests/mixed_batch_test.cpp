@@ -130,6 +130,26 @@ TEST(MixedBatch, OneAdapterForAllRowsEqualsTheActiveAdapter) {
   }
 }
 
+TEST(MixedBatch, TrainableTokensFollowTheirRows) {
+  Fixture f;
+  auto t = config(2, 2);
+  t.target_modules = std::vector<std::string>{"lin"};
+  t.trainable_token_indices =
+      std::vector<std::pair<std::string, std::vector<int64_t>>>{{"emb", std::vector<int64_t>{1, 4, 9}}};
+  f.pm->add_adapter("tok", t);
+  {
+    torch::NoGradGuard no_grad;
+    f.net->emb->trainable_tokens_delta("tok").add_(1.0);  // the rows differ from the base embedding
+    for (int64_t i = 0; i < 7; ++i) f.ids[i][0] = 4;     // every row holds a trainable token
+  }
+  f.net->eval();
+  const Names names = {"tok", "default", "__base__", "tok", "c", "tok", "b"};
+  const at::Tensor expected = f.per_row(names);
+  EXPECT_EQ(compare(f.mixed(names, MixedBatchKernel::kGathered), expected, 1e-5, 1e-5), "");
+  const Names base = {"__base__", "default", "__base__", "__base__", "c", "__base__", "b"};
+  EXPECT_GT((expected[0] - f.per_row(base)[0]).abs().max().item<double>(), 1e-4);
+}
+
 TEST(MixedBatch, UnevenGroupsFallBackAndStillMatch) {
   Fixture f;
   // Six rows of one adapter and single rows of others: padding would triple the rows, so the layer loops.
