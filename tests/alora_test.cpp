@@ -392,14 +392,7 @@ TEST(Alora, CliGenerateNeedsTheInvocationInThePrompt) {
   config["alora_invocation_tokens"] = {35, 35};
   config["task_type"] = "CAUSAL_LM";
   peft::test::write_file((adapter / "adapter_config.json").string(), config.dump());
-  nlohmann::json vocab = peft::test::byte_level_vocab();
-  const nlohmann::json level = {
-      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
-  const nlohmann::json tok = {{"version", "1.0"},   {"added_tokens", nlohmann::json::array()},
-                              {"normalizer", nullptr}, {"pre_tokenizer", level},
-                              {"post_processor", nullptr}, {"decoder", level},
-                              {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
-  peft::test::write_file((model / "tokenizer.json").string(), tok.dump());
+  peft::test::write_file((model / "tokenizer.json").string(), peft::test::byte_level_tokenizer().dump());
   const std::string common = "generate --model '" + model.string() + "' --adapter '" + adapter.string() + "'";
   auto bad = peft::test::peft_cli(common + " --prompt 'Hello' --max-new-tokens 4 --stop-token 255");
   EXPECT_EQ(bad.code, 2) << bad.output;

@@ -15,7 +15,7 @@ namespace {
 
 using peft::test::peft_cli;
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+using peft::test::q;
 
 class PeftCli : public ::testing::Test {
  protected:
@@ -90,15 +90,7 @@ TEST_F(PeftCli, GenerateStreamsAContinuation) {
   const fs::path model = tmp.path() / "model";
   fs::create_directories(model);
   for (const auto& e : fs::directory_iterator(base)) fs::copy_file(e.path(), model / e.path().filename());
-  nlohmann::json vocab = peft::test::byte_level_vocab();
-  nlohmann::json tok = {{"version", "1.0"},
-                        {"added_tokens", nlohmann::json::array()},
-                        {"normalizer", nullptr},
-                        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
-                        {"post_processor", nullptr},
-                        {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
-                        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
-  peft::test::write_file((model / "tokenizer.json").string(), tok.dump());
+peft::test::write_file((model / "tokenizer.json").string(), peft::test::byte_level_tokenizer().dump());
   auto r = peft_cli("generate --model " + q(model) + " --adapter " + q(adapter) +
                     " --prompt 'Hello' --max-new-tokens 8 --stop-token 255");
   ASSERT_EQ(r.code, 0) << r.output;

@@ -19,7 +19,7 @@ using peft::test::compare;
 
 namespace {
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+using peft::test::q;
 
 class PeftCombineCli : public ::testing::Test {
  protected:

@@ -18,7 +18,7 @@ using peft::test::compare;
 
 namespace {
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+using peft::test::q;
 
 class MixedBatchCli : public ::testing::Test {
  protected:
@@ -33,14 +33,7 @@ class MixedBatchCli : public ::testing::Test {
     fs::create_directories(fr);
     for (const auto& e : fs::directory_iterator(case_dir / "base")) fs::copy_file(e.path(), model / e.path().filename());
     for (const auto& e : fs::directory_iterator(case_dir / "adapter")) fs::copy_file(e.path(), fr / e.path().filename());
-    const nlohmann::json level = {
-        {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
-    const nlohmann::json tok = {
-        {"version", "1.0"},         {"added_tokens", nlohmann::json::array()},
-        {"normalizer", nullptr},    {"pre_tokenizer", level},
-        {"post_processor", nullptr}, {"decoder", level},
-        {"model", {{"type", "BPE"}, {"vocab", peft::test::byte_level_vocab()}, {"merges", nlohmann::json::array()}}}};
-    peft::test::write_file((model / "tokenizer.json").string(), tok.dump());
+    peft::test::write_file((model / "tokenizer.json").string(), peft::test::byte_level_tokenizer().dump());
     torch::manual_seed(2);
     auto m = peft::models::load_pretrained(model.string());
     peft::LoraConfig c;

@@ -92,6 +92,17 @@ nlohmann::json byte_level_vocab() {
   return vocab;
 }
 
+nlohmann::json byte_level_tokenizer() {
+  const nlohmann::json level = {
+      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
+  return {{"version", "1.0"},         {"added_tokens", nlohmann::json::array()},
+          {"normalizer", nullptr},    {"pre_tokenizer", level},
+          {"post_processor", nullptr}, {"decoder", level},
+          {"model", {{"type", "BPE"}, {"vocab", byte_level_vocab()}, {"merges", nlohmann::json::array()}}}};
+}
+
+std::string q(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
+
 MLPImpl::MLPImpl(int64_t in, int64_t hidden, int64_t out) {
   lin0 = register_module("lin0", peft::nn::Linear(in, hidden));
   lin1 = register_module("lin1", peft::nn::Linear(hidden, out));

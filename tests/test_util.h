@@ -57,6 +57,11 @@ void write_file(const std::string& path, const std::string& text);
 // GPT-2's byte-to-unicode table as a tokenizer.json vocab: printable bytes map to themselves, the others to
 // code points 256 + n; each byte's token gets id = the byte.
 nlohmann::json byte_level_vocab();
+// A whole tokenizer.json: byte-level BPE (ByteLevel pre-tokenizer and decoder) over byte_level_vocab(), no merges;
+// gives the golden tiny models (256-token vocabularies) a tokenizer for `peft generate`.
+nlohmann::json byte_level_tokenizer();
+// `p` in single quotes, for peft_cli's shell command line.
+std::string q(const std::filesystem::path& p);
 std::string read_file(const std::string& path);
 
 }  // namespace peft::test

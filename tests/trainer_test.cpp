@@ -241,7 +241,7 @@ TEST(Trainer, TrainsASequenceClassifierWithItsHeadSaved) {
 
 namespace {
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+using peft::test::q;
 
 // The golden case's batch as {"input_ids","labels"} lines.
 fs::path golden_jsonl(const fs::path& dir) {

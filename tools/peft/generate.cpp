@@ -103,12 +103,15 @@ std::vector<PromptLine> read_prompts(const std::string& path) {
   return out;
 }
 
-std::set<int64_t> stop_tokens(const GenerateOptions& o, const Tokenizer& tok) {
+// The stop tokens (--stop-token, else the model's eos ids), written into o.gen with the tokenizer's pad token.
+std::set<int64_t> configure_stops(GenerateOptions& o, const Tokenizer& tok) {
   std::set<int64_t> stops(o.stop_tokens.begin(), o.stop_tokens.end());
   if (o.stop_tokens.empty()) {
     for (int64_t id : eos_ids(o.model.model_dir)) stops.insert(id);
     if (tok.eos_token_id()) stops.insert(*tok.eos_token_id());
   }
+  o.gen.eos_token_ids.assign(stops.begin(), stops.end());
+  if (!o.gen.pad_token_id && tok.pad_token_id()) o.gen.pad_token_id = tok.pad_token_id();
   return stops;
 }
 
@@ -130,9 +133,7 @@ void run_batch(GenerateOptions o) {
   if (!mixed) {
     for (const auto& p : prompts) check_alora_invocation(pm.get(), tok, p);
   }
-  const std::set<int64_t> stops = stop_tokens(o, tok);
-  o.gen.eos_token_ids.assign(stops.begin(), stops.end());
-  if (!o.gen.pad_token_id && tok.pad_token_id()) o.gen.pad_token_id = tok.pad_token_id();
+  const std::set<int64_t> stops = configure_stops(o, tok);
   torch::NoGradGuard no_grad;
   const auto out = generate(*model, prompts, o.gen);
   for (size_t i = 0; i < lines.size(); ++i) {
@@ -156,9 +157,7 @@ void run(GenerateOptions o) {
   std::vector<int64_t> prompt = tok.encode(o.prompt, !o.no_special_tokens);
   PEFT_CHECK(!prompt.empty(), ConfigError, "generate", "the prompt encodes to no tokens");
   check_alora_invocation(pm.get(), tok, prompt);
-  const std::set<int64_t> stops = stop_tokens(o, tok);
-  o.gen.eos_token_ids.assign(stops.begin(), stops.end());
-  if (!o.gen.pad_token_id && tok.pad_token_id()) o.gen.pad_token_id = tok.pad_token_id();
+  const std::set<int64_t> stops = configure_stops(o, tok);
   std::vector<int64_t> generated;
   std::string printed;
   bool started = false;  // the prompt is echoed once generation is under way (errors come first)
