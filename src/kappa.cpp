@@ -85,7 +85,7 @@ KappaTuneSelector::KappaTuneSelector(torch::nn::Module& model, KappaOptions opti
   // model and adapters are not scored.
   std::vector<std::pair<std::string, at::Tensor>> linears;
   for (auto& [name, layer] : nn::lora_layers(model)) {
-    if (layer->kind() == nn::LayerKind::kLinear) linears.emplace_back(name, layer->weight());
+    if (layer->kind() == nn::LayerKind::kLinear) linears.emplace_back(name, layer->float_weight());
   }
   Progress linear_progress(options.show_progress, "Computing SVD (linear layers)", linears.size(),
                            "layer");

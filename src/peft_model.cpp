@@ -16,6 +16,8 @@
 #include "peft/error.h"
 #include "strings.h"
 #include "peft/lora/layer.h"
+#include "peft/lora/linear.h"
+#include "peft/lora/param.h"
 #include "peft/targeting.h"
 
 namespace peft {
@@ -33,7 +35,6 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
 // Fields whose feature lands in a later issue: parsed and kept, but refused when used.
 void check_supported(const LoraConfig& c) {
   std::vector<std::string> used;
-  if (c.target_parameters) used.push_back("target_parameters");
   if (c.use_qalora) used.push_back("use_qalora");
   if (c.megatron_config) used.push_back("megatron_config");
   if (c.velora_config) used.push_back("velora_config");
@@ -42,7 +43,7 @@ void check_supported(const LoraConfig& c) {
   if (c.kasa_config) used.push_back("kasa_config");
   using K = InitLoraWeights::Kind;
   const auto k = c.init_lora_weights.kind;
-  if (k == K::kLoftq || k == K::kMica) {
+  if (k == K::kMica) {
     used.push_back("init_lora_weights=\"" + to_string(c.init_lora_weights) + "\"");
   }
   if (used.empty()) return;
@@ -62,8 +63,18 @@ std::string with_commas(int64_t v) {
 
 namespace {
 
+// The adapter-ready layers that target_modules can match: every LoRA layer but the parameter slots
+// (target_parameters), whose names are those of their owning modules.
+std::vector<std::pair<std::string, std::shared_ptr<nn::LoraLayerImpl>>> module_layers(torch::nn::Module& model) {
+  auto layers = nn::lora_layers(model);
+  layers.erase(std::remove_if(layers.begin(), layers.end(),
+                              [](const auto& e) { return e.second->kind() == nn::LayerKind::kParam; }),
+               layers.end());
+  return layers;
+}
+
 std::vector<ModuleInfo> module_infos(torch::nn::Module& model) {
-  auto all_layers = nn::lora_layers(model);
+  auto all_layers = module_layers(model);
   std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layer_by_name(all_layers.begin(), all_layers.end());
   std::vector<ModuleInfo> modules;
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
@@ -97,7 +108,7 @@ std::vector<std::pair<std::string, std::shared_ptr<nn::LoraLayerImpl>>> find_tar
   const PeftModelInfo& inf = mi ? *mi : default_info();
   TargetingResult targets =
       find_targets(config, module_infos(model), inf.default_target_modules(), inf.output_embedding_name());
-  auto all_layers = nn::lora_layers(model);
+  auto all_layers = module_layers(model);
   std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layer_by_name(all_layers.begin(), all_layers.end());
   std::vector<std::pair<std::string, std::shared_ptr<nn::LoraLayerImpl>>> out;
   for (const auto& name : targets.targeted) out.emplace_back(name, layer_by_name.at(name));
@@ -173,7 +184,7 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
     PeftModelInfo fallback;
     (mi ? *mi : fallback).replicate_layers(*config.layer_replication);
   }
-  auto all_layers = nn::lora_layers(*model_);
+  auto all_layers = module_layers(*model_);
   std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layer_by_name(all_layers.begin(), all_layers.end());
   std::vector<ModuleInfo> modules = module_infos(*model_);
   TargetingResult targets =
@@ -226,6 +237,7 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
       s.use_dora = config.use_dora;
       s.alora_invocation_tokens = config.alora_invocation_tokens;
       s.lora_ga_config = config.lora_ga_config;
+      s.loftq_config = config.loftq_config;
       if (layer->kind() == nn::LayerKind::kConv1D && !config.fan_in_fan_out) {
         warn("get_peft_model", "fan_in_fan_out is set to False but the target module `" + name +
                                    "` is `Conv1D`. Setting fan_in_fan_out to True.");
@@ -252,6 +264,14 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
       auto head = layer_by_name.at(tied_head);
       touched.push_back(head);
       head->tie_adapter_to(adapter_name, layer_by_name.at(tied_embedding));
+    }
+    const size_t params = add_parameter_targets(adapter_name, config, touched);
+    if (targets.targeted.empty() && params == 0 && config.target_parameters && !config.target_parameters->empty()) {
+      throw NoMatchingModuleError(
+          "targeting", "Target modules and target parameters " + detail::join(*config.target_parameters) +
+                           " not found in the base model. Please check the target modules / parameters and try "
+                           "again (hint: parameters match as <module>.<parameter> by full name or dotted suffix, "
+                           "e.g. \"mlp.experts.gate_up_proj\")");
     }
     add_trainable_copies(adapter_name, config, copies, touched);
     add_trainable_tokens(adapter_name, config, touched);
@@ -439,13 +459,19 @@ void PeftModel::unmerge_adapter() {
 }
 
 std::shared_ptr<torch::nn::Module> PeftModel::merge_and_unload(bool safe_merge,
-                                                               std::optional<std::vector<std::string>> adapter_names) {
+                                                               std::optional<std::vector<std::string>> adapter_names,
+                                                               QuantizedMerge quantized) {
   check_not_unloaded("merge_and_unload");
   check_merge_allowed();
   if (adapter_names) {
     for (const auto& a : *adapter_names) peft_config(a);
   }
   auto layers = nn::lora_layers(*model_);
+  for (auto& [name, layer] : layers) {
+    if (quantized == QuantizedMerge::kDequantize && layer->is_quantized()) {
+      if (auto linear = std::dynamic_pointer_cast<nn::LinearImpl>(layer)) linear->dequantize();
+    }
+  }
   for (auto& [name, layer] : layers) {
     if (!layer->adapters_enabled()) layer->enable_adapters(true);
     layer->merge(adapter_names, safe_merge);
@@ -458,6 +484,12 @@ std::shared_ptr<torch::nn::Module> PeftModel::unload() {
   for (auto& [name, layer] : nn::lora_layers(*model_)) {
     if (!active_.empty()) layer->promote_trainable_copy(active_.front());
     layer->remove_all_adapters();
+  }
+  // target_parameters: the parameters keep their (merged) values; their LoRA slots go.
+  for (auto& item : model_->named_modules("", /*include_self=*/true)) {
+    if (auto owner = std::dynamic_pointer_cast<nn::ParamModuleImpl>(item.value())) {
+      for (const auto& p : owner->targeted_parameters()) owner->detach_param_lora(p);
+    }
   }
   configs_.clear();
   adapter_order_.clear();

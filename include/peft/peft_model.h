@@ -107,8 +107,13 @@ class PeftModel {
   void unmerge_adapter();
   // Merges (active or named adapters), makes modules_to_save copies permanent, removes every adapter and
   // returns the plain model. The PeftModel holds no adapters afterwards.
+  // Quantized bases (QLoRA): kRequantize merges into the dequantized weight and quantizes the result again (as
+  // PEFT does with bitsandbytes layers; rounding changes the numbers, and a warning says so); kDequantize keeps the
+  // merged weight in float (the quantized layers become float layers).
+  enum class QuantizedMerge { kRequantize, kDequantize };
   std::shared_ptr<torch::nn::Module> merge_and_unload(bool safe_merge = false,
-                                                      std::optional<std::vector<std::string>> adapter_names = std::nullopt);
+                                                      std::optional<std::vector<std::string>> adapter_names = std::nullopt,
+                                                      QuantizedMerge quantized = QuantizedMerge::kRequantize);
   // Removes every adapter without merging (modules_to_save copies of the active adapter still replace the
   // originals, as in PEFT).
   std::shared_ptr<torch::nn::Module> unload();
@@ -149,6 +154,10 @@ class PeftModel {
                             std::vector<std::shared_ptr<nn::LoraLayerImpl>>& touched);
   void add_trainable_tokens(const std::string& adapter_name, const LoraConfig& config,
                             std::vector<std::shared_ptr<nn::LoraLayerImpl>>& touched);
+  // target_parameters (src/peft_model_params.cpp): LoRA on the matched parameters of ParamModules; returns the
+  // number of parameters targeted.
+  size_t add_parameter_targets(const std::string& adapter_name, const LoraConfig& config,
+                               std::vector<std::shared_ptr<nn::LoraLayerImpl>>& touched);
   // target_modules on tied embeddings (the docs' table): returns the full name of the output head whose LoRA is
   // to be tied to the input embedding's and the embedding's full name (after making sure the embedding is targeted
   // and the head is not), or two empty strings.

@@ -123,10 +123,10 @@ void reduce_intruder_dimension(PeftModel& model, const IntruderOptions& o) {
 
     // Divergence from PEFT: PEFT upcasts only W for its SVD and runs the SVD of W + dW in half
     // precision (which LibTorch does not implement); here W and dW are both upcast to float32.
-    const at::ScalarType stored = layer->weight().scalar_type();
+    const at::ScalarType stored = layer->float_weight().scalar_type();
     const at::ScalarType compute =
         stored == at::kHalf || stored == at::kBFloat16 ? at::kFloat : stored;
-    at::Tensor W = layer->weight().detach().to(compute);
+    at::Tensor W = layer->float_weight().detach().to(compute);
     at::Tensor dW = layer->get_delta_weight(o.old_adapter_name).to(compute);
     if (is_conv(kind)) {
       W = W.flatten(1);

@@ -1,5 +1,6 @@
 // Adapter bookkeeping shared by every adapter-ready layer (PEFT LoraLayer + ModulesToSaveWrapper).
 #include "peft/lora/layer.h"
+#include "peft/lora/param.h"
 
 #include <ATen/ATen.h>
 #include <torch/types.h>
@@ -22,6 +23,7 @@ std::string to_string(LayerKind kind) {
     case LayerKind::kConv1d: return "Conv1d";
     case LayerKind::kConv2d: return "Conv2d";
     case LayerKind::kConv3d: return "Conv3d";
+    case LayerKind::kParam: return "Parameter";
   }
   return "?";
 }
@@ -132,8 +134,9 @@ void LoraLayerImpl::update_layer(const std::string& adapter, const AdapterSettin
     // PEFT DoraLinearLayer.update_layer: m = ||W + scaling * B A|| per output channel (so DoRA is a no-op at init
     // when B A = 0); computed in float32 for half-precision factors (get_delta_weight does that on CPU).
     torch::NoGradGuard no_grad;
-    at::Tensor delta = get_delta_weight(adapter).to(weight_.scalar_type());
-    set_dora_magnitude(adapter, dora_weight_norm(weight_.detach(), delta));
+    const at::Tensor W = float_weight();
+    at::Tensor delta = get_delta_weight(adapter).to(W.scalar_type());
+    set_dora_magnitude(adapter, dora_weight_norm(W.detach(), delta));
   }
   // PEFT calls set_adapter(active_adapters) at the end: a new, inactive adapter starts frozen.
   set_active_adapters(active_, true);
@@ -267,15 +270,21 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
     return;
   }
   torch::NoGradGuard no_grad;
+  // weight_ itself for a float base (updated in place); a dequantized copy for a quantized one, committed below.
+  at::Tensor W = float_weight();
+  if (is_quantized()) {
+    warn("merge", "Merge lora module to a quantized (" + to_string(kind_) +
+                      ") layer may get different generations due to rounding errors.");
+  }
   for (const auto& n : todo) {
     if (adapter_tied(n)) {
       merged_.push_back(n);  // the shared weight receives the delta through the source layer's merge
       continue;
     }
-    at::Tensor delta = get_delta_weight(n).to(weight_.scalar_type());
+    at::Tensor delta = get_delta_weight(n).to(W.scalar_type());
     auto bias_delta = [&]() -> at::Tensor {
       for (auto& [key, t] : adapter_tensors(n)) {
-        if (key == "lora_B.bias") return (t * scaling(n)).to(weight_.scalar_type());
+        if (key == "lora_B.bias") return (t * scaling(n)).to(W.scalar_type());
       }
       return {};
     }();
@@ -285,12 +294,12 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
     const at::Tensor m = dora_magnitude(n);
     if (m.defined()) {
       // PEFT DoRA merge: W' = (m / ||W + dW||) (W + dW), the norm cached for an exact unmerge.
-      at::Tensor norm = dora_weight_norm(weight_, delta);
+      at::Tensor norm = dora_weight_norm(W, delta);
       dora_merge_norm_[n] = norm;
-      w = (dora_factor_for_weight(m / norm) * (weight_ + delta)).to(weight_.scalar_type());
+      w = (dora_factor_for_weight(m / norm) * (W + delta)).to(W.scalar_type());
     }
     if (safe_merge) {
-      if (!w.defined()) w = weight_ + delta;
+      if (!w.defined()) w = W + delta;
       PEFT_CHECK(at::isfinite(w).all().item<bool>(), Error, "merge",
                  "NaNs detected in the merged weights. The adapter " << n << " seems to be broken");
       at::Tensor b;
@@ -299,39 +308,43 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
         PEFT_CHECK(at::isfinite(b).all().item<bool>(), Error, "merge",
                    "NaNs detected in the merged weights. The adapter " << n << " seems to be broken");
       }
-      weight_.copy_(w);
+      W.copy_(w);
       if (b.defined()) bias_.copy_(b);
     } else {
       if (w.defined()) {
-        weight_.copy_(w);
+        W.copy_(w);
       } else {
-        weight_.add_(delta);
+        W.add_(delta);
       }
       if (bias_delta.defined()) bias_.add_(bias_delta);
     }
     merged_.push_back(n);
   }
+  commit_float_weight(W);
 }
 
 void LoraLayerImpl::unmerge() {
   torch::NoGradGuard no_grad;
+  at::Tensor W = float_weight();
+  const bool any = !merged_.empty();
   while (!merged_.empty()) {
     std::string n = merged_.back();
     merged_.pop_back();
     if (adapter_tied(n)) continue;
-    at::Tensor delta = get_delta_weight(n).to(weight_.scalar_type());
+    at::Tensor delta = get_delta_weight(n).to(W.scalar_type());
     const at::Tensor m = dora_magnitude(n);
     if (m.defined() && dora_merge_norm_.count(n)) {
       at::Tensor factor = dora_factor_for_weight(m / dora_merge_norm_.at(n));
       dora_merge_norm_.erase(n);
-      weight_.copy_((weight_ / factor - delta).to(weight_.scalar_type()));
+      W.copy_((W / factor - delta).to(W.scalar_type()));
     } else {
-      weight_.sub_(delta);
+      W.sub_(delta);
     }
     for (auto& [key, t] : adapter_tensors(n)) {
       if (key == "lora_B.bias") bias_.sub_((t * scaling(n)).to(bias_.scalar_type()));
     }
   }
+  if (any) commit_float_weight(W);
   unmerge_tokens();
 }
 
@@ -368,7 +381,7 @@ void LoraLayerImpl::add_trainable_copy(const std::string& adapter, const at::Ten
   PEFT_CHECK(!shared_weight.defined() || shared_weight.sizes() == weight_.sizes(), ShapeMismatchError,
              "modules_to_save", "a tied copy must have the weight's shape " << weight_.sizes() << "; got "
                                                                             << shared_weight.sizes());
-  at::Tensor w = shared_weight.defined() ? shared_weight : weight_.detach().clone();
+  at::Tensor w = shared_weight.defined() ? shared_weight : float_weight().detach().clone();
   modules_to_save_->insert(adapter, std::make_shared<FactorImpl>(w, b));
   set_active_adapters(active_, true);
 }
@@ -399,7 +412,11 @@ void LoraLayerImpl::promote_trainable_copy(const std::string& adapter) {
   if (!has_trainable_copy(adapter)) return;
   torch::NoGradGuard no_grad;
   auto c = modules_to_save_->get<FactorImpl>(adapter);
-  weight_.copy_(c->weight);
+  if (is_quantized()) {
+    commit_float_weight(c->weight.detach());
+  } else {
+    weight_.copy_(c->weight);
+  }
   if (bias_.defined() && c->bias.defined()) bias_.copy_(c->bias);
 }
 
@@ -460,7 +477,18 @@ std::vector<std::pair<std::string, std::shared_ptr<LoraLayerImpl>>> lora_layers(
     for (const auto& [name, outer] : out) {
       if (item.key().rfind(name + ".", 0) == 0) nested = true;
     }
-    if (!nested) out.emplace_back(item.key(), layer);
+    if (nested) continue;
+    if (auto param = std::dynamic_pointer_cast<ParamLoraImpl>(layer)) {
+      // PEFT's name for a parameter's LoRA: the owning module, inside one ParamWrapper per later-targeted
+      // parameter of that module ("experts.base_layer" for the first of two).
+      const std::string& key = item.key();
+      const auto dot = key.rfind('.');
+      std::string name = dot == std::string::npos ? std::string() : key.substr(0, dot);
+      for (int i = 0; i < param->nesting(); ++i) name += name.empty() ? "base_layer" : ".base_layer";
+      out.emplace_back(name, layer);
+      continue;
+    }
+    out.emplace_back(item.key(), layer);
   }
   return out;
 }

@@ -1,11 +1,12 @@
 // The weight-based and data-driven init dispatch of a Linear / Conv1D adapter (PEFT LoraLayer.update_layer:
-// pissa*, corda, olora, eva, orthogonal, lora_ga), plus the tensors preprocessing steps attach to a layer.
+// pissa*, corda, olora, eva, orthogonal, lora_ga, loftq), plus the tensors preprocessing steps attach to a layer.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
 
 #include "init_weights.h"
 #include "peft/error.h"
+#include "peft/init/loftq.h"
 #include "peft/lora/layer.h"
 
 namespace peft::nn {
@@ -84,10 +85,19 @@ void LoraLayerImpl::init_from_weight(const std::string& adapter, const AdapterSe
       wi = detail::loraga_init(W, G, s.r, scaling, s.lora_ga_config.value_or(LoraGAConfig{}));
       break;
     }
+    case K::kLoftq: {
+      // PEFT loftq_init: the base weight becomes the dequantized LoftQ quantization Q, A = R, B = L (not divided
+      // by the scaling).
+      const LoftQConfig lc = s.loftq_config.value_or(LoftQConfig{});
+      auto r = init::loftq_init(W, lc.loftq_bits, s.r, lc.loftq_iter);
+      wi.A = r.lora_A;
+      wi.B = r.lora_B;
+      wi.residual = r.dequantized.to(at::kFloat);
+      break;
+    }
     default:
-      throw UnsupportedError("lora", "init_lora_weights=\"" + spelling +
-                                         "\" is not available (hint: LoftQ lands with the quantization issue; MiCA "
-                                         "is not implemented)");
+      throw UnsupportedError("lora", "init_lora_weights=\"" + spelling + "\" is not available (MiCA is not "
+                                                                            "implemented)");
   }
   PEFT_CHECK(wi.A.sizes() == A.sizes() && wi.B.sizes() == B.sizes(), ShapeMismatchError, "lora",
              spelling << " init produced A " << wi.A.sizes() << " and B " << wi.B.sizes() << "; the adapter needs "

@@ -8,6 +8,7 @@
 #include "init_weights.h"
 #include "peft/lora/forward_context.h"
 #include "peft/error.h"
+#include "peft/quant/quantized_weight.h"
 
 namespace peft::nn {
 
@@ -48,7 +49,9 @@ void LinearImpl::create_adapter(const std::string& adapter, const AdapterSetting
 void LinearImpl::destroy_adapter(const std::string& adapter) { remove_factors(adapter); }
 
 at::Tensor LinearImpl::base_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
-  // x: (..., in); W: (out, in), or (in, out) for Conv1D.
+  // x: (..., in); W: (out, in), or (in, out) for Conv1D. A quantized weight runs the fused kernel (a trainable
+  // modules_to_save copy is float and takes the plain path).
+  if (quant_ && w.is_same(weight())) return quant_->linear(x, b);
   if (fan_in_fan_out_) {
     at::Tensor y = at::matmul(x, w);
     return b.defined() ? y.add_(b) : y;
@@ -93,7 +96,8 @@ at::Tensor LinearImpl::add_dora_output(at::Tensor result, const at::Tensor& xin,
   const auto& B = lora_B_->get<FactorImpl>(adapter)->weight;
   const double s = scaling(adapter);
   const double p = dropout_p(adapter);
-  at::Tensor norm = dora_weight_norm(weight(), get_delta_weight(adapter).to(weight().scalar_type()));
+  const at::Tensor W = float_weight();
+  at::Tensor norm = dora_weight_norm(W, get_delta_weight(adapter).to(W.scalar_type()));
   at::Tensor g = dora_magnitude(adapter) / norm.to(dora_magnitude(adapter).scalar_type());  // (out,)
   at::Tensor x = xin;
   at::Tensor base;
@@ -101,7 +105,7 @@ at::Tensor LinearImpl::add_dora_output(at::Tensor result, const at::Tensor& xin,
     base = has_bias() ? result - bias() : result;
   } else {
     x = at::dropout(xin, p, true);
-    base = base_forward(x, weight().to(x.scalar_type()), at::Tensor());
+    base = base_forward(x, W.to(x.scalar_type()), at::Tensor());
   }
   at::Tensor lora = at::linear(at::linear(x, A), B);
   return result + (g - 1) * base + g * lora * s;

@@ -21,6 +21,10 @@ void check_adapter_names(const torch::nn::Module& model, const std::vector<std::
   std::set<std::string> expected;
   for (const auto& [name, layer] : lora_layers(const_cast<torch::nn::Module&>(model))) {
     for (const auto& a : layer->adapter_names()) expected.insert(a);
+    PEFT_CHECK(layer->kind() != LayerKind::kParam || layer->adapter_names().empty(), UnsupportedError,
+               "adapter_names",
+               "mixed adapter batches are not supported with target_parameters (LoRA on parameter holder "
+                   << name << "); PEFT refuses them too (hint: run one adapter per batch, or merge the adapter)");
   }
   std::set<std::string> unexpected;
   for (const auto& n : adapter_names) {

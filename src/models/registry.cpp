@@ -19,8 +19,10 @@ using Factory = std::shared_ptr<PretrainedModel> (*)(const nlohmann::json&);
 
 const std::map<std::string, Factory>& registry() {
   static const std::map<std::string, Factory> r{
-      {"llama", detail::make_llama}, {"mistral", detail::make_llama}, {"qwen2", detail::make_llama},
-      {"qwen3", detail::make_llama}, {"gpt2", detail::make_gpt2},     {"bert", detail::make_bert},
+      {"llama", detail::make_llama},   {"mistral", detail::make_llama},
+      {"mixtral", detail::make_llama}, {"qwen2", detail::make_llama},
+      {"qwen3", detail::make_llama},   {"qwen3_moe", detail::make_llama},
+      {"gpt2", detail::make_gpt2},     {"bert", detail::make_bert},
       {"roberta", detail::make_bert},
   };
   return r;
@@ -64,6 +66,7 @@ std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir, const L
   const auto dtype = options.dtype.value_or(at::kFloat);
   model->to(options.device, dtype);
   auto tensors = io::load_checkpoint_tensors(dir);
+  model->convert_checkpoint(tensors);
   io::load_state_into(*model, tensors, dir, model->tied_weights());
   model->eval();
   for (auto& p : model->parameters()) p.set_requires_grad(false);

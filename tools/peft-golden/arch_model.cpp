@@ -15,6 +15,7 @@
 #include "peft/lora/conv.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/linear.h"
+#include "peft/lora/param.h"
 
 namespace peft::golden {
 namespace {
@@ -52,6 +53,16 @@ std::shared_ptr<torch::nn::Module> make_layer(const json& m) {
     const int dims = type[4] - '0';
     return std::make_shared<nn::ConvNdImpl>(dims, m.at("in_channels").get<int64_t>(),
                                             m.at("out_channels").get<int64_t>(), ints(m, "kernel_size"), o);
+  }
+  if (type == "ParamHolder") {
+    // Holds raw parameters only (target_parameters cases), registered in param_order.
+    auto holder = std::make_shared<nn::ParamModuleImpl>("ParamHolder");
+    const json& params = m.at("params");
+    for (const auto& pname : m.at("param_order")) {
+      const std::string n = pname.get<std::string>();
+      holder->register_parameter(n, torch::zeros(params.at(n).get<std::vector<int64_t>>()), false);
+    }
+    return holder;
   }
   throw UnsupportedError("peft-golden", "module type \"" + type + "\" is not supported by this runner");
 }

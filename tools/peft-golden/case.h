@@ -45,6 +45,7 @@ CaseResult run_model_case(const Case& c);
 CaseResult run_train_case(const Case& c);
 CaseResult run_init_case(const Case& c);
 CaseResult run_combine_case(const Case& c);
+CaseResult run_param_case(const Case& c);
 
 // Saves the adapters of `pm` as listed in the case's expected.json and compares the files.
 CaseResult compare_saved_layout(const Case& c, const PeftModel& pm);

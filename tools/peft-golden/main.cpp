@@ -27,7 +27,7 @@ CaseResult run_case(const Case& c) {
   if (kind == "combine") return peft::golden::run_combine_case(c);
   if (kind == "init") return peft::golden::run_init_case(c);
   if (kind == "train") return peft::golden::run_train_case(c);
-  if (kind == "param") return peft::golden::skip("target_parameters: the MoE issue");
+  if (kind == "param") return peft::golden::run_param_case(c);
   return peft::golden::fail("unknown kind \"" + kind + "\"");
 }
 

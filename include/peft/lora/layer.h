@@ -19,7 +19,8 @@
 
 namespace peft::nn {
 
-enum class LayerKind { kLinear, kConv1D, kEmbedding, kConv1d, kConv2d, kConv3d };
+// kParam: the LoRA of a raw parameter (target_parameters, include/peft/lora/param.h).
+enum class LayerKind { kLinear, kConv1D, kEmbedding, kConv1d, kConv2d, kConv3d, kParam };
 std::string to_string(LayerKind kind);
 
 // Per-adapter values of one layer, resolved from LoraConfig + rank_pattern / alpha_pattern.
@@ -35,6 +36,8 @@ struct AdapterSettings {
   std::optional<std::vector<int64_t>> alora_invocation_tokens;
   // LoRA-GA's direction / scale choices (init_lora_weights = "lora_ga").
   std::optional<LoraGAConfig> lora_ga_config;
+  // LoftQ's bits / iterations (init_lora_weights = "loftq").
+  std::optional<LoftQConfig> loftq_config;
   // alpha / r, or alpha / sqrt(r) with rsLoRA.
   double base_scaling() const;
 };
@@ -111,6 +114,12 @@ class LoraLayerImpl : public torch::nn::Module {
   at::Tensor& bias() { return bias_; }
   const at::Tensor& bias() const { return bias_; }
   bool has_bias() const { return bias_.defined(); }
+  // True when the base weight is kept quantized (a Linear after quantize(); weight() then holds the packed data
+  // as bitsandbytes' Params4bit / Int8Params do).
+  virtual bool is_quantized() const { return false; }
+  // The base weight's values as a floating-point tensor: weight() itself, or for a quantized base a dequantized
+  // copy. Read the base through it (merging, weight-based inits, KappaTune, intruders).
+  virtual at::Tensor float_weight() const { return weight_; }
 
   // ---- LoRA adapters ----
   // Creates (or re-creates) the adapter's parameters on the base weight's device and dtype and initialises
@@ -219,6 +228,9 @@ class LoraLayerImpl : public torch::nn::Module {
   explicit LoraLayerImpl(LayerKind kind);
   // Registers the base parameters. Call once from the concrete constructor.
   void register_base(at::Tensor weight, at::Tensor bias);
+  // Stores an updated float_weight() (merge, unmerge, inits that mutate the base): a quantized base quantizes it
+  // again; a float base was updated in place already (float_weight() is weight()), so the default does nothing.
+  virtual void commit_float_weight(const at::Tensor& w) { (void)w; }
 
   // Creates the adapter's parameters (registered in lora_A_/lora_B_ or the embedding dicts) and
   // initialises them. Called by update_layer after validation.

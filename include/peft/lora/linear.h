@@ -2,7 +2,14 @@
 // is a Linear whose weight is stored (in, out), i.e. fan_in_fan_out = true.
 #pragma once
 
+#include <memory>
+
 #include "peft/lora/layer.h"
+
+namespace peft::quant {
+class QuantizedWeight;
+struct QuantizeOptions;
+}  // namespace peft::quant
 
 namespace peft::nn {
 
@@ -22,7 +29,26 @@ class LinearImpl : public LoraLayerImpl {
   bool fan_in_fan_out() const { return fan_in_fan_out_; }
   at::Tensor get_delta_weight(const std::string& adapter) const override;
 
+  // ---- quantized base (QLoRA; bitsandbytes Linear4bit / Linear8bitLt) ----
+  // Replaces the float weight by its quantized form: "weight" then holds the packed data (uint8 for 4-bit, int8
+  // for int8, as bitsandbytes' Params4bit / Int8Params) and forward runs the fused dequantise-and-multiply.
+  // LoRA adapters stay float and trainable; gradients flow through the frozen weight to the input. Refused for
+  // GPT-2 Conv1D, a tied weight, and layers with merged adapters.
+  void quantize(const quant::QuantizeOptions& options);
+  // Installs an already quantized weight (a bitsandbytes checkpoint); its shape must be (out, in).
+  void set_quantized_weight(std::shared_ptr<quant::QuantizedWeight> q);
+  // Back to a float weight (compute dtype) holding the dequantized values.
+  void dequantize();
+  bool is_quantized() const override { return quant_ != nullptr; }
+  std::shared_ptr<const quant::QuantizedWeight> quantized_weight() const { return quant_; }
+  at::Tensor float_weight() const override;
+  // Module::to converts every parameter; a quantized weight must keep its packed integers (only the device moves).
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
+
  protected:
+  void commit_float_weight(const at::Tensor& w) override;
   LinearImpl(LayerKind kind, int64_t in_features, int64_t out_features, bool bias, bool fan_in_fan_out);
   void create_adapter(const std::string& adapter, const AdapterSettings& settings) override;
   void destroy_adapter(const std::string& adapter) override;
@@ -38,6 +64,8 @@ class LinearImpl : public LoraLayerImpl {
   int64_t in_features_;
   int64_t out_features_;
   bool fan_in_fan_out_;
+  std::shared_ptr<quant::QuantizedWeight> quant_;
+  std::shared_ptr<quant::QuantizeOptions> quant_options_;  // how quant_ was made (commit requantizes alike)
 };
 TORCH_MODULE(Linear);
 

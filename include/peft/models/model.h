@@ -9,12 +9,14 @@
 #include <torch/nn/module.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "peft/peft_model.h"
+#include "peft/quant/quantized_weight.h"
 
 namespace peft::models {
 
@@ -56,6 +58,10 @@ class PretrainedModel : public torch::nn::Module, public PeftModelInfo {
   virtual std::vector<std::pair<std::string, std::string>> tied_weights() const { return {}; }
   bool ties_word_embeddings() const override { return !tied_weights().empty(); }
 
+  // Rewrites a checkpoint's tensors into this model's layout before loading (e.g. per-expert MoE weights stacked
+  // into fused 3-D expert parameters, legacy module names). Default: unchanged.
+  virtual void convert_checkpoint(std::map<std::string, at::Tensor>& tensors) const { (void)tensors; }
+
   // The config.json text the model was built from.
   const std::string& config_json() const { return config_json_; }
   void set_config_json(std::string text) { config_json_ = std::move(text); }
@@ -84,6 +90,10 @@ struct LoadOptions {
   // Parameter dtype. Default: float32 (as transformers without torch_dtype).
   std::optional<c10::ScalarType> dtype;
   c10::Device device = c10::Device(c10::kCPU);
+  // QLoRA-style quantized base (bitsandbytes load_in_4bit / load_in_8bit): every peft::nn::Linear but the output
+  // embedding is quantized after loading. A checkpoint saved by bitsandbytes is read in its own quantization
+  // whatever this says.
+  std::optional<quant::QuantizeOptions> quantize;
 };
 
 // Loads a Hugging Face checkpoint folder: config.json + model.safetensors, or a sharded
