@@ -54,6 +54,34 @@ size_t PeftModel::add_parameter_targets(const std::string& adapter_name, const L
     return false;
   };
   size_t count = 0;
+  // The weight of an adapter-ready layer (PEFT wraps e.g. a Linear's "weight" in a ParamWrapper: for a 2-D
+  // (out, in) weight that is the same A / B, the same delta and the same keys as module LoRA, which is what it
+  // gets here).
+  for (auto& [name, layer] : nn::lora_layers(*model_)) {
+    if (layer->kind() == nn::LayerKind::kParam || name.empty()) continue;
+    const std::string key = name + ".weight";
+    if (!matches(key, entries)) continue;
+    PEFT_CHECK(!layer->has_adapter(adapter_name), ConfigError, "target_parameters",
+               "Trying to wrap an nn.Parameter of layer " << name << " (" << key
+                                                          << "), which is not a valid target: the layer is already "
+                                                             "targeted by target_modules (hint: target it one way)");
+    PEFT_CHECK(layer->kind() == nn::LayerKind::kLinear, UnsupportedError, "target_parameters",
+               "parameter " << key << " belongs to a " << nn::to_string(layer->kind())
+                            << " layer; target_parameters on adapter-ready layers supports Linear weights (hint: use "
+                               "target_modules for this layer)");
+    PEFT_CHECK(config.lora_dropout == 0.0 && !config.lora_bias && !config.use_dora, ConfigError,
+               "target_parameters",
+               "lora.ParamWrapper does not work with lora_dropout, lora_bias or DoRA (parameter " << key << ")");
+    ResolvedRank rr = resolve_rank(config, key);
+    nn::AdapterSettings s;
+    s.r = rr.r;
+    s.lora_alpha = rr.lora_alpha;
+    s.use_rslora = config.use_rslora;
+    s.init_lora_weights = config.init_lora_weights;
+    touched.push_back(layer);
+    layer->update_layer(adapter_name, s);
+    ++count;
+  }
   for (const auto& item : model_->named_modules("", /*include_self=*/true)) {
     const std::string& name = item.key();
     if (is_internal(name)) continue;

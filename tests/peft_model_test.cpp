@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <set>
 
 #include "peft/error.h"
 #include "peft/io/safetensors.h"
@@ -190,16 +191,31 @@ TEST_F(PeftModelTest, ModulesToSaveMakesATrainableCopy) {
 
 TEST_F(PeftModelTest, UnsupportedFieldsNameTheField) {
   auto c = lin_config({"lin0"});
+  // A layer targeted both ways: PEFT's "not a valid target" error.
   c.target_parameters = std::vector<std::string>{"lin0.weight"};
   try {
     peft::get_peft_model(mlp.ptr(), c);
-    FAIL() << "expected UnsupportedError";
-  } catch (const peft::UnsupportedError& e) {
-    EXPECT_NE(std::string(e.what()).find("target_parameters"), std::string::npos);
+    FAIL() << "expected ConfigError";
+  } catch (const peft::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("not a valid target"), std::string::npos) << e.what();
   }
   c.target_parameters.reset();
   c.init_lora_weights = peft::InitLoraWeights{peft::InitLoraWeights::Kind::kMica, 0, "mica"};
   EXPECT_THROW(peft::get_peft_model(mlp.ptr(), c), peft::UnsupportedError);
+}
+
+TEST_F(PeftModelTest, TargetParametersOnALinearWeightIsModuleLora) {
+  // PEFT wraps a Linear's 2-D weight in a ParamWrapper: same factors, delta and keys as module LoRA.
+  peft::LoraConfig c;
+  c.target_modules = std::vector<std::string>{};
+  c.target_parameters = std::vector<std::string>{"lin1.weight"};
+  c.rank_pattern = {{"lin1.weight", 3}};
+  auto pm = peft::get_peft_model(mlp.ptr(), c);
+  EXPECT_EQ(pm->targeted_module_names("default"), (std::vector<std::string>{"lin1"}));
+  EXPECT_EQ(mlp->lin1->adapter_settings("default").r, 3);
+  std::set<std::string> keys;
+  for (auto& [k, v] : pm->get_peft_model_state_dict("default")) keys.insert(k);
+  EXPECT_EQ(keys, (std::set<std::string>{"base_model.model.lin1.lora_A.weight", "base_model.model.lin1.lora_B.weight"}));
 }
 
 TEST_F(PeftModelTest, SaveThenLoadIsBitExact) {

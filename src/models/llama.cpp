@@ -1,7 +1,7 @@
-// Llama, Mistral, Qwen2 and Qwen3 causal LMs (one decoder with per-family switches), built from
-// peft::nn layers under transformers' module names. Counterparts: LlamaForCausalLM,
-// MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
-// (transformers/models/<type>/modeling_<type>.py).
+// Llama, Mistral, Qwen2, Qwen3 and the mixture-of-experts Mixtral and Qwen3-MoE causal LMs (one
+// decoder with per-family switches), built from peft::nn layers under transformers' module names.
+// Counterparts: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM,
+// MixtralForCausalLM, Qwen3MoeForCausalLM (transformers/models/<type>/modeling_<type>.py).
 #include <ATen/ATen.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/types.h>
@@ -15,6 +15,7 @@
 #include "checkpoint.h"
 #include "config_reader.h"
 #include "families.h"
+#include "moe.h"
 #include "peft/error.h"
 #include "peft/lora/forward_context.h"
 #include "peft/lora/embedding.h"
@@ -44,13 +45,17 @@ struct LlamaSettings {
   std::optional<int64_t> padding_idx;  // config.pad_token_id when inside the vocabulary
   std::vector<std::optional<int64_t>> sliding_window;  // per layer; nullopt = full causal attention
   RotaryEmbedding rope;
+  std::optional<MoeSettings> moe;  // mixtral / qwen3_moe
+  std::vector<bool> sparse;        // per layer: mlp is a SparseMoeBlock (moe.h)
 };
 
 const std::map<std::string, std::string>& class_names() {
   static const std::map<std::string, std::string> names{{"llama", "LlamaForCausalLM"},
                                                         {"mistral", "MistralForCausalLM"},
                                                         {"qwen2", "Qwen2ForCausalLM"},
-                                                        {"qwen3", "Qwen3ForCausalLM"}};
+                                                        {"qwen3", "Qwen3ForCausalLM"},
+                                                        {"mixtral", "MixtralForCausalLM"},
+                                                        {"qwen3_moe", "Qwen3MoeForCausalLM"}};
   return names;
 }
 
@@ -61,8 +66,9 @@ int64_t positive(const ConfigReader& c, const std::string& type, const std::stri
   return v;
 }
 
-// Per-layer sliding windows. Mistral: config.sliding_window on every layer (absent =
-// MistralConfig's 4096, null = none). Qwen2 / Qwen3: layer_types when given, else
+// Per-layer sliding windows. Mistral / Mixtral: config.sliding_window on every layer (absent =
+// MistralConfig's 4096 / MixtralConfig's None, null = none). Qwen3-MoE: every layer when
+// use_sliding_window (Qwen3MoeConfig, v5). Qwen2 / Qwen3: layer_types when given, else
 // use_sliding_window for layers >= max_window_layers.
 std::vector<std::optional<int64_t>> read_sliding_windows(const ConfigReader& c,
                                                          const std::string& type, int64_t layers) {
@@ -71,16 +77,18 @@ std::vector<std::optional<int64_t>> read_sliding_windows(const ConfigReader& c,
   std::optional<int64_t> window;
   if (c.has("sliding_window")) {
     window = c.get<int64_t>("sliding_window");
-  } else if (type == "mistral" && !c.json().contains("sliding_window")) {
+  } else if ((type == "mistral" || type == "qwen3_moe") && !c.json().contains("sliding_window")) {
     window = 4096;
   }
   PEFT_CHECK(!window || *window > 0, ConfigError, "config.json",
              type << " config field \"sliding_window\" must be positive or null; got " << *window);
   if (!window) return out;
-  if (type == "mistral") {
+  if (type == "mistral" || type == "mixtral" ||
+      (type == "qwen3_moe" && c.get<bool>("use_sliding_window", false))) {
     std::fill(out.begin(), out.end(), window);
     return out;
   }
+  if (type == "qwen3_moe") return out;
   if (c.has("layer_types")) {
     const auto types = c.get<std::vector<std::string>>("layer_types");
     PEFT_CHECK(static_cast<int64_t>(types.size()) == layers, ConfigError, "config.json",
@@ -110,8 +118,12 @@ LlamaSettings read_settings(const nlohmann::json& config) {
   ConfigReader c(config, t);
   s.vocab_size = positive(c, t, "vocab_size");
   s.hidden_size = positive(c, t, "hidden_size");
-  s.intermediate_size = positive(c, t, "intermediate_size");
   s.num_hidden_layers = positive(c, t, "num_hidden_layers");
+  s.moe = read_moe_settings(c, t, s.hidden_size);
+  s.sparse = read_sparse_layers(c, t, s.num_hidden_layers);
+  // Mixtral's experts use intermediate_size, and so do the dense layers.
+  if (t == "mixtral" || std::find(s.sparse.begin(), s.sparse.end(), false) != s.sparse.end())
+    s.intermediate_size = positive(c, t, "intermediate_size");
   s.num_attention_heads = positive(c, t, "num_attention_heads");
   s.num_key_value_heads =
       c.has("num_key_value_heads") ? positive(c, t, "num_key_value_heads") : s.num_attention_heads;
@@ -127,22 +139,28 @@ LlamaSettings read_settings(const nlohmann::json& config) {
                  << ") and no head_dim is given");
     s.head_dim = s.hidden_size / s.num_attention_heads;
   }
-  s.rms_norm_eps = c.get<double>("rms_norm_eps", 1e-6);
+  s.rms_norm_eps = c.get<double>("rms_norm_eps", t == "mixtral" ? 1e-5 : 1e-6);
   PEFT_CHECK(s.rms_norm_eps > 0, ConfigError, "config.json",
              t << " config field \"rms_norm_eps\" must be positive; got " << s.rms_norm_eps);
   const auto act = c.get<std::string>("hidden_act", "silu");
   PEFT_CHECK(act == "silu" || act == "swish", UnsupportedError, "config.json",
              t << " config field \"hidden_act\" is \"" << act << "\"; supported: silu, swish");
   const bool attention_bias = c.get<bool>("attention_bias", false);
-  if (t == "llama" || t == "qwen3") s.qkv_bias = s.o_bias = attention_bias;
+  if (t == "llama" || t == "qwen3" || t == "qwen3_moe") s.qkv_bias = s.o_bias = attention_bias;
   if (t == "qwen2") s.qkv_bias = true;
   if (t == "llama") s.mlp_bias = c.get<bool>("mlp_bias", false);
-  s.qk_norm = t == "qwen3";
+  s.qk_norm = t == "qwen3" || t == "qwen3_moe";
   s.tie_word_embeddings = c.get<bool>("tie_word_embeddings", false);
   if (auto pad = c.optional<int64_t>("pad_token_id"); pad && *pad >= 0 && *pad < s.vocab_size)
     s.padding_idx = pad;
   s.sliding_window = read_sliding_windows(c, t, s.num_hidden_layers);
-  s.rope = make_rotary_embedding(c, s.head_dim);
+  if (t == "mixtral" && !c.has("rope_theta")) {  // MixtralConfig.default_theta
+    nlohmann::json patched = config;
+    patched["rope_theta"] = 1e6;
+    s.rope = make_rotary_embedding(ConfigReader(patched, t), s.head_dim);
+  } else {
+    s.rope = make_rotary_embedding(c, s.head_dim);
+  }
   return s;
 }
 
@@ -217,11 +235,16 @@ class MlpImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Mlp);
 
+// `mlp` is the dense Mlp or, on a sparse layer of a MoE family, a SparseMoeBlock.
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  explicit DecoderLayerImpl(const LlamaSettings& s) {
+  DecoderLayerImpl(const LlamaSettings& s, size_t index) {
     self_attn = register_module("self_attn", Attention(s));
-    mlp = register_module("mlp", Mlp(s));
+    if (s.moe && s.sparse[index]) {
+      moe = register_module("mlp", SparseMoeBlock(*s.moe));
+    } else {
+      mlp = register_module("mlp", Mlp(s));
+    }
     input_layernorm = register_module("input_layernorm", RMSNorm(s.hidden_size, s.rms_norm_eps));
     post_attention_layernorm =
         register_module("post_attention_layernorm", RMSNorm(s.hidden_size, s.rms_norm_eps));
@@ -230,10 +253,12 @@ class DecoderLayerImpl : public torch::nn::Module {
                      const at::Tensor& allowed, KVCache* cache, size_t layer) {
     at::Tensor h =
         x + self_attn->forward(input_layernorm->forward(x), cos, sin, allowed, cache, layer);
-    return h + mlp->forward(post_attention_layernorm->forward(h));
+    const at::Tensor y = post_attention_layernorm->forward(h);
+    return h + (moe ? moe->forward(y) : mlp->forward(y));
   }
   Attention self_attn{nullptr};
   Mlp mlp{nullptr};
+  SparseMoeBlock moe{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
 };
 TORCH_MODULE(DecoderLayer);
@@ -246,7 +271,7 @@ class BackboneImpl : public torch::nn::Module {
                                    peft::nn::Embedding(s.vocab_size, s.hidden_size, s.padding_idx));
     auto list = register_module("layers", torch::nn::ModuleList());
     for (int64_t i = 0; i < s.num_hidden_layers; ++i) {
-      layers.push_back(DecoderLayer(s));
+      layers.push_back(DecoderLayer(s, static_cast<size_t>(i)));
       list->push_back(layers.back());
     }
     norm = register_module("norm", RMSNorm(s.hidden_size, s.rms_norm_eps));
@@ -285,7 +310,15 @@ class LlamaForCausalLM : public PretrainedModel {
   std::string parent_library() const override {
     return "transformers.models." + s_.model_type + ".modeling_" + s_.model_type;
   }
-  std::vector<std::string> default_target_modules() const override { return {"q_proj", "v_proj"}; }
+  // PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING has no qwen3_moe entry: PEFT then
+  // asks for target_modules (or target_parameters alone).
+  std::vector<std::string> default_target_modules() const override {
+    if (s_.model_type == "qwen3_moe") return {};
+    return {"q_proj", "v_proj"};
+  }
+  void convert_checkpoint(std::map<std::string, at::Tensor>& tensors) const override {
+    if (s_.moe) convert_moe_checkpoint(tensors, s_.model_type, s_.sparse, s_.moe->num_experts);
+  }
   std::string output_embedding_name() const override { return "lm_head"; }
   void replicate_layers(const LayerRanges& ranges) override;
 
@@ -375,14 +408,19 @@ void LlamaForCausalLM::replicate_layers(const LayerRanges& ranges) {
   const auto sources = replication_sources(ranges, s_.num_hidden_layers, "model.layers");
   const auto old = as_modules(model_->layers);
   std::vector<DecoderLayer> copies;
-  replicate_layer_list(*model_, "layers", "model.layers", old, sources, [&](size_t) {
-    copies.push_back(DecoderLayer(s_));
+  replicate_layer_list(*model_, "layers", "model.layers", old, sources, [&](size_t i) {
+    copies.push_back(DecoderLayer(s_, sources[i]));  // same dense / sparse mlp as its source
     return copies.back().ptr();
   });
   model_->layers = std::move(copies);
   std::vector<std::optional<int64_t>> windows;
-  for (size_t src : sources) windows.push_back(s_.sliding_window[src]);
+  std::vector<bool> sparse;
+  for (size_t src : sources) {
+    windows.push_back(s_.sliding_window[src]);
+    sparse.push_back(s_.sparse[src]);
+  }
   s_.sliding_window = std::move(windows);
+  s_.sparse = std::move(sparse);
   s_.num_hidden_layers = static_cast<int64_t>(sources.size());
   // PEFT sets config.num_hidden_layers. A per-layer layer_types (Qwen2 / Qwen3) must keep one entry
   // per layer (transformers and read_sliding_windows check it): it follows the sources, and is
@@ -404,6 +442,7 @@ void LlamaForCausalLM::replicate_layers(const LayerRanges& ranges) {
     }
     patch["layer_types"] = std::move(types);
   }
+  patch_sparse_layers(s_.model_type, s_.sparse, patch);
   set_config_json(patched_config_json(config_json(), patch));
 }
 

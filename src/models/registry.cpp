@@ -8,6 +8,7 @@
 #include <map>
 
 #include "families.h"
+#include "quantize_model.h"
 #include "peft/error.h"
 #include "peft/io/hf_checkpoint.h"
 #include "peft/models/model.h"
@@ -67,7 +68,14 @@ std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir, const L
   model->to(options.device, dtype);
   auto tensors = io::load_checkpoint_tensors(dir);
   model->convert_checkpoint(tensors);
+  // A checkpoint saved by bitsandbytes keeps its own quantization; --quantize applies to float checkpoints.
+  auto quantized = detail::take_bnb_weights(*model, tensors, options.quantize && options.quantize->compute_dtype
+                                                                 ? *options.quantize->compute_dtype
+                                                                 : dtype,
+                                            dir);
   io::load_state_into(*model, tensors, dir, model->tied_weights());
+  detail::install_quantized_weights(*model, quantized);
+  if (options.quantize) detail::quantize_model(*model, *options.quantize);
   model->eval();
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   return model;

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "attention.h"
+#include "peft/lora/param.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
 
@@ -45,6 +46,8 @@ bool rebind_members(torch::nn::Module& copy, torch::nn::Module& source) {
     c->bias() = s.bias();
     return true;
   }
+  // A ParamModule's forward reads its parameters from the registry (param()): nothing else to point.
+  if (dynamic_cast<nn::ParamModuleImpl*>(&copy) != nullptr) return true;
   if (auto* c = dynamic_cast<torch::nn::LayerNormImpl*>(&copy)) {
     auto& s = dynamic_cast<torch::nn::LayerNormImpl&>(source);
     c->weight = s.weight;

@@ -15,6 +15,16 @@ void add_model_options(CLI::App* verb, ModelOptions& options) {
   verb->add_option("--threads", options.threads, "intra-op threads (default: LibTorch's, one per physical core)");
 }
 
+void add_quantize_options(CLI::App* verb, ModelOptions& options) {
+  verb->add_option("--quantize", options.quantize,
+                   "quantize the base's Linear layers (QLoRA): nf4 | fp4 (4-bit blockwise) | int8 (LLM.int8 "
+                   "row-wise); lm_head stays float");
+  verb->add_flag("--double-quant", options.double_quant, "4-bit: quantize the block scales too (bnb double quant)");
+  verb->add_option("--quant-blocksize", options.quant_blocksize, "4-bit block size (64..4096)")->capture_default_str();
+  verb->add_option("--int8-threshold", options.int8_threshold,
+                   "int8: outlier threshold of LLM.int8 (0 = none)")->capture_default_str();
+}
+
 void save_model_weights(models::PretrainedModel& model, const std::string& out_dir) {
   std::vector<std::string> skip;
   auto params = model.named_parameters();
@@ -36,6 +46,19 @@ std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options)
   set_num_threads(options.threads);
   models::LoadOptions lo;
   lo.dtype = parse_dtype(options.dtype);
+  if (!options.quantize.empty()) {
+    quant::QuantizeOptions q;
+    q.method = quant::parse_quant_method(options.quantize);
+    PEFT_CHECK(!options.double_quant || q.method != quant::QuantMethod::kInt8, ConfigError, "--double-quant",
+               "double quantization applies to 4-bit (nf4 / fp4) only; got --quantize int8");
+    if (q.method != quant::QuantMethod::kInt8) quant::validate_blocksize(options.quant_blocksize, "--quant-blocksize");
+    q.blocksize = options.quant_blocksize;
+    q.double_quant = options.double_quant;
+    q.int8_threshold = options.int8_threshold;
+    lo.quantize = q;
+  } else {
+    PEFT_CHECK(!options.double_quant, ConfigError, "--double-quant", "needs --quantize nf4 or fp4");
+  }
   return models::load_pretrained(options.model_dir, lo);
 }
 

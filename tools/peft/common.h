@@ -16,10 +16,17 @@ struct ModelOptions {
   std::string model_dir;
   std::string dtype = "float32";
   int threads = 0;
+  // QLoRA-style quantized base (empty = float): nf4 | fp4 | int8.
+  std::string quantize;
+  bool double_quant = false;
+  int64_t quant_blocksize = 64;
+  double int8_threshold = 0.0;
 };
 
 // --model DIR, --dtype, --threads.
 void add_model_options(CLI::App* verb, ModelOptions& options);
+// --quantize nf4|fp4|int8, --double-quant, --quant-blocksize, --int8-threshold.
+void add_quantize_options(CLI::App* verb, ModelOptions& options);
 // Sets the thread count and loads the checkpoint.
 std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options);
 

@@ -188,6 +188,7 @@ void register_generate(CLI::App& app) {
                                   "generate text from a prompt, streaming tokens as they come (an aLoRA "
                                   "adapter needs its invocation string in the prompt)");
   add_model_options(verb, o->model);
+  add_quantize_options(verb, o->model);
   verb->add_option("--adapter", o->adapters,
                    "[NAME=]DIR: a PEFT adapter folder (repeatable: all active, unless --prompts names one adapter "
                    "per line; aLoRA adapters need their invocation string in the prompt)");

@@ -74,6 +74,7 @@ void register_logits(CLI::App& app) {
   auto o = std::make_shared<LogitsOptions>();
   auto* verb = app.add_subcommand("logits", "write the model's logits for input ids read from a safetensors file");
   add_model_options(verb, o->model);
+  add_quantize_options(verb, o->model);
   verb->add_option("--adapter", o->adapters,
                    "[NAME=]DIR: a PEFT adapter folder (repeatable: all active, outputs summed, unless --row-adapters)");
   verb->add_option("--row-adapters", o->row_adapters_path,

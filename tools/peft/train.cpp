@@ -147,6 +147,7 @@ void register_train(CLI::App& app) {
   auto o = std::make_shared<TrainOptions>();
   auto* v = app.add_subcommand("train", "fine-tune a LoRA adapter; the output folder is a PEFT adapter");
   add_model_options(v, o->model);
+  add_quantize_options(v, o->model);
   v->add_option("--data", o->data, "training data (JSONL: text | prompt+completion | messages | input_ids)")
       ->required();
   v->add_option("--out", o->out, "output folder (PEFT adapter, log, loss_curve.svg, checkpoints)")->required();

@@ -59,7 +59,7 @@ class QuantizedWeight {
 
   // y = x W^T + bias for x (..., in), in x's dtype. 4-bit: the weight is dequantized one tile of rows at a time
   // into a small buffer and multiplied (never a full dequantized copy). int8: LLM.int8 (row-wise int8 input
-  // quantization, integer product, columns of x with |x| > threshold computed in float against the
+  // quantization, integer product, columns of x with |x| >= threshold computed in float against the
   // dequantized weight). Differentiable with respect to x and bias; the quantized weight is frozen (its
   // backward is grad_x = grad_y W, computed tile-wise the same way).
   at::Tensor linear(const at::Tensor& x, const at::Tensor& bias) const;
@@ -99,7 +99,7 @@ class QuantizedWeight {
   double threshold_ = 0.0;
   std::optional<Quantized4bit> q4_;
   std::optional<QuantizedInt8> q8_;
-  at::Tensor absmax_f32_;  // 4-bit: the first-level absmax in float32 (double quantization undone once)
+  at::Tensor absmax_f32_;  // 4-bit: the float32 absmax (undefined with double quantization: per tile)
   at::Tensor code_;        // 4-bit: the 16 code values (float32) on the data's device
   int64_t tile_rows_ = 64;
   bool force_aten_decode_ = false;  // tests: run the device-generic decode on the CPU too
