@@ -6,6 +6,9 @@
 #include <nlohmann/json.hpp>
 
 #include "peft/io/safetensors.h"
+#include "peft/models/model.h"
+#include "peft/peft_model.h"
+#include "peft/quant/quantized_weight.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -68,6 +71,34 @@ TEST_F(PeftCli, LogitsMatchPeftWithAndWithoutMerging) {
   auto b = peft_cli("logits --model " + q(base) + " --input-ids " + q(inputs) + " --out " + q(tmp.path() / "b.safetensors"));
   ASSERT_EQ(b.code, 0) << b.output;
   EXPECT_EQ(compare(logits(tmp.path() / "b.safetensors"), expected("logits_base"), 1e-4, 1e-4), "");
+}
+
+TEST_F(PeftCli, QuantizeGivesTheQuantizedModelsLogits) {
+  // --quantize nf4 --double-quant: the in-process quantized model's logits, with the adapter on top.
+  auto r = peft_cli("logits --quantize nf4 --double-quant --model " + q(base) + " --adapter " + q(adapter) +
+                    " --input-ids " + q(inputs) + " --out " + q(tmp.path() / "q.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  peft::models::LoadOptions lo;
+  peft::quant::QuantizeOptions qo;
+  qo.double_quant = true;
+  lo.quantize = qo;
+  auto model = peft::models::load_pretrained(base.string(), lo);
+  auto pm = peft::PeftModel::from_pretrained(model, adapter.string());
+  auto ids = peft::io::load_safetensors(inputs.string()).at("input_ids");
+  torch::NoGradGuard no_grad;
+  const at::Tensor expect = model->forward({ids, {}, {}, nullptr});
+  const at::Tensor got = logits(tmp.path() / "q.safetensors");
+  EXPECT_EQ(compare(got, expect, 1e-5, 1e-5), "");
+  EXPECT_GT((got - expected("logits_adapter")).abs().max().item<double>(), 1e-4);  // it was quantized
+  // Bad combinations are usage errors.
+  auto bad = peft_cli("logits --double-quant --model " + q(base) + " --input-ids " + q(inputs) + " --out " +
+                      q(tmp.path() / "x.safetensors"));
+  EXPECT_EQ(bad.code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--double-quant"), std::string::npos) << bad.output;
+  auto wrong = peft_cli("logits --quantize nf3 --model " + q(base) + " --input-ids " + q(inputs) + " --out " +
+                        q(tmp.path() / "x.safetensors"));
+  EXPECT_EQ(wrong.code, 2) << wrong.output;
+  EXPECT_NE(wrong.output.find("nf4"), std::string::npos) << wrong.output;
 }
 
 TEST_F(PeftCli, MergeWritesACheckpointWhoseLogitsEqualTheUnmergedOnes) {
