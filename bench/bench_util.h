@@ -4,8 +4,11 @@
 
 #include <benchmark/benchmark.h>
 #include <ATen/ATen.h>
+#include <dlfcn.h>
 
 #include <cstdio>
+#include <initializer_list>
+#include <utility>
 #include <fstream>
 #include <map>
 #include <set>
@@ -57,6 +60,35 @@ inline void print_runtime_header() {
   const int threads = peft::set_num_threads();
   (void)at::mm(at::randn({64, 64}), at::randn({64, 64}));  // load BLAS before reporting it
   std::printf("threads: %d\nBLAS: %s\n", threads, peft::blas_libraries().c_str());
+}
+
+// Reads "--NAME=<int>" arguments into the given variables (the other arguments are left for Google Benchmark).
+inline void read_int_flags(int argc, char** argv, std::initializer_list<std::pair<const char*, int64_t*>> flags) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    for (const auto& [name, value] : flags) {
+      const std::string f = std::string("--") + name + "=";
+      if (a.rfind(f, 0) == 0) *value = std::stoll(a.substr(f.size()));
+    }
+  }
+}
+
+// Single-threaded figures need OpenBLAS's own pool limited too (LibTorch's thread count does not reach it):
+// sets LibTorch's and OpenBLAS's threads to n and prints the runtime header with both counts.
+inline void print_runtime_header_with_threads(int64_t n) {
+  const int threads = peft::set_num_threads(static_cast<int>(n));
+  (void)at::mm(at::randn({64, 64}), at::randn({64, 64}));  // load BLAS before reporting it
+  using SetFn = void (*)(int);
+  using GetFn = int (*)();
+  auto set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  auto get = reinterpret_cast<GetFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  std::string blas_threads = "n/a (not OpenBLAS)";
+  if (set && get) {
+    set(static_cast<int>(n));
+    blas_threads = std::to_string(get());
+  }
+  std::printf("threads: %d (OpenBLAS threads: %s)\nBLAS: %s\n", threads, blas_threads.c_str(),
+              peft::blas_libraries().c_str());
 }
 
 // The shared main(): reads "--NAME=<int>" into `value` (the benchmark's own size flag), prints the runtime

@@ -14,7 +14,6 @@
 // Timings are medians of interleaved rounds (each round runs every variant once, shuffled): this VM drifts ~10%.
 //   build-release/bench/quant_bench [--rounds=N] [--layers=N] [--threads=N]
 #include <benchmark/benchmark.h>
-#include <dlfcn.h>
 #include <malloc.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -510,34 +509,11 @@ class QuantReporter : public peft::bench::TimesReporter {
 };
 
 // Single-threaded BLAS: LibTorch's set_num_threads does not reach OpenBLAS's own pthread pool.
-std::string set_blas_threads(int n) {
-  using SetFn = void (*)(int);
-  using GetFn = int (*)();
-  auto set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  auto get = reinterpret_cast<GetFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  if (!set || !get) return "n/a (not OpenBLAS)";
-  set(n);
-  return std::to_string(get());
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto flag = [&](const char* name, int64_t& value) {
-      const std::string f = std::string("--") + name + "=";
-      if (a.rfind(f, 0) == 0) value = std::stoll(a.substr(f.size()));
-    };
-    flag("rounds", g_rounds);
-    flag("layers", g_layers);
-    flag("threads", g_threads);
-  }
-  const int threads = peft::set_num_threads(static_cast<int>(g_threads));
-  (void)at::mm(at::randn({64, 64}), at::randn({64, 64}));  // load BLAS before reporting it
-  const std::string blas_threads = set_blas_threads(static_cast<int>(g_threads));
-  std::printf("threads: %d (OpenBLAS threads: %s)\nBLAS: %s\n", threads, blas_threads.c_str(),
-              peft::blas_libraries().c_str());
+  peft::bench::read_int_flags(argc, argv, {{"rounds", &g_rounds}, {"layers", &g_layers}, {"threads", &g_threads}});
+  peft::bench::print_runtime_header_with_threads(g_threads);
   // Registered here so that --rounds sets the iterations (one iteration = one interleaved round).
   for (auto fn : {BM_QuantLinearForward, BM_QuantLoraTrainStep}) {
     benchmark::RegisterBenchmark(fn == BM_QuantLinearForward ? "BM_QuantLinearForward" : "BM_QuantLoraTrainStep", fn)

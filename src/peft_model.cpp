@@ -12,6 +12,7 @@
 #include <sstream>
 #include <unordered_set>
 
+#include "adapter_settings.h"
 #include "peft/arrow.h"
 #include "peft/error.h"
 #include "strings.h"
@@ -226,18 +227,7 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
     const auto [tied_head, tied_embedding] = plan_lora_weight_tying(config, targets.targeted);
     for (const auto& name : targets.targeted) {
       auto layer = layer_by_name.at(name);
-      ResolvedRank rr = resolve_rank(config, name);
-      nn::AdapterSettings s;
-      s.r = rr.r;
-      s.lora_alpha = rr.lora_alpha;
-      s.use_rslora = config.use_rslora;
-      s.lora_dropout = config.lora_dropout;
-      s.lora_bias = config.lora_bias;
-      s.init_lora_weights = config.init_lora_weights;
-      s.use_dora = config.use_dora;
-      s.alora_invocation_tokens = config.alora_invocation_tokens;
-      s.lora_ga_config = config.lora_ga_config;
-      s.loftq_config = config.loftq_config;
+      const nn::AdapterSettings s = detail::adapter_settings_for(config, name);
       if (layer->kind() == nn::LayerKind::kConv1D && !config.fan_in_fan_out) {
         warn("get_peft_model", "fan_in_fan_out is set to False but the target module `" + name +
                                    "` is `Conv1D`. Setting fan_in_fan_out to True.");

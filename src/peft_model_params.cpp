@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "adapter_settings.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
 #include "peft/lora/param.h"
@@ -72,12 +73,7 @@ size_t PeftModel::add_parameter_targets(const std::string& adapter_name, const L
     PEFT_CHECK(config.lora_dropout == 0.0 && !config.lora_bias && !config.use_dora, ConfigError,
                "target_parameters",
                "lora.ParamWrapper does not work with lora_dropout, lora_bias or DoRA (parameter " << key << ")");
-    ResolvedRank rr = resolve_rank(config, key);
-    nn::AdapterSettings s;
-    s.r = rr.r;
-    s.lora_alpha = rr.lora_alpha;
-    s.use_rslora = config.use_rslora;
-    s.init_lora_weights = config.init_lora_weights;
+    const nn::AdapterSettings s = detail::adapter_settings_for(config, key);
     touched.push_back(layer);
     layer->update_layer(adapter_name, s);
     ++count;
@@ -108,16 +104,7 @@ size_t PeftModel::add_parameter_targets(const std::string& adapter_name, const L
       auto slot = owner->attach_param_lora(hit[i]);
       // PEFT wraps the first targeted parameter innermost: it gets one "base_layer." per later one.
       slot->set_nesting(static_cast<int>(hit.size() - 1 - i));
-      ResolvedRank rr = resolve_rank(config, full);
-      nn::AdapterSettings s;
-      s.r = rr.r;
-      s.lora_alpha = rr.lora_alpha;
-      s.use_rslora = config.use_rslora;
-      s.lora_dropout = config.lora_dropout;
-      s.lora_bias = config.lora_bias;
-      s.init_lora_weights = config.init_lora_weights;
-      s.use_dora = config.use_dora;
-      s.alora_invocation_tokens = config.alora_invocation_tokens;
+      const nn::AdapterSettings s = detail::adapter_settings_for(config, full);
       touched.push_back(slot);
       slot->update_layer(adapter_name, s);
       ++count;
