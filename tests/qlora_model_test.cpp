@@ -86,7 +86,8 @@ TEST_P(QuantizedCheckpoint, LoadQuantizesAndBitsandbytesFilesRoundTrip) {
   nlohmann::json config = tiny_llama();
   config["quantization_config"] = {{"quant_method", "bitsandbytes"},
                                    {"load_in_4bit", GetParam() != QuantMethod::kInt8},
-                                   {"load_in_8bit", GetParam() == QuantMethod::kInt8}};
+                                   {"load_in_8bit", GetParam() == QuantMethod::kInt8},
+                                   {"llm_int8_threshold", 0.0}};
   peft::test::write_file(bnb.str("config.json"), config.dump());
   auto loaded = peft::models::load_pretrained(bnb.str());
   auto a = linears(*model), b = linears(*loaded);
@@ -96,6 +97,14 @@ TEST_P(QuantizedCheckpoint, LoadQuantizesAndBitsandbytesFilesRoundTrip) {
     EXPECT_TRUE(at::equal(a[i].second->weight(), b[i].second->weight())) << a[i].first;
   }
   EXPECT_TRUE(at::equal(logits(*loaded, ids), lq));
+  if (GetParam() == QuantMethod::kInt8) {
+    // transformers' default llm_int8_threshold (6.0) applies when the config does not say.
+    EXPECT_EQ(b.front().second->quantized_weight()->int8_threshold(), 0.0);
+    config["quantization_config"].erase("llm_int8_threshold");
+    peft::test::write_file(bnb.str("config.json"), config.dump());
+    auto defaulted = peft::models::load_pretrained(bnb.str());
+    EXPECT_EQ(linears(*defaulted).front().second->quantized_weight()->int8_threshold(), 6.0);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(All, QuantizedCheckpoint,

@@ -6,6 +6,9 @@
 #include <torch/types.h>
 #include <torch/utils.h>
 
+#include <nlohmann/json.hpp>
+#include <optional>
+
 #include "peft/error.h"
 #include "peft/lora/linear.h"
 #include "peft/quant/quantized_weight.h"
@@ -30,12 +33,32 @@ std::vector<std::pair<std::string, std::shared_ptr<nn::LinearImpl>>> quantizable
 std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> take_bnb_weights(
     PretrainedModel& model, std::map<std::string, at::Tensor>& tensors, at::ScalarType compute_dtype,
     const std::string& source) {
+  // config.json's quantization_config (transformers' BitsAndBytesConfig): the compute dtype of 4-bit layers
+  // and the LLM.int8 outlier threshold (default 6.0) of 8-bit ones.
+  double threshold = 6.0;
+  std::optional<at::ScalarType> bnb_compute;
+  if (!model.config_json().empty()) {
+    const auto config = nlohmann::json::parse(model.config_json(), nullptr, /*allow_exceptions=*/false);
+    if (config.is_object() && config.contains("quantization_config") && config["quantization_config"].is_object()) {
+      const auto& qc = config["quantization_config"];
+      if (qc.contains("llm_int8_threshold") && qc["llm_int8_threshold"].is_number()) {
+        threshold = qc["llm_int8_threshold"].get<double>();
+      }
+      const std::string dt = qc.value("bnb_4bit_compute_dtype", std::string());
+      if (dt == "bfloat16") bnb_compute = at::kBFloat16;
+      if (dt == "float16") bnb_compute = at::kHalf;
+      if (dt == "float32") bnb_compute = at::kFloat;
+    }
+  }
   std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> out;
   for (auto& [name, layer] : quantizable(model)) {
     const std::string prefix = name + ".";
-    auto q = quant::take_bnb_weight(tensors, prefix, {layer->out_features(), layer->in_features()}, compute_dtype,
-                                    source);
+    auto q = quant::take_bnb_weight(tensors, prefix, {layer->out_features(), layer->in_features()},
+                                    bnb_compute.value_or(compute_dtype), source);
     if (!q) continue;
+    if ((*q)->method() == quant::QuantMethod::kInt8 && threshold != 0.0) {
+      *q = quant::QuantizedWeight::from_int8((*q)->q8(), (*q)->compute_dtype(), threshold);
+    }
     // load_state_into checks and copies every parameter: a broadcast zero stands in for the packed weight (no
     // memory), which set_quantized_weight replaces after loading.
     tensors[prefix + "weight"] =

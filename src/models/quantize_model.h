@@ -16,6 +16,8 @@ namespace peft::models::detail {
 
 // Takes every bitsandbytes-serialised Linear weight out of `tensors` (packed data and quant state) and leaves a
 // zero-cost stand-in under "<layer>.weight" so that loading checks shapes as usual. `source` names the file in errors.
+// config.json's quantization_config sets the compute dtype (bnb_4bit_compute_dtype) and the int8 outlier threshold
+// (llm_int8_threshold, transformers' default 6.0).
 std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> take_bnb_weights(
     PretrainedModel& model, std::map<std::string, at::Tensor>& tensors, at::ScalarType compute_dtype,
     const std::string& source);

@@ -22,7 +22,8 @@ void add_quantize_options(CLI::App* verb, ModelOptions& options) {
   verb->add_flag("--double-quant", options.double_quant, "4-bit: quantize the block scales too (bnb double quant)");
   verb->add_option("--quant-blocksize", options.quant_blocksize, "4-bit block size (64..4096)")->capture_default_str();
   verb->add_option("--int8-threshold", options.int8_threshold,
-                   "int8: outlier threshold of LLM.int8 (0 = none)")->capture_default_str();
+                   "int8: outlier threshold of LLM.int8 (transformers' default 6; 0 = none)")
+      ->capture_default_str();
 }
 
 void save_model_weights(models::PretrainedModel& model, const std::string& out_dir) {

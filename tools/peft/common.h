@@ -20,7 +20,7 @@ struct ModelOptions {
   std::string quantize;
   bool double_quant = false;
   int64_t quant_blocksize = 64;
-  double int8_threshold = 0.0;
+  double int8_threshold = 6.0;  // transformers' BitsAndBytesConfig default llm_int8_threshold
 };
 
 // --model DIR, --dtype, --threads.
