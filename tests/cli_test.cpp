@@ -101,6 +101,21 @@ TEST_F(PeftCli, QuantizeGivesTheQuantizedModelsLogits) {
   EXPECT_NE(wrong.output.find("nf4"), std::string::npos) << wrong.output;
 }
 
+TEST_F(PeftCli, InitLoftQShowsTheErrorAndWritesTheQuantizedBase) {
+  peft::test::write_file(tmp.str("loftq.json"),
+                         R"({"peft_type": "LORA", "r": 4, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"],
+                             "init_lora_weights": "loftq", "loftq_config": {"loftq_bits": 4, "loftq_iter": 2}})");
+  auto r = peft_cli("init --model " + q(base) + " --config " + q(tmp.path() / "loftq.json") + " --out " +
+                    q(tmp.path() / "loftq"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto at = r.output.find("||W - Q||_F: ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const double before = std::stod(r.output.substr(at + 13));
+  const double after = std::stod(r.output.substr(r.output.find("||W - (Q + s B A)||_F: ") + 23));
+  EXPECT_LT(after, before * 0.95) << r.output;
+  EXPECT_TRUE(fs::exists(tmp.path() / "loftq" / "residual_model" / "model.safetensors"));
+}
+
 TEST_F(PeftCli, MergeWritesACheckpointWhoseLogitsEqualTheUnmergedOnes) {
   const fs::path out = tmp.path() / "merged";
   auto r = peft_cli("merge --model " + q(base) + " --adapter " + q(adapter) + " --out " + q(out));

@@ -6,8 +6,10 @@
 // path_initial_model_for_weight_conversion.
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <map>
 
 #include "common.h"
 #include "peft/config.h"
@@ -16,6 +18,7 @@
 #include "peft/init/eva.h"
 #include "peft/init/loraga.h"
 #include "peft/io/hf_checkpoint.h"
+#include "peft/lora/layer.h"
 #include "peft/tokenizer.h"
 #include "peft/train/data.h"
 #include "peft/train/loss.h"
@@ -37,7 +40,9 @@ struct InitOptions {
 using K = InitLoraWeights::Kind;
 
 bool needs_data(K k) { return k == K::kEva || k == K::kCorda || k == K::kLoraGa; }
-bool mutates_base(K k) { return k == K::kPissa || k == K::kOlora || k == K::kCorda || k == K::kLoraGa; }
+bool mutates_base(K k) {
+  return k == K::kPissa || k == K::kOlora || k == K::kCorda || k == K::kLoraGa || k == K::kLoftq;
+}
 
 std::vector<train::Batch> load_batches(const InitOptions& o, const models::PretrainedModel& model) {
   PEFT_CHECK(fs::exists(fs::path(o.model.model_dir) / "tokenizer.json") ||
@@ -99,7 +104,27 @@ void run(const InitOptions& o) {
       }
     }, o.cache);
   }
+  // LoftQ: the targeted weights before initialisation, to show the quantization error it removes.
+  std::map<std::string, at::Tensor> originals;
+  if (kind == K::kLoftq) {
+    for (const auto& [name, layer] : find_target_layers(*model, config)) {
+      originals[name] = layer->float_weight().detach().to(at::kFloat).clone();
+    }
+  }
   auto pm = std::make_shared<PeftModel>(model, config, "default");
+  if (kind == K::kLoftq) {
+    double before = 0, after = 0;  // sums of squares over the targeted layers
+    for (auto& [name, layer] : nn::lora_layers(*model)) {
+      auto it = originals.find(name);
+      if (it == originals.end() || !layer->has_adapter("default")) continue;
+      const at::Tensor Q = layer->float_weight().to(at::kFloat);
+      const at::Tensor W = it->second;
+      before += (W - Q).pow(2).sum().item<double>();
+      after += (W - Q - layer->get_delta_weight("default").to(at::kFloat)).pow(2).sum().item<double>();
+    }
+    std::cout << "LoftQ quantization error ||W - Q||_F: " << std::sqrt(before) << " -> ||W - (Q + s B A)||_F: "
+              << std::sqrt(after) << " (over " << originals.size() << " layers)\n";
+  }
   if (kind == K::kEva) {
     EvaOptions eo;
     eo.show_progress = true;
