@@ -148,7 +148,9 @@ std::vector<ParamLoraImpl::ExpertFactors> ParamLoraImpl::expert_factors(int64_t 
 at::Tensor ParamModuleImpl::param(const std::string& name) const {
   auto it = slots_.find(name);
   if (it != slots_.end()) return it->second->effective();
-  const at::Tensor* p = named_parameters(/*recurse=*/false).find(name);
+  // named_parameters returns its dict by value: keep it alive while reading from it.
+  const auto params = named_parameters(/*recurse=*/false);
+  const at::Tensor* p = params.find(name);
   PEFT_CHECK(p != nullptr, Error, this->name(), "no parameter named \"" << name << "\"");
   return *p;
 }
@@ -160,7 +162,8 @@ std::shared_ptr<ParamLoraImpl> ParamModuleImpl::param_lora(const std::string& na
 
 std::shared_ptr<ParamLoraImpl> ParamModuleImpl::attach_param_lora(const std::string& name) {
   if (auto s = param_lora(name)) return s;
-  const at::Tensor* p = named_parameters(/*recurse=*/false).find(name);
+  const auto params = named_parameters(/*recurse=*/false);
+  const at::Tensor* p = params.find(name);
   PEFT_CHECK(p != nullptr, ConfigError, "target_parameters",
              "module " << this->name() << " has no parameter \"" << name << "\" of its own");
   auto slot = std::make_shared<ParamLoraImpl>(*p, name, is_transposed);
