@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <dlfcn.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <initializer_list>
 #include <utility>
@@ -43,6 +45,18 @@ class TimesReporter : public benchmark::ConsoleReporter {
   std::map<std::string, double> times_;
   std::set<std::string> medians_;
 };
+
+// Milliseconds since t0.
+inline double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The median of interleaved rounds' times (the upper one of an even count); -1 when there are none.
+inline double median(std::vector<double> v) {
+  if (v.empty()) return -1.0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
 
 // A field of /proc/self/status in kB ("VmRSS", "VmHWM"), or -1 when absent.
 inline long read_status_kb(const char* field) {

@@ -112,14 +112,10 @@ void BM_MixedBatchInterleaved(benchmark::State& state) {
     for (size_t i : order) {
       const auto t0 = std::chrono::steady_clock::now();
       benchmark::DoNotOptimize(forward(all[i], ids));
-      times[all[i].name()].push_back(
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      times[all[i].name()].push_back(peft::bench::ms_since(t0));
     }
   }
-  for (auto& [name, t] : times) {
-    std::sort(t.begin(), t.end());
-    g_median_ms[name] = t[t.size() / 2];
-  }
+  for (auto& [name, t] : times) g_median_ms[name] = peft::bench::median(t);
   state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(all.size()) * kRows * g_seq);
 }
 BENCHMARK(BM_MixedBatchInterleaved)->Iterations(15)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -58,14 +58,6 @@ struct Workload {
 const Workload kWorkloads[] = {{"decode, batch 1", 1, true}, {"decode, batch 4", 4, true}, {"prefill, batch 1", 1, false}};
 constexpr int kNumWorkloads = 3;
 
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-double median(std::vector<double> v) {
-  if (v.empty()) return -1.0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 double max_abs(const at::Tensor& t) { return t.abs().max().item<double>(); }
 std::string fmt_e(double v) {
   char buf[32];
@@ -185,7 +177,7 @@ void BM_MoeDecode(benchmark::State& state) {
         (void)model->forward(in);
       }
     }
-    r.setup_ms = ms_since(t0);
+    r.setup_ms = peft::bench::ms_since(t0);
 
     // The base path of the LoRA model (adapters disabled) on the base model's cache, before any merge: the same
     // weights as the base model?
@@ -208,15 +200,15 @@ void BM_MoeDecode(benchmark::State& state) {
         if (v == kMerged) {
           t0 = std::chrono::steady_clock::now();
           s.peft->merge_adapter();
-          if (w == 0) r.merge_ms = ms_since(t0);
+          if (w == 0) r.merge_ms = peft::bench::ms_since(t0);
         }
         t0 = std::chrono::steady_clock::now();
         out[v] = forward(s, v, w);
-        r.first_ms[w][v] = ms_since(t0);
+        r.first_ms[w][v] = peft::bench::ms_since(t0);
         if (v == kMerged) {
           t0 = std::chrono::steady_clock::now();
           s.peft->unmerge_adapter();
-          if (w == 0) r.unmerge_ms = ms_since(t0);
+          if (w == 0) r.unmerge_ms = peft::bench::ms_since(t0);
         }
       }
       r.routed_vs_all[w] = max_abs(out[kRouted] - out[kAllExpert]);
@@ -238,12 +230,12 @@ void BM_MoeDecode(benchmark::State& state) {
         t0 = std::chrono::steady_clock::now();
         at::Tensor y = forward(s, v, w);
         benchmark::DoNotOptimize(y.data_ptr());
-        times[w][v].push_back(ms_since(t0));
+        times[w][v].push_back(peft::bench::ms_since(t0));
         if (v == kMerged) s.peft->unmerge_adapter();
       }
     }
     for (int w = 0; w < kNumWorkloads; ++w) {
-      for (int v = 0; v < kVariants; ++v) r.ms[w][v] = median(times[w][v]);
+      for (int v = 0; v < kVariants; ++v) r.ms[w][v] = peft::bench::median(times[w][v]);
     }
     // PEFT's materialisation alone: P + delta of every expert (ParamModuleImpl::param -> ParamLoraImpl::effective)
     // for one layer's two expert parameters.
@@ -256,9 +248,9 @@ void BM_MoeDecode(benchmark::State& state) {
         at::Tensor dn = pm->param("down_proj");
         benchmark::DoNotOptimize(gu.data_ptr());
         benchmark::DoNotOptimize(dn.data_ptr());
-        t.push_back(ms_since(t0));
+        t.push_back(peft::bench::ms_since(t0));
       }
-      r.materialise_ms = median(t);
+      r.materialise_ms = peft::bench::median(t);
     }
     // What the merge / unmerge cycles left in the LoRA model's base weights.
     r.drift = 0;

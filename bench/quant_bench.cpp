@@ -60,14 +60,6 @@ QuantizeOptions method_options(int m) {
   return o;
 }
 
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-double median(std::vector<double> v) {
-  if (v.empty()) return -1.0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 double rel_err(const at::Tensor& a, const at::Tensor& b) {
   return (a - b).norm().item<double>() / b.norm().item<double>();
 }
@@ -118,7 +110,7 @@ void BM_QuantLinearForward(benchmark::State& state) {
   for (int m = 1; m < kMethods; ++m) {
     const auto t0 = std::chrono::steady_clock::now();
     qw[m] = QuantizedWeight::quantize(W, method_options(m));
-    res.quantize_ms[m] = ms_since(t0);
+    res.quantize_ms[m] = peft::bench::ms_since(t0);
     res.weight_bytes[m] = qw[m]->nbytes();
     int64_t payload = 0;
     if (m == 4) {
@@ -161,11 +153,11 @@ void BM_QuantLinearForward(benchmark::State& state) {
       const auto t0 = std::chrono::steady_clock::now();
       at::Tensor y = run(m, xs[t]);
       benchmark::DoNotOptimize(y.data_ptr());
-      times[t][m].push_back(ms_since(t0));
+      times[t][m].push_back(peft::bench::ms_since(t0));
     }
   }
   for (int t = 0; t < 2; ++t) {
-    for (int m = 0; m < kMethods; ++m) res.ms[t][m] = median(times[t][m]);
+    for (int m = 0; m < kMethods; ++m) res.ms[t][m] = peft::bench::median(times[t][m]);
   }
   res.done = true;
 }
@@ -265,11 +257,11 @@ void BM_QuantLoraTrainStep(benchmark::State& state) {
       const auto t0 = std::chrono::steady_clock::now();
       at::Tensor y = step(v, t);
       benchmark::DoNotOptimize(y.data_ptr());
-      times[t][v].push_back(ms_since(t0));
+      times[t][v].push_back(peft::bench::ms_since(t0));
     }
   }
   for (int t = 0; t < 2; ++t) {
-    for (int v = 0; v < 2; ++v) res.ms[t][v] = median(times[t][v]);
+    for (int v = 0; v < 2; ++v) res.ms[t][v] = peft::bench::median(times[t][v]);
   }
   res.done = true;
 }
@@ -325,7 +317,7 @@ void BM_QuantModelMemory(benchmark::State& state) {
           R"(, "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000,
               "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
               "tie_word_embeddings": false, "torch_dtype": "float32"})");
-      r.build_ms = ms_since(t0);
+      r.build_ms = peft::bench::ms_since(t0);
       model->eval();
       for (auto& p : model->parameters()) p.set_requires_grad(false);
       r.rss_float = peft::bench::read_status_kb("VmRSS");
@@ -340,11 +332,11 @@ void BM_QuantModelMemory(benchmark::State& state) {
       const at::Tensor ids = torch::randint(0, 32000, {1, 8}, torch::kLong);
       t0 = std::chrono::steady_clock::now();
       const at::Tensor logits_float = model->forward({ids});
-      r.fwd_float_ms = ms_since(t0);
+      r.fwd_float_ms = peft::bench::ms_since(t0);
 
       t0 = std::chrono::steady_clock::now();
       r.n_quantized = static_cast<int64_t>(peft::models::detail::quantize_model(*model, method_options(1)));
-      r.quantize_ms = ms_since(t0);
+      r.quantize_ms = peft::bench::ms_since(t0);
       r.rss_nf4 = peft::bench::read_status_kb("VmRSS");
       malloc_trim(0);
       r.rss_trim = peft::bench::read_status_kb("VmRSS");
@@ -360,7 +352,7 @@ void BM_QuantModelMemory(benchmark::State& state) {
 
       t0 = std::chrono::steady_clock::now();
       const at::Tensor logits_nf4 = model->forward({ids});
-      r.fwd_nf4_ms = ms_since(t0);
+      r.fwd_nf4_ms = peft::bench::ms_since(t0);
       r.logits_err = rel_err(logits_nf4, logits_float);
       r.hwm = peft::bench::read_status_kb("VmHWM");
     } catch (const std::exception& e) {

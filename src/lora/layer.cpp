@@ -325,8 +325,11 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
 
 void LoraLayerImpl::unmerge() {
   torch::NoGradGuard no_grad;
+  if (merged_.empty()) {  // nothing to subtract: a quantized base is not dequantized for nothing
+    unmerge_tokens();
+    return;
+  }
   at::Tensor W = float_weight();
-  const bool any = !merged_.empty();
   while (!merged_.empty()) {
     std::string n = merged_.back();
     merged_.pop_back();
@@ -344,7 +347,7 @@ void LoraLayerImpl::unmerge() {
       if (key == "lora_B.bias") bias_.sub_((t * scaling(n)).to(bias_.scalar_type()));
     }
   }
-  if (any) commit_float_weight(W);
+  commit_float_weight(W);
   unmerge_tokens();
 }
 
