@@ -175,7 +175,7 @@ TEST(Arrow, CreateLoadsTaskAndGeneralAdaptersAndActivatesTheRouter) {
   EXPECT_EQ(pm->targeted_module_names("arrow_router"), (std::vector<std::string>{"lin0", "lin1"}));
   for (peft::nn::LoraLayerImpl* layer :
        std::vector<peft::nn::LoraLayerImpl*>{mlp->lin0.get(), mlp->lin1.get()}) {
-    auto f = peft::arrow_forward(*layer);
+    auto f = peft::nn::arrow_router(*layer);
     ASSERT_NE(f, nullptr);
     EXPECT_EQ(f->task_adapter_names(), names(3));
     EXPECT_FALSE(f->prototypes().defined());  // lazy
@@ -190,7 +190,7 @@ TEST(Arrow, PrototypeIsTopRightSingularVectorOfBA) {
   mlp->forward(torch::randn({4, 10}));
   for (peft::nn::LoraLayerImpl* layer :
        std::vector<peft::nn::LoraLayerImpl*>{mlp->lin0.get(), mlp->lin1.get()}) {
-    const at::Tensor protos = peft::arrow_forward(*layer)->prototypes();
+    const at::Tensor protos = peft::nn::arrow_router(*layer)->prototypes();
     ASSERT_TRUE(protos.defined());
     ASSERT_EQ(protos.sizes(), (std::vector<int64_t>{3, layer->in_features()}));
     for (int e = 0; e < 3; ++e) {
@@ -207,8 +207,8 @@ TEST(Arrow, PrototypeIsTopRightSingularVectorOfBA) {
 TEST(Arrow, PowerIterationIsSeededByRngSeed) {
   torch::manual_seed(3);
   const at::Tensor A = torch::randn({4, 10}), B = torch::randn({6, 4});
-  const at::Tensor a = peft::ArrowForward::top_right_singular_vec_from_BA(A, B, 42, 2);
-  const at::Tensor b = peft::ArrowForward::top_right_singular_vec_from_BA(A, B, 42, 2);
+  const at::Tensor a = peft::nn::ArrowLinearVariant::top_right_singular_vec_from_BA(A, B, 42, 2);
+  const at::Tensor b = peft::nn::ArrowLinearVariant::top_right_singular_vec_from_BA(A, B, 42, 2);
   EXPECT_TRUE(torch::equal(a, b));
   EXPECT_EQ(a.scalar_type(), torch::kFloat);
 }
@@ -240,8 +240,8 @@ TEST(Arrow, TopKOnePicksTheExpertAlignedWithTheToken) {
   auto pm = peft::create_arrow_model(mlp.ptr(), fx.tasks, ArrowConfig{.top_k = 1});
   torch::NoGradGuard no_grad;
   auto& layer = *mlp->lin0;
-  peft::arrow_forward(layer)->prepare(layer);
-  const at::Tensor protos = peft::arrow_forward(layer)->prototypes();
+  peft::nn::arrow_router(layer)->prepare(layer);
+  const at::Tensor protos = peft::nn::arrow_router(layer)->prototypes();
   for (int e = 0; e < 3; ++e) {
     const at::Tensor x = (5.0 * protos[e]).unsqueeze(0);  // sim_e = 5, the others 5 |cos| < 5
     auto [A, B] = factors(layer, "task_" + std::to_string(e));
@@ -278,7 +278,7 @@ TEST(Arrow, GenKnowSubSubtractsTheMeanFactorsInPlaceOnce) {
     auto [A, B] = factors(*mlp->lin0, n);
     before[n] = {A.clone(), B.clone()};
   }
-  auto f = peft::arrow_forward(*mlp->lin0);
+  auto f = peft::nn::arrow_router(*mlp->lin0);
   EXPECT_FALSE(f->gks_done());
   torch::NoGradGuard no_grad;
   const at::Tensor x = torch::randn({3, 10});
@@ -339,7 +339,7 @@ TEST(Arrow, TaskAdapterLoadedLaterEqualsLoadingAllAtOnce) {
   torch::NoGradGuard no_grad;
   const at::Tensor x = torch::randn({5, 10});
   small_mlp->forward(x);  // GenKnowSub + prototypes over two experts
-  auto f = peft::arrow_forward(*small_mlp->lin0);
+  auto f = peft::nn::arrow_router(*small_mlp->lin0);
   EXPECT_EQ(f->prototypes().size(0), 2);
 
   small->load_adapter(fx.tasks[2], "new_added_ts_expert");
@@ -423,7 +423,7 @@ TEST(Arrow, GeneralAdapterLoadedLaterIsNeitherTaskNorMean) {
   MLP mlp = base_mlp();
   auto pm = peft::create_arrow_model(mlp.ptr(), fx.tasks, ArrowConfig{.top_k = 1}, {});
   pm->load_adapter(fx.general[0], "gks_7");  // PEFT: gks_<digits> names are never task adapters
-  EXPECT_EQ(peft::arrow_forward(*mlp->lin0)->task_adapter_names(), names(2));
+  EXPECT_EQ(peft::nn::arrow_router(*mlp->lin0)->task_adapter_names(), names(2));
 }
 
 // Divergence from PEFT (PEFT's forward fails on the deleted name): deletion refreshes the experts.
@@ -438,7 +438,7 @@ TEST(Arrow, DeletingATaskAdapterRebuildsThePrototypes) {
   mlp->forward(x);
   pm->delete_adapter("task_2");
   EXPECT_EQ(compare(mlp->forward(x), two->forward(x), 1e-6), "");
-  EXPECT_EQ(peft::arrow_forward(*mlp->lin0)->prototypes().size(0), 2);
+  EXPECT_EQ(peft::nn::arrow_router(*mlp->lin0)->prototypes().size(0), 2);
 }
 
 TEST(Arrow, RankMismatchIsAConfigError) {

@@ -1,10 +1,12 @@
-// add_weighted_adapter: a single adapter at weight 1 reproduces it, cat equals running the adapters together,
-// and PEFT's errors (unknown adapter, mixed ranks for the linear family, missing density).
+// add_weighted_adapter: every type's path reproduces an adapter combined with a zero one, one adapter is combined as
+// "linear" (PEFT's rewrite, announced), cat equals running the adapters together, and PEFT's errors (unknown
+// adapter, mixed ranks for the linear family, missing density, unknown type spelling).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "peft/combine.h"
 #include "peft/error.h"
+#include "peft/lora/layer.h"
 #include "peft/lora/linear.h"
 #include "peft/peft_model.h"
 #include "test_util.h"
@@ -42,22 +44,68 @@ struct Fixture {
   }
 };
 
-TEST(AddWeightedAdapter, OneAdapterAtWeightOneReproducesItForEveryType) {
-  for (const std::string type : {"linear", "svd", "ties", "magnitude_prune", "cat"}) {
-    Fixture f;
+// Each type's own path (two adapters, so PEFT's one-adapter rewrite to "linear" does not apply): adding an all-zero
+// adapter of the same rank changes nothing, so the result reproduces the first adapter. alpha = r keeps the SVD
+// family's double scaling at 1, and r = 2 lets the SVD types keep the whole delta of lin1 (20 -> 2); density 1
+// keeps every entry (DARE rescales by 1 / density = 1).
+TEST(AddWeightedAdapter, AnAdapterPlusAZeroAdapterReproducesItForEveryType) {
+  for (const std::string& name : peft::combination_type_spellings()) {
+    SCOPED_TRACE(name);
+    torch::manual_seed(0);
+    MLP mlp;
+    auto pm = peft::get_peft_model(mlp.ptr(), config(2, 2));  // r = min(in, out) of lin1 (20 -> 2)
+    pm->add_adapter("zero", config(2, 2));
+    for (auto& [lname, layer] : peft::nn::lora_layers(*mlp)) {
+      torch::NoGradGuard no_grad;
+      for (auto& [key, t] : layer->adapter_tensors("zero")) t.zero_();
+    }
     peft::WeightedAdapterOptions o;
-    o.combination_type = type;
+    o.combination_type = peft::parse_combination_type(name);
     o.density = 1.0;
-    peft::add_weighted_adapter(*f.pm, {"default"}, {1.0}, "copy", o);
-    EXPECT_EQ(compare(f.mlp->lin0->get_delta_weight("copy"), f.mlp->lin0->get_delta_weight("default"), 1e-5), "") << type;
-    EXPECT_EQ(compare(f.out({"copy"}), f.out({"default"}), 1e-5), "") << type;
+    o.svd_rank = 2;
+    peft::ScopedWarningCapture quiet;  // density 1 warns that nothing is pruned
+    peft::add_weighted_adapter(*pm, {"default", "zero"}, {1.0, 1.0}, "copy", o);
+    EXPECT_EQ(compare(mlp->lin0->get_delta_weight("copy"), mlp->lin0->get_delta_weight("default"), 1e-5), "");
+    EXPECT_EQ(compare(mlp->lin1->get_delta_weight("copy"), mlp->lin1->get_delta_weight("default"), 1e-5), "");
   }
+}
+
+// PEFT combines one adapter as "linear" whatever the type says; here that rewrite is announced.
+TEST(AddWeightedAdapter, OneAdapterIsCombinedAsLinearWithAWarning) {
+  Fixture f;
+  peft::WeightedAdapterOptions o;
+  o.combination_type = peft::CombinationType::kTiesSvd;  // no density: not needed once rewritten
+  peft::ScopedWarningCapture warnings;
+  peft::add_weighted_adapter(*f.pm, {"default"}, {1.0}, "copy", o);
+  EXPECT_TRUE(warnings.contains("combination_type=\"ties_svd\" is not used")) << warnings.messages().size();
+  EXPECT_EQ(compare(f.mlp->lin0->get_delta_weight("copy"), f.mlp->lin0->get_delta_weight("default"), 1e-5), "");
+  EXPECT_EQ(compare(f.out({"copy"}), f.out({"default"}), 1e-5), "");
+}
+
+TEST(AddWeightedAdapter, CombinationTypesParseWithPeftSpellings) {
+  for (const std::string& name : peft::combination_type_spellings()) {
+    EXPECT_EQ(peft::to_string(peft::parse_combination_type(name)), name);
+  }
+  EXPECT_EQ(peft::combination_type_spellings().size(), 11u);
+  std::string message;
+  try {
+    peft::parse_combination_type("bogus");
+  } catch (const peft::ConfigError& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("Invalid combination_type: bogus"), std::string::npos) << message;
+  EXPECT_NE(message.find("\"magnitude_prune_svd\""), std::string::npos) << message;
+  EXPECT_TRUE(peft::needs_density(peft::CombinationType::kDareTiesSvd));
+  EXPECT_FALSE(peft::needs_density(peft::CombinationType::kSvd));
+  EXPECT_FALSE(peft::needs_density(peft::CombinationType::kCat));
+  EXPECT_TRUE(peft::is_svd_type(peft::CombinationType::kMagnitudePruneSvd));
+  EXPECT_FALSE(peft::is_svd_type(peft::CombinationType::kTies));
 }
 
 TEST(AddWeightedAdapter, CatEqualsRunningTheAdaptersTogether) {
   Fixture f(2);
   peft::WeightedAdapterOptions o;
-  o.combination_type = "cat";
+  o.combination_type = peft::CombinationType::kCat;
   peft::add_weighted_adapter(*f.pm, {"default", "b"}, {1.0, 1.0}, "both", o);
   EXPECT_EQ(f.pm->peft_config("both").r, 6);
   EXPECT_EQ(f.pm->peft_config("both").lora_alpha, 6);
@@ -70,14 +118,13 @@ TEST(AddWeightedAdapter, CatEqualsRunningTheAdaptersTogether) {
 TEST(AddWeightedAdapter, ErrorsNameTheProblem) {
   Fixture f(2);
   peft::WeightedAdapterOptions o;
-  o.combination_type = "linear";
+  o.combination_type = peft::CombinationType::kLinear;
   EXPECT_THROW(peft::add_weighted_adapter(*f.pm, {"default", "b"}, {1.0, 1.0}, "x", o), peft::ConfigError);
   EXPECT_THROW(peft::add_weighted_adapter(*f.pm, {"default", "nope"}, {1.0, 1.0}, "y", o), peft::AdapterNotFoundError);
   Fixture g;
-  o.combination_type = "ties";
+  o.combination_type = peft::CombinationType::kTies;  // no density
   EXPECT_THROW(peft::add_weighted_adapter(*g.pm, {"default", "b"}, {1.0, 1.0}, "z", o), peft::ConfigError);
-  o.combination_type = "bogus";
-  EXPECT_THROW(peft::add_weighted_adapter(*g.pm, {"default", "b"}, {1.0, 1.0}, "w", o), peft::ConfigError);
+  EXPECT_EQ(g.pm->adapter_names().size(), 2u);  // refused before anything was added
 }
 
 }  // namespace

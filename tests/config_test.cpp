@@ -158,8 +158,8 @@ TEST(LoraConfig, DesignatedInitializerConfigRoundTrips) {
                                                                     {"embed_tokens", {0}}},
       .loftq_config = LoftQConfig{.loftq_bits = 8, .loftq_iter = 2},
       .eva_config = EvaConfig{.rho = 1.5, .whiten = true},
-      .corda_config = CordaConfig{.cache_file = "cache.pt", .corda_method = "kpm"},
-      .lora_ga_config = LoraGAConfig{.direction = "ArBr", .stable_gamma = 8.5},
+      .corda_config = CordaConfig{.cache_file = "cache.pt", .corda_method = peft::CordaMethod::kKpm},
+      .lora_ga_config = LoraGAConfig{.direction = peft::LoraGADirection::kArBr, .stable_gamma = 8.5},
       .use_dora = true,
       .velora_config = RawJson{R"({"num_groups":32})"},
       .alora_invocation_tokens = std::vector<int64_t>{1, 2, 3},
@@ -338,6 +338,41 @@ TEST(LoraConfig, BadBiasIsConfigError) {
   EXPECT_EQ(to_string(Bias::kLoraOnly), "lora_only");
 }
 
+// The sub-configs' enums are parsed once, where the JSON is read: a bad spelling fails there, naming the key and
+// every accepted spelling (the C++ types cannot hold one).
+TEST(LoraConfig, BadSubConfigEnumsAreConfigErrorsListingTheSpellings) {
+  struct Case {
+    const char* json;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {R"("lora_ga_config": {"direction": "AB"})",
+       "`lora_ga_config.direction`: lora_ga_config.direction \"AB\" is not supported; expected one of \"ArB2r\", "
+       "\"A2rBr\", \"ArBr\", \"random\""},
+      {R"("lora_ga_config": {"scale": "big"})",
+       "`lora_ga_config.scale`: lora_ga_config.scale \"big\" is not supported; expected one of \"stable\", "
+       "\"weight_svd\", \"gd_scale\", \"unit\""},
+      {R"("corda_config": {"corda_method": "xyz"})",
+       "`corda_config.corda_method`: Invalid corda_method found: xyz, it should be 'ipm' or 'kpm'."},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.json);
+    EXPECT_THROW(parse(c.json), ConfigError);
+    const std::string message = message_of([&] { parse(c.json); });
+    EXPECT_NE(message.find(c.message), std::string::npos) << message;
+  }
+  EXPECT_THROW(peft::parse_corda_method("IPM"), ConfigError);
+  for (auto m : {peft::CordaMethod::kIpm, peft::CordaMethod::kKpm}) EXPECT_EQ(peft::parse_corda_method(to_string(m)), m);
+  for (auto d : {peft::LoraGADirection::kArB2r, peft::LoraGADirection::kA2rBr, peft::LoraGADirection::kArBr,
+                 peft::LoraGADirection::kRandom}) {
+    EXPECT_EQ(peft::parse_lora_ga_direction(to_string(d)), d);
+  }
+  for (auto s : {peft::LoraGAScale::kStable, peft::LoraGAScale::kWeightSvd, peft::LoraGAScale::kGdScale,
+                 peft::LoraGAScale::kUnit}) {
+    EXPECT_EQ(peft::parse_lora_ga_scale(to_string(s)), s);
+  }
+}
+
 TEST(LoraConfig, MissingPeftTypeIsConfigError) {
   EXPECT_THROW(lora_config_from_json_text(R"({"r": 8})"), ConfigError);
   EXPECT_NE(message_of([] { lora_config_from_json_text(R"({"r": 8})"); })
@@ -401,9 +436,10 @@ TEST(LoraConfig, AcceptsPeftShapes) {
                "lora_ga_config": {"direction": "random", "scale": "unit", "stable_gamma": 16},
                "arrow_config": {"top_k": 2, "router_temperature": 0.5,
                                 "task_adapter_names": null})");
-  EXPECT_EQ(c.corda_config->corda_method, "kpm");
+  EXPECT_EQ(c.corda_config->corda_method, peft::CordaMethod::kKpm);
   EXPECT_FALSE(c.corda_config->cache_file.has_value());
-  EXPECT_EQ(c.lora_ga_config->direction, "random");
+  EXPECT_EQ(c.lora_ga_config->direction, peft::LoraGADirection::kRandom);
+  EXPECT_EQ(c.lora_ga_config->scale, peft::LoraGAScale::kUnit);
   EXPECT_EQ(c.arrow_config->top_k, 2);
   EXPECT_EQ(c.arrow_config->router_temperature, 0.5);
   EXPECT_TRUE(c.arrow_config->task_adapter_names.empty());
@@ -490,16 +526,6 @@ TEST(LoraConfig, ValidationErrorsUsePeftMessages) {
       {"arrow temperature",
        {.arrow_config = ArrowConfig{.router_temperature = 0.0}},
        "arrow_config.router_temperature"},
-      {"lora_ga direction",
-       {.lora_ga_config = LoraGAConfig{.direction = "AB"}},
-       "lora_ga_config.direction \"AB\""},
-      {"lora_ga scale",
-       {.lora_ga_config = LoraGAConfig{.scale = "big"}},
-       "lora_ga_config.scale \"big\""},
-      {"corda method",
-       {.init_lora_weights = {.kind = Kind::kCorda},
-        .corda_config = CordaConfig{.corda_method = "xyz"}},
-       "corda_config.corda_method \"xyz\""},
       {"orthogonal odd r",
        {.r = 5, .init_lora_weights = {.kind = Kind::kOrthogonal}},
        "Orthogonal initialization requires the LoRA rank to be even, got 5 instead."},
@@ -591,7 +617,10 @@ TEST(LoraConfig, SaveAndLoadFiles) {
   EXPECT_THROW(load_lora_config(missing), FormatError);
   EXPECT_NE(message_of([&] { load_lora_config(missing); }).find(missing), std::string::npos);
   EXPECT_THROW(load_lora_config(dir.str()), FormatError);  // a directory
-  EXPECT_THROW(save_lora_config(c, dir.str("no/such/dir/adapter_config.json")), FormatError);
+  // Writing goes through the one atomic write path, whose errors are peft::Error naming the path.
+  const std::string unwritable = dir.str("no/such/dir/adapter_config.json");
+  EXPECT_THROW(save_lora_config(c, unwritable), peft::Error);
+  EXPECT_NE(message_of([&] { save_lora_config(c, unwritable); }).find(unwritable), std::string::npos);
 
   // load_lora_config validates; from_json_text alone does not.
   const std::string invalid = dir.str("invalid.json");

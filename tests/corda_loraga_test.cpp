@@ -109,7 +109,7 @@ TEST(CordaTest, CovarianceMatchesHandComputation) {
     if (torch::dist(Cf.mm(torch::inverse(Cf)), eye).item<double>() < 0.05) break;
   }
   at::Tensor S = std::get<1>(torch::linalg_svd(net->lin0->weight().mm(Cf), /*full_matrices=*/false));
-  EXPECT_EQ(compare(net->lin0->init_data("corda_S"), S.slice(0, 0, 2), 1e-4), "");
+  EXPECT_EQ(compare(net->lin0->init_data().corda->S, S.slice(0, 0, 2), 1e-4), "");
 }
 
 TEST(CordaTest, CovarianceDividesByMaxNotAbsMax) {
@@ -130,34 +130,34 @@ TEST(CordaTest, FullRankDecompositionReconstructsTheWeight) {
   peft::preprocess_corda(*net, make_config("corda", {"lin0", "proj"}, 4), run_forward(net));
   LoraConfig full = make_config("corda", {"lin0"}, 6);
   peft::preprocess_corda(*net, full, run_forward(net));
-  at::Tensor U = net->lin0->init_data("corda_U"), S = net->lin0->init_data("corda_S");
-  at::Tensor V = net->lin0->init_data("corda_V");
+  at::Tensor U = net->lin0->init_data().corda->U, S = net->lin0->init_data().corda->S;
+  at::Tensor V = net->lin0->init_data().corda->V;
   EXPECT_EQ(compare((U * S.unsqueeze(0)).mm(V.t()), net->lin0->weight().detach(), 1e-4), "");
   // Conv1D: the decomposition is of the (out, in) matrix.
-  at::Tensor Uc = net->proj->init_data("corda_U"), Vc = net->proj->init_data("corda_V");
+  at::Tensor Uc = net->proj->init_data().corda->U, Vc = net->proj->init_data().corda->V;
   EXPECT_EQ(Uc.sizes(), (c10::IntArrayRef{4, 4}));
   EXPECT_EQ(Vc.sizes(), (c10::IntArrayRef{5, 4}));
-  at::Tensor Wc = (Uc * net->proj->init_data("corda_S").unsqueeze(0)).mm(Vc.t());
+  at::Tensor Wc = (Uc * net->proj->init_data().corda->S.unsqueeze(0)).mm(Vc.t());
   EXPECT_EQ(compare(Wc, net->proj->weight().detach().t(), 1e-4), "");
 }
 
 TEST(CordaTest, IpmKeepsLargestAndKpmSmallestComponents) {
   Net net = make_net();
   peft::preprocess_corda(*net, make_config("corda", {"lin0"}, 6), run_forward(net));
-  at::Tensor S_full = net->lin0->init_data("corda_S").clone();
-  at::Tensor U_full = net->lin0->init_data("corda_U").clone();
+  at::Tensor S_full = net->lin0->init_data().corda->S.clone();
+  at::Tensor U_full = net->lin0->init_data().corda->U.clone();
   EXPECT_TRUE((S_full.slice(0, 0, 5) >= S_full.slice(0, 1, 6)).all().item<bool>()) << S_full;
 
   LoraConfig ipm = make_config("corda", {"lin0"}, 2);
   peft::preprocess_corda(*net, ipm, run_forward(net));
-  EXPECT_EQ(compare(net->lin0->init_data("corda_S"), S_full.slice(0, 0, 2), 1e-5), "");
-  EXPECT_EQ(compare(net->lin0->init_data("corda_U").abs(), U_full.slice(1, 0, 2).abs(), 1e-4), "");
+  EXPECT_EQ(compare(net->lin0->init_data().corda->S, S_full.slice(0, 0, 2), 1e-5), "");
+  EXPECT_EQ(compare(net->lin0->init_data().corda->U.abs(), U_full.slice(1, 0, 2).abs(), 1e-4), "");
 
   LoraConfig kpm = ipm;
-  kpm.corda_config->corda_method = "kpm";
+  kpm.corda_config->corda_method = peft::CordaMethod::kKpm;
   peft::preprocess_corda(*net, kpm, run_forward(net));
-  EXPECT_EQ(compare(net->lin0->init_data("corda_S"), S_full.slice(0, 4, 6), 1e-5), "");
-  EXPECT_EQ(compare(net->lin0->init_data("corda_U").abs(), U_full.slice(1, 4, 6).abs(), 1e-4), "");
+  EXPECT_EQ(compare(net->lin0->init_data().corda->S, S_full.slice(0, 4, 6), 1e-5), "");
+  EXPECT_EQ(compare(net->lin0->init_data().corda->U.abs(), U_full.slice(1, 4, 6).abs(), 1e-4), "");
 }
 
 class CordaMethodTest : public ::testing::TestWithParam<std::string> {};
@@ -167,7 +167,7 @@ TEST_P(CordaMethodTest, AdapterKeepsTheBaseOutput) {
   at::Tensor x = torch::randn({5, 6});
   at::Tensor base = net->forward(x).detach();
   LoraConfig config = make_config("corda", {"lin0", "lin1", "proj"}, 3);
-  config.corda_config->corda_method = GetParam();
+  config.corda_config->corda_method = peft::parse_corda_method(GetParam());
   peft::preprocess_corda(*net, config, run_forward(net));
   auto pm = inject(net, config);
   EXPECT_EQ(compare(net->forward(x).detach(), base, 1e-4), "");
@@ -223,10 +223,10 @@ TEST(CordaTest, CovarianceFileIsReusedWithoutRunModel) {
   config.corda_config->covariance_file = dir.str("cov.safetensors");
   Net net = make_net();
   peft::preprocess_corda(*net, config, run_forward(net));
-  at::Tensor S = net->lin0->init_data("corda_S").clone();
-  net->lin0->clear_init_data();
+  at::Tensor S = net->lin0->init_data().corda->S.clone();
+  net->lin0->init_data() = {};
   peft::preprocess_corda(*net, config);
-  EXPECT_EQ(compare(net->lin0->init_data("corda_S"), S, 1e-6), "");
+  EXPECT_EQ(compare(net->lin0->init_data().corda->S, S, 1e-6), "");
 }
 
 TEST(CordaTest, MissingRunModelIsAConfigError) {
@@ -309,11 +309,11 @@ TEST(LoraGaTest, StoredGradientIsTheMeanOverSteps) {
   Net net = make_net();
   const auto expected = hand_mean_gradients(net);
   peft::preprocess_loraga(*net, make_config("lora_ga", {"lin0", "lin1", "proj"}), train_steps(net));
-  EXPECT_EQ(compare(net->lin0->init_data("loraga_grad"), expected[0], 1e-6), "");
-  EXPECT_EQ(compare(net->lin1->init_data("loraga_grad"), expected[1], 1e-6), "");
+  EXPECT_EQ(compare(net->lin0->init_data().loraga_grad, expected[0], 1e-6), "");
+  EXPECT_EQ(compare(net->lin1->init_data().loraga_grad, expected[1], 1e-6), "");
   // Conv1D: the gradient keeps the stored (in, out) layout.
-  EXPECT_EQ(net->proj->init_data("loraga_grad").sizes(), (c10::IntArrayRef{5, 4}));
-  EXPECT_EQ(compare(net->proj->init_data("loraga_grad"), expected[2], 1e-6), "");
+  EXPECT_EQ(net->proj->init_data().loraga_grad.sizes(), (c10::IntArrayRef{5, 4}));
+  EXPECT_EQ(compare(net->proj->init_data().loraga_grad, expected[2], 1e-6), "");
 }
 
 TEST(LoraGaTest, RequiresGradTrainingFlagAndGradAreRestored) {
@@ -347,9 +347,9 @@ TEST(LoraGaTest, ArB2rAlignsWithTheGradientAndKeepsTheOutput) {
   at::Tensor base = net->forward(x).detach();
   const int r = 2;
   LoraConfig config = make_config("lora_ga", {"lin0"}, r);
-  config.lora_ga_config->scale = "unit";
+  config.lora_ga_config->scale = peft::LoraGAScale::kUnit;
   peft::preprocess_loraga(*net, config, train_steps(net));
-  at::Tensor G = net->lin0->init_data("loraga_grad").clone();  // (8, 6)
+  at::Tensor G = net->lin0->init_data().loraga_grad.clone();  // (8, 6)
   auto pm = inject(net, config);
   EXPECT_EQ(compare(net->forward(x).detach(), base, 1e-4), "");
 
@@ -378,8 +378,8 @@ TEST_P(LoraGaOptionsTest, RunsWithRightShapesAndKeepsTheOutput) {
   at::Tensor x = torch::randn({5, 6});
   at::Tensor base = net->forward(x).detach();
   LoraConfig config = make_config("lora_ga", {"lin0", "lin1", "proj"}, 2);
-  config.lora_ga_config->direction = GetParam().direction;
-  config.lora_ga_config->scale = GetParam().scale;
+  config.lora_ga_config->direction = peft::parse_lora_ga_direction(GetParam().direction);
+  config.lora_ga_config->scale = peft::parse_lora_ga_scale(GetParam().scale);
   peft::preprocess_loraga(*net, config, train_steps(net));
   auto pm = inject(net, config);
   EXPECT_EQ(compare(net->forward(x).detach(), base, 1e-4), "");
@@ -413,8 +413,8 @@ TEST(LoraGaTest, CacheRoundTripGivesIdenticalGradientsAndAdapters) {
   EXPECT_TRUE(file.contains("lin0._peft_loraga_grad") && file.contains("proj._peft_loraga_grad"));
   Net b = make_net();
   peft::preprocess_loraga(*b, config, {}, cache);
-  EXPECT_TRUE(a->lin0->init_data("loraga_grad").equal(b->lin0->init_data("loraga_grad")));
-  EXPECT_TRUE(a->proj->init_data("loraga_grad").equal(b->proj->init_data("loraga_grad")));
+  EXPECT_TRUE(a->lin0->init_data().loraga_grad.equal(b->lin0->init_data().loraga_grad));
+  EXPECT_TRUE(a->proj->init_data().loraga_grad.equal(b->proj->init_data().loraga_grad));
   torch::manual_seed(3);  // svd_lowrank draws random numbers
   auto pa = inject(a, config);
   torch::manual_seed(3);
@@ -445,7 +445,7 @@ TEST(LoraGaTest, LayerWithoutGradientIsNamedAndStateIsRestored) {
   EXPECT_FALSE(net->is_training());
   for (const auto& p : net->parameters()) EXPECT_TRUE(p.requires_grad());
   EXPECT_FALSE(net->lin0->weight().grad().defined());
-  EXPECT_FALSE(net->lin0->init_data("loraga_grad").defined());
+  EXPECT_FALSE(net->lin0->init_data().loraga_grad.defined());
 }
 
 TEST(LoraGaTest, ThrowingCallbackRestoresStateAndRemovesHooks) {
@@ -461,7 +461,7 @@ TEST(LoraGaTest, ThrowingCallbackRestoresStateAndRemovesHooks) {
   // A later run starts from scratch: only its own gradients count.
   const auto expected = hand_mean_gradients(net);
   peft::preprocess_loraga(*net, make_config("lora_ga", {"lin0"}), train_steps(net));
-  EXPECT_EQ(compare(net->lin0->init_data("loraga_grad"), expected[0], 1e-6), "");
+  EXPECT_EQ(compare(net->lin0->init_data().loraga_grad, expected[0], 1e-6), "");
 }
 
 }  // namespace

@@ -58,10 +58,10 @@ TEST(Dora, DefaultInitIsANoOpAndTheMagnitudeIsTheWeightNorm) {
   EXPECT_EQ(compare(net->forward(in.ids), base, 1e-6), "");
   EXPECT_EQ(compare(net->conv_forward(in.img), base_img, 1e-6), "");
   // Layouts of PEFT's lora_magnitude_vector: Linear (out,), Conv1D (out,), Embedding (dim,), Conv2d (1, out, 1, 1).
-  EXPECT_EQ(compare(net->lin->dora_magnitude("default"), at::linalg_vector_norm(net->lin->weight(), 2, {1}), 1e-6), "");
-  EXPECT_EQ(compare(net->c1d->dora_magnitude("default"), at::linalg_vector_norm(net->c1d->weight(), 2, {0}), 1e-6), "");
-  EXPECT_EQ(compare(net->emb->dora_magnitude("default"), at::linalg_vector_norm(net->emb->weight(), 2, {0}), 1e-6), "");
-  EXPECT_EQ(net->conv->dora_magnitude("default").sizes(), (std::vector<int64_t>{1, 3, 1, 1}));
+  EXPECT_EQ(compare(net->lin->adapter_tensor("default", "lora_magnitude_vector"), at::linalg_vector_norm(net->lin->weight(), 2, {1}), 1e-6), "");
+  EXPECT_EQ(compare(net->c1d->adapter_tensor("default", "lora_magnitude_vector"), at::linalg_vector_norm(net->c1d->weight(), 2, {0}), 1e-6), "");
+  EXPECT_EQ(compare(net->emb->adapter_tensor("default", "lora_magnitude_vector"), at::linalg_vector_norm(net->emb->weight(), 2, {0}), 1e-6), "");
+  EXPECT_EQ(net->conv->adapter_tensor("default", "lora_magnitude_vector").sizes(), (std::vector<int64_t>{1, 3, 1, 1}));
 }
 
 TEST(Dora, LinearForwardIsTheClosedForm) {
@@ -72,11 +72,11 @@ TEST(Dora, LinearForwardIsTheClosedForm) {
   torch::NoGradGuard no_grad;
   auto& l = *net->lin;
   {  // a trained magnitude differs from the norm
-    l.dora_magnitude("default").mul_(1.3);
+    l.adapter_tensor("default", "lora_magnitude_vector").mul_(1.3);
   }
   at::Tensor x = torch::randn({4, 12});
   at::Tensor W = l.weight() + l.get_delta_weight("default");
-  at::Tensor g = l.dora_magnitude("default") / at::linalg_vector_norm(W, 2, {1});
+  at::Tensor g = l.adapter_tensor("default", "lora_magnitude_vector") / at::linalg_vector_norm(W, 2, {1});
   at::Tensor expected = at::linear(x, W) * g + l.bias();  // b + g * (W + s B A) x
   EXPECT_EQ(compare(net->lin->forward(x), expected, 1e-5), "");
 }
@@ -88,7 +88,7 @@ TEST(Dora, MergeThenUnmergeRestoresEveryWeightAndMergedOutputsMatch) {
   Inputs in;
   auto pm = peft::get_peft_model(net.ptr(), dora_config());
   torch::NoGradGuard no_grad;
-  for (auto& [name, layer] : peft::nn::lora_layers(*net)) layer->dora_magnitude("default").mul_(0.9);
+  for (auto& [name, layer] : peft::nn::lora_layers(*net)) layer->adapter_tensor("default", "lora_magnitude_vector").mul_(0.9);
   std::map<std::string, at::Tensor> before;
   for (auto& p : net->named_parameters()) before[p.key()] = p.value().clone();
   const at::Tensor out = net->forward(in.ids).clone(), out_img = net->conv_forward(in.img).clone();
@@ -112,7 +112,7 @@ TEST(Dora, SaveLoadIsBitExactWithPeftsKeys) {
   auto pm = peft::get_peft_model(net.ptr(), dora_config());
   {
     torch::NoGradGuard no_grad;
-    net->lin->dora_magnitude("default").add_(0.25);
+    net->lin->adapter_tensor("default", "lora_magnitude_vector").add_(0.25);
   }
   const at::Tensor out = net->forward(in.ids).detach();
   pm->save_pretrained(dir.str());
@@ -125,7 +125,7 @@ TEST(Dora, SaveLoadIsBitExactWithPeftsKeys) {
   Net fresh;
   fresh->eval();
   auto loaded = peft::PeftModel::from_pretrained(fresh.ptr(), dir.str());
-  EXPECT_TRUE(at::equal(fresh->lin->dora_magnitude("default"), net->lin->dora_magnitude("default")));
+  EXPECT_TRUE(at::equal(fresh->lin->adapter_tensor("default", "lora_magnitude_vector"), net->lin->adapter_tensor("default", "lora_magnitude_vector")));
   EXPECT_TRUE(at::equal(fresh->forward(in.ids), out));
 }
 
@@ -163,7 +163,7 @@ TEST(Dora, DropoutRecomputesTheBaseOnTheDroppedInputInTraining) {
   torch::manual_seed(9);
   at::Tensor xd = at::dropout(x, 0.5, true);
   auto& l = *net->lin;
-  at::Tensor g = l.dora_magnitude("default") / at::linalg_vector_norm(l.weight() + l.get_delta_weight("default"), 2, {1});
+  at::Tensor g = l.adapter_tensor("default", "lora_magnitude_vector") / at::linalg_vector_norm(l.weight() + l.get_delta_weight("default"), 2, {1});
   at::Tensor expected = at::linear(x, l.weight(), l.bias()) + (g - 1) * at::linear(xd, l.weight()) +
                         g * at::linear(xd, l.get_delta_weight("default"));
   EXPECT_EQ(compare(train_out, expected, 1e-5), "");

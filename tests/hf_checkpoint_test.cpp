@@ -1,5 +1,6 @@
 // Loading Hugging Face checkpoint folders: single file, sharded index, half-precision weights, --dtype, and
-// the errors for missing / mis-shaped tensors and unknown architectures.
+// the errors for missing / mis-shaped tensors and unknown architectures; models::save_pretrained as the counterpart
+// of load_pretrained.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -118,6 +119,30 @@ TEST_F(HfCheckpoint, MissingAndMisShapedTensorsAreAllReported) {
   peft::ScopedWarningCapture warnings;
   logits(with_weights(extra).string());
   EXPECT_TRUE(warnings.contains("model.layers.9.unused.weight"));
+}
+
+TEST_F(HfCheckpoint, SavePretrainedRoundTripsAndWritesTiedWeightsOnce) {
+  const fs::path out = tmp.path() / "saved";
+  auto model = peft::models::load_pretrained(base.string());
+  peft::models::save_pretrained(*model, out.string());
+  EXPECT_EQ(peft::test::read_file((out / "config.json").string()), model->config_json());
+  EXPECT_EQ(compare(logits(out.string()), logits(base.string()), 0), "");
+
+  // A tied output head shares the embedding's tensor: written once (transformers does the same), filled from the
+  // embedding on load.
+  nlohmann::json config = nlohmann::json::parse(model->config_json());
+  config["tie_word_embeddings"] = true;
+  auto tied = peft::models::from_config(config.dump());
+  ASSERT_FALSE(tied->tied_weights().empty());
+  const fs::path tied_dir = tmp.path() / "tied";
+  peft::models::save_pretrained(*tied, tied_dir.string());
+  const auto file = peft::io::load_safetensors((tied_dir / "model.safetensors").string());
+  EXPECT_FALSE(file.count("lm_head.weight"));
+  EXPECT_TRUE(file.count("model.embed_tokens.weight"));
+  auto reloaded = peft::models::load_pretrained(tied_dir.string());
+  const auto params = reloaded->named_parameters();
+  EXPECT_TRUE(params["lm_head.weight"].is_same(params["model.embed_tokens.weight"]));
+  EXPECT_TRUE(at::equal(params["model.embed_tokens.weight"], tied->named_parameters()["model.embed_tokens.weight"]));
 }
 
 TEST_F(HfCheckpoint, UnknownArchitectureListsTheSupportedOnes) {

@@ -1,7 +1,7 @@
-// LoftQ initialisation (peft/init/loftq.h): the quantize / low-rank SVD alternation of PEFT's
+// LoftQ initialisation (peft/lora/loftq.h): the quantize / low-rank SVD alternation of PEFT's
 // loftq_init, the single-shot _loftq_init_new, argument validation and the approximation error they
 // achieve.
-#include "peft/init/loftq.h"
+#include "peft/lora/loftq.h"
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>

@@ -12,6 +12,8 @@
 #include "peft/lora/conv.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/linear.h"
+#include "peft/lora/modules_to_save.h"
+#include "peft/lora/trainable_tokens.h"
 #include "peft/lora/mixed_batch.h"
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
@@ -139,7 +141,7 @@ TEST(MixedBatch, TrainableTokensFollowTheirRows) {
   f.pm->add_adapter("tok", t);
   {
     torch::NoGradGuard no_grad;
-    f.net->emb->trainable_tokens_delta("tok").add_(1.0);  // the rows differ from the base embedding
+    f.net->emb->trainable_tokens()->delta("tok").add_(1.0);  // the rows differ from the base embedding
     for (int64_t i = 0; i < 7; ++i) f.ids[i][0] = 4;     // every row holds a trainable token
   }
   f.net->eval();

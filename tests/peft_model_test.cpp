@@ -10,6 +10,8 @@
 #include "peft/io/safetensors.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/linear.h"
+#include "peft/lora/modules_to_save.h"
+#include "peft/lora/trainable_tokens.h"
 #include "peft/peft_model.h"
 #include "test_util.h"
 
@@ -169,7 +171,7 @@ TEST_F(PeftModelTest, ModulesToSaveMakesATrainableCopy) {
   EXPECT_EQ(pm->modules_to_save_names("default"), (std::vector<std::string>{"lin1"}));
   EXPECT_FALSE(mlp->lin1->has_adapter("default"));  // never LoRA-wrapped
   EXPECT_FALSE(mlp->lin1->weight().requires_grad());
-  auto copy = mlp->lin1->trainable_copy_tensors("default");
+  auto copy = mlp->lin1->modules_to_save()->tensors("default");
   EXPECT_TRUE(copy[0].second.requires_grad());
   {
     torch::NoGradGuard no_grad;
@@ -351,7 +353,7 @@ TEST(PeftModelModulesToSave, ContainerModuleGetsCopiesOfEveryLayer) {
   EXPECT_TRUE(keys.count("base_model.model.classifier.out_proj.bias"));
   {
     torch::NoGradGuard no_grad;
-    for (auto& [k, t] : net->classifier->out_proj->trainable_copy_tensors("default")) t.add_(0.5);
+    for (auto& [k, t] : net->classifier->out_proj->modules_to_save()->tensors("default")) t.add_(0.5);
   }
   auto adapted = net->forward(x).detach();
   pm->merge_and_unload();

@@ -8,6 +8,8 @@
 #include "peft/error.h"
 #include "peft/io/safetensors.h"
 #include "peft/lora/layer.h"
+#include "peft/lora/modules_to_save.h"
+#include "peft/lora/trainable_tokens.h"
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
 #include "test_util.h"
@@ -34,6 +36,24 @@ std::shared_ptr<peft::nn::LoraLayerImpl> layer(torch::nn::Module& m, const std::
   return nullptr;
 }
 
+// The layer's trainable-token slot / modules_to_save copy / tied LoRA for `adapter` (PEFT's wrappers).
+bool has_tokens(const std::shared_ptr<peft::nn::LoraLayerImpl>& l, const std::string& adapter) {
+  return l->trainable_tokens() && l->trainable_tokens()->has(adapter);
+}
+bool tokens_tied(const std::shared_ptr<peft::nn::LoraLayerImpl>& l, const std::string& adapter) {
+  return l->trainable_tokens() && l->trainable_tokens()->tied(adapter);
+}
+bool has_copy(const std::shared_ptr<peft::nn::LoraLayerImpl>& l, const std::string& adapter) {
+  return l->modules_to_save() && l->modules_to_save()->contains(adapter);
+}
+at::Tensor copy_weight(const std::shared_ptr<peft::nn::LoraLayerImpl>& l, const std::string& adapter) {
+  return l->modules_to_save()->copy(adapter)->weight;
+}
+// A LoRA adapter that uses another layer's factors (the tied output head) has no tensors of its own.
+bool lora_tied(const std::shared_ptr<peft::nn::LoraLayerImpl>& l, const std::string& adapter) {
+  return l->has_adapter(adapter) && l->adapter_tensors(adapter).empty();
+}
+
 LoraConfig tokens_config(peft::TrainableTokenIndices idx, bool ensure = false) {
   LoraConfig c;
   c.r = 2;
@@ -55,7 +75,7 @@ TEST(TrainableTokens, OnlyTheChosenRowsChangeAndMergeWritesThem) {
   const at::Tensor w0 = layer(*m, "model.embed_tokens")->weight().clone();
   auto pm = peft::get_peft_model(m, tokens_config(std::vector<int64_t>{3, 5}));
   auto emb = layer(*m, "model.embed_tokens");
-  at::Tensor delta = emb->trainable_tokens_delta("default");
+  at::Tensor delta = emb->trainable_tokens()->delta("default");
   EXPECT_TRUE(delta.requires_grad());
   EXPECT_TRUE(at::equal(delta, w0.index_select(0, torch::tensor({3, 5}))));  // a copy of the rows
   const at::Tensor base = logits(*m, ids).detach();
@@ -87,7 +107,7 @@ TEST(TrainableTokens, SavedUnderPeftsKeyAndLoadedBack) {
   auto pm = peft::get_peft_model(m, tokens_config(std::vector<int64_t>{4, 7, 8}));
   {
     torch::NoGradGuard no_grad;
-    layer(*m, "model.embed_tokens")->trainable_tokens_delta("default").mul_(3.0);
+    layer(*m, "model.embed_tokens")->trainable_tokens()->delta("default").mul_(3.0);
   }
   const at::Tensor ids = torch::tensor({{4, 7, 8, 1}});
   const at::Tensor out = logits(*m, ids).detach();
@@ -108,12 +128,12 @@ TEST(TrainableTokens, TiedLmHeadSharesTheDelta) {
   auto pm = peft::get_peft_model(m, tokens_config(std::vector<int64_t>{3, 5}));
   auto emb = layer(*m, "model.embed_tokens");
   auto head = layer(*m, "lm_head");
-  ASSERT_TRUE(head->has_trainable_tokens("default"));
-  EXPECT_TRUE(head->trainable_tokens_tied("default"));
-  EXPECT_TRUE(head->trainable_tokens_delta("default").is_same(emb->trainable_tokens_delta("default")));
+  ASSERT_TRUE(has_tokens(head, "default"));
+  EXPECT_TRUE(tokens_tied(head, "default"));
+  EXPECT_TRUE(head->trainable_tokens()->delta("default").is_same(emb->trainable_tokens()->delta("default")));
   {
     torch::NoGradGuard no_grad;
-    emb->trainable_tokens_delta("default").add_(1.0);
+    emb->trainable_tokens()->delta("default").add_(1.0);
   }
   // The head's logits for tokens 3 and 5 use the new rows: h . row.
   torch::NoGradGuard no_grad;
@@ -136,24 +156,24 @@ TEST(WeightTyingTable, TrainableTokens) {
     auto m = llama(false);
     auto pm = peft::get_peft_model(m, tokens_config(std::vector<int64_t>{1, 2}, true));
     EXPECT_TRUE(w.contains("not tied"));
-    EXPECT_FALSE(layer(*m, "lm_head")->has_trainable_tokens("default"));
+    EXPECT_FALSE(has_tokens(layer(*m, "lm_head"), "default"));
   }
   {  // untied, dict with both: separate
     auto m = llama(false);
     auto pm = peft::get_peft_model(m, tokens_config(Dict{{"lm_head", {1, 2}}, {"embed_tokens", {1, 2}}}));
-    EXPECT_TRUE(layer(*m, "lm_head")->has_trainable_tokens("default"));
-    EXPECT_FALSE(layer(*m, "lm_head")->trainable_tokens_tied("default"));
+    EXPECT_TRUE(has_tokens(layer(*m, "lm_head"), "default"));
+    EXPECT_FALSE(tokens_tied(layer(*m, "lm_head"), "default"));
   }
   {  // tied, same indices: tied
     auto m = llama(true);
     auto pm = peft::get_peft_model(m, tokens_config(Dict{{"lm_head", {1, 2}}, {"embed_tokens", {1, 2}}}));
-    EXPECT_TRUE(layer(*m, "lm_head")->trainable_tokens_tied("default"));
+    EXPECT_TRUE(tokens_tied(layer(*m, "lm_head"), "default"));
   }
   {  // tied, different indices, no ensure: separate
     auto m = llama(true);
     auto pm = peft::get_peft_model(m, tokens_config(Dict{{"lm_head", {1, 2}}, {"embed_tokens", {3, 4}}}));
-    EXPECT_FALSE(layer(*m, "lm_head")->trainable_tokens_tied("default"));
-    EXPECT_EQ(layer(*m, "lm_head")->trainable_token_indices("default"), (std::vector<int64_t>{1, 2}));
+    EXPECT_FALSE(tokens_tied(layer(*m, "lm_head"), "default"));
+    EXPECT_EQ(layer(*m, "lm_head")->trainable_tokens()->indices("default"), (std::vector<int64_t>{1, 2}));
   }
   {  // tied, different indices, ensure: error
     auto m = llama(true);
@@ -174,21 +194,20 @@ TEST(WeightTyingTable, ModulesToSave) {
     auto m = llama(true);
     auto pm = peft::get_peft_model(m, mts({"embed_tokens"}, true));
     auto emb = layer(*m, "model.embed_tokens"), head = layer(*m, "lm_head");
-    ASSERT_TRUE(head->has_trainable_copy("default"));
-    EXPECT_TRUE(head->trainable_copy_tensors("default")[0].second.is_same(emb->trainable_copy_tensors("default")[0].second));
+    ASSERT_TRUE(has_copy(head, "default"));
+    EXPECT_TRUE(copy_weight(head, "default").is_same(copy_weight(emb, "default")));
   }
   {  // tied, no ensure, one: separate (only the selected one)
     auto m = llama(true);
     auto pm = peft::get_peft_model(m, mts({"embed_tokens"}, false));
-    EXPECT_FALSE(layer(*m, "lm_head")->has_trainable_copy("default"));
+    EXPECT_FALSE(has_copy(layer(*m, "lm_head"), "default"));
   }
   {  // tied, no ensure, both: warn, separate
     peft::ScopedWarningCapture w;
     auto m = llama(true);
     auto pm = peft::get_peft_model(m, mts({"embed_tokens", "lm_head"}, false));
     EXPECT_TRUE(w.contains("ensure_weight_tying=False"));
-    EXPECT_FALSE(layer(*m, "lm_head")->trainable_copy_tensors("default")[0].second.is_same(
-        layer(*m, "model.embed_tokens")->trainable_copy_tensors("default")[0].second));
+    EXPECT_FALSE(copy_weight(layer(*m, "lm_head"), "default").is_same(copy_weight(layer(*m, "model.embed_tokens"), "default")));
   }
   {  // untied + ensure: warn
     peft::ScopedWarningCapture w;
@@ -214,7 +233,7 @@ TEST(WeightTyingTable, TargetModules) {
     auto pm = peft::get_peft_model(m, lora({"lm_head"}, true));
     auto emb = layer(*m, "model.embed_tokens"), head = layer(*m, "lm_head");
     ASSERT_TRUE(emb->has_adapter("default"));
-    ASSERT_TRUE(head->adapter_tied("default"));
+    ASSERT_TRUE(lora_tied(head, "default"));
     EXPECT_TRUE(at::equal(head->get_delta_weight("default"), emb->get_delta_weight("default")));
     torch::NoGradGuard no_grad;
     const at::Tensor out = logits(*m, ids);
@@ -228,7 +247,7 @@ TEST(WeightTyingTable, TargetModules) {
     }
     auto fresh = llama(true);
     auto loaded = peft::PeftModel::from_pretrained(fresh, dir.str());
-    EXPECT_TRUE(layer(*fresh, "lm_head")->adapter_tied("default"));
+    EXPECT_TRUE(lora_tied(layer(*fresh, "lm_head"), "default"));
     EXPECT_EQ(compare(logits(*fresh, ids), out, 1e-6), "");
     pm->merge_and_unload();  // the shared weight receives the delta once
     EXPECT_EQ(compare(logits(*m, ids), out, 1e-4), "");
@@ -238,7 +257,7 @@ TEST(WeightTyingTable, TargetModules) {
     auto m = llama(true);
     auto pm = peft::get_peft_model(m, lora({"embed_tokens", "lm_head"}, false));
     EXPECT_TRUE(w.contains("ensure_weight_tying=False"));
-    EXPECT_FALSE(layer(*m, "lm_head")->adapter_tied("default"));
+    EXPECT_FALSE(lora_tied(layer(*m, "lm_head"), "default"));
     EXPECT_TRUE(layer(*m, "lm_head")->has_adapter("default"));
   }
   {  // tied, no ensure, one: separate, no warning
@@ -254,7 +273,7 @@ TEST(WeightTyingTable, TargetModules) {
     auto pm = peft::get_peft_model(m, lora({"lm_head"}, true));
     EXPECT_TRUE(w.contains("not tied"));
     EXPECT_FALSE(layer(*m, "model.embed_tokens")->has_adapter("default"));
-    EXPECT_FALSE(layer(*m, "lm_head")->adapter_tied("default"));
+    EXPECT_FALSE(lora_tied(layer(*m, "lm_head"), "default"));
   }
 }
 

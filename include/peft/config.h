@@ -40,6 +40,11 @@ struct InitLoraWeights {
   int niter = 0;
   std::string spelling{};  // empty for the bools
   bool operator==(const InitLoraWeights&) const = default;
+  // The inits that change the base weights too: PiSSA, OLoRA, CorDA and LoRA-GA (the residual W - s B0 A0) and
+  // LoftQ (the quantized Q). Their adapters need that base: `peft init` writes it, loading warns.
+  bool mutates_base() const;
+  // The inits that learn from data (a forward pass over batches): EVA, CorDA and LoRA-GA.
+  bool needs_data() const;
 };
 
 struct LoftQConfig {
@@ -58,19 +63,29 @@ struct EvaConfig {
   bool operator==(const EvaConfig&) const = default;
 };
 
+// CorDA's choice of components: "ipm" (instruction-previewed) keeps the largest, "kpm" (knowledge-preserved) the
+// smallest.
+enum class CordaMethod { kIpm, kKpm };
+
 struct CordaConfig {
   std::optional<std::string> cache_file{};       // where the decomposition is cached
   std::optional<std::string> covariance_file{};  // where the collected covariance is cached
-  std::string corda_method = "ipm";            // "ipm" (instruction-previewed) | "kpm" (knowledge-preserved)
+  CordaMethod corda_method = CordaMethod::kIpm;  // "ipm" | "kpm"
   bool verbose = false;
   bool use_float16_for_covariance = false;
   bool prune_temporary_fields = true;
   bool operator==(const CordaConfig&) const = default;
 };
 
+// LoRA-GA's singular directions for A and B out of the gradient's top 2r: "ArB2r" (A the first r, B the next r),
+// "A2rBr", "ArBr" (interleaved), "random".
+enum class LoraGADirection { kArB2r, kA2rBr, kArBr, kRandom };
+// LoRA-GA's scale of the factors: "stable" (by out^(1/4) / sqrt(gamma)), "weight_svd", "gd_scale", "unit".
+enum class LoraGAScale { kStable, kWeightSvd, kGdScale, kUnit };
+
 struct LoraGAConfig {
-  std::string direction = "ArB2r";  // "ArB2r" | "A2rBr" | "ArBr" | "random"
-  std::string scale = "stable";     // "stable" | "weight_svd" | "gd_scale" | "unit"
+  LoraGADirection direction = LoraGADirection::kArB2r;  // "ArB2r" | "A2rBr" | "ArBr" | "random"
+  LoraGAScale scale = LoraGAScale::kStable;             // "stable" | "weight_svd" | "gd_scale" | "unit"
   double stable_gamma = 16;
   bool operator==(const LoraGAConfig&) const = default;
 };
@@ -157,6 +172,9 @@ void save_lora_config(const LoraConfig& config, const std::string& path);  // at
 std::string to_string(TaskType t);
 std::string to_string(Bias b);
 std::string to_string(const InitLoraWeights& w);  // "true", "false", or the string PEFT writes
+std::string to_string(CordaMethod m);
+std::string to_string(LoraGADirection d);
+std::string to_string(LoraGAScale s);
 
 // The string edge of the enums (JSON, CLI): an unknown spelling throws ConfigError listing every
 // accepted one.
@@ -165,5 +183,8 @@ Bias parse_bias(const std::string& s);           // "none" | "all" | "lora_only"
 // PEFT's string values only ("gaussian", "OLoRA", "pissa_niter_16", ...); the bools are JSON
 // true/false.
 InitLoraWeights parse_init_lora_weights(const std::string& s);
+CordaMethod parse_corda_method(const std::string& s);  // "ipm" | "kpm"
+LoraGADirection parse_lora_ga_direction(const std::string& s);
+LoraGAScale parse_lora_ga_scale(const std::string& s);
 
 }  // namespace peft

@@ -14,6 +14,7 @@ enum class PruneMethod { kMagnitude, kRandom };
 // "total": sign of the sum of the tensors; "frequency": sign of the sum of their signs.
 enum class MajoritySign { kTotal, kFrequency };
 MajoritySign parse_majority_sign(const std::string& s);  // ConfigError listing "total", "frequency"
+std::string to_string(MajoritySign method);
 
 // sum_i w_i T_i.
 at::Tensor task_arithmetic(const std::vector<at::Tensor>& tensors, const std::vector<double>& weights);

@@ -15,35 +15,13 @@
 #include <vector>
 
 #include "peft/config.h"
+#include "peft/model_info.h"
 
 namespace peft {
 namespace nn {
 class LoraLayerImpl;
 }  // namespace nn
-
-// What PEFT reads from a transformers model. A model class may implement it (multiple inheritance next to
-// torch::nn::Module); plain user models get the defaults of PEFT's "custom" model type.
-class PeftModelInfo {
- public:
-  virtual ~PeftModelInfo() = default;
-  virtual std::string model_type() const { return "custom"; }  // config.json model_type
-  virtual std::string name_or_path() const { return ""; }      // -> base_model_name_or_path
-  virtual std::string class_name() const { return "Custom"; }  // auto_mapping.base_model_class
-  virtual std::string parent_library() const { return "__main__"; }
-  // PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING entry (used when target_modules is None).
-  virtual std::vector<std::string> default_target_modules() const { return {}; }
-  // get_output_embeddings() (excluded from "all-linear"); empty if none.
-  virtual std::string output_embedding_name() const { return ""; }
-  // get_input_embeddings() (trainable_token_indices given as a list applies to it). PEFT's fallback for models
-  // without one is "embed_tokens".
-  virtual std::string input_embedding_name() const { return "embed_tokens"; }
-  // True when the output embedding's weight IS the input embedding's (config.tie_word_embeddings).
-  virtual bool ties_word_embeddings() const { return false; }
-  // layer_replication (PEFT replicate_layers): rebuilds the model's list of transformer layers as the
-  // concatenation of the [start, end) ranges; each new entry shares its source layer's parameters and gets its
-  // new index. The default throws ConfigError (PEFT: "Could not locate the layers attribute in the model").
-  virtual void replicate_layers(const std::vector<std::pair<int64_t, int64_t>>& ranges);
-};
+struct ModuleInfo;
 
 // Result of loading adapter weights.
 struct LoadResult {
@@ -147,18 +125,25 @@ class PeftModel {
 
  private:
   friend class DisabledAdapterGuard;
+  // Validates `config` and injects it as `adapter_name`, rolling back every layer touched when a step fails
+  // (src/peft_model/inject.cpp).
   void inject(const std::string& adapter_name, LoraConfig& config);
-  // modules_to_save copies and trainable tokens, with ensure_weight_tying (src/peft_model_aux.cpp).
+  // The adapter-ready layers that get a modules_to_save copy (src/peft_model/modules_to_save.cpp).
+  std::vector<std::shared_ptr<nn::LoraLayerImpl>> find_modules_to_save(const std::string& adapter_name,
+                                                                       const LoraConfig& config,
+                                                                       const std::vector<ModuleInfo>& modules);
+  // modules_to_save copies and trainable tokens, with ensure_weight_tying (src/peft_model/modules_to_save.cpp,
+  // trainable_tokens.cpp).
   void add_trainable_copies(const std::string& adapter_name, const LoraConfig& config,
                             std::vector<std::shared_ptr<nn::LoraLayerImpl>> copies,
                             std::vector<std::shared_ptr<nn::LoraLayerImpl>>& touched);
   void add_trainable_tokens(const std::string& adapter_name, const LoraConfig& config,
                             std::vector<std::shared_ptr<nn::LoraLayerImpl>>& touched);
-  // target_parameters (src/peft_model_params.cpp): LoRA on the matched parameters of ParamModules; returns the
+  // target_parameters (src/peft_model/target_parameters.cpp): LoRA on the matched parameters of ParamModules; returns the
   // number of parameters targeted.
   size_t add_parameter_targets(const std::string& adapter_name, const LoraConfig& config,
                                std::vector<std::shared_ptr<nn::LoraLayerImpl>>& touched);
-  // target_modules on tied embeddings (the docs' table): returns the full name of the output head whose LoRA is
+  // target_modules on tied embeddings (the docs' table; src/peft_model/weight_tying.cpp): returns the full name of the output head whose LoRA is
   // to be tied to the input embedding's and the embedding's full name (after making sure the embedding is targeted
   // and the head is not), or two empty strings.
   std::pair<std::string, std::string> plan_lora_weight_tying(const LoraConfig& config,

@@ -109,7 +109,7 @@ void reduce_intruder_dimension(PeftModel& model, const IntruderOptions& o) {
     // old adapter; here such layers are skipped. An lm_head whose LoRA is tied to the input
     // embedding's has nothing of its own (the embedding's new adapter is what it uses).
     if (!layer->has_adapter(o.old_adapter_name) || !layer->has_adapter(o.new_adapter_name) ||
-        layer->adapter_tied(o.old_adapter_name)) {
+        layer->adapter_tensors(o.old_adapter_name).empty()) {
       continue;
     }
     // PEFT logs the names of peft_model.named_modules().

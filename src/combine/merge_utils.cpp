@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "../spellings.h"
 #include "peft/error.h"
 
 namespace peft::merge {
@@ -48,13 +49,23 @@ at::Tensor elect_and_merge(const std::vector<at::Tensor>& pruned_tensors, const 
   return disjoint_merge(stacked * w, calculate_majority_sign_mask(stacked, method));
 }
 
+constexpr detail::Spellings<MajoritySign, 2> kMajoritySigns{{
+    {MajoritySign::kTotal, "total"},
+    {MajoritySign::kFrequency, "frequency"},
+}};
+
 }  // namespace
 
 MajoritySign parse_majority_sign(const std::string& s) {
-  if (s == "total") return MajoritySign::kTotal;
-  if (s == "frequency") return MajoritySign::kFrequency;
-  throw ConfigError("merge", "majority_sign_method \"" + s + "\" is not one of \"total\", \"frequency\"");
+  const auto m = detail::find_spelling(kMajoritySigns, s);
+  if (!m) {
+    throw ConfigError("merge", "majority_sign_method \"" + s + "\" is not one of " +
+                                   detail::accepted_spellings(kMajoritySigns));
+  }
+  return *m;
 }
+
+std::string to_string(MajoritySign method) { return detail::spelling_of(kMajoritySigns, method); }
 
 at::Tensor task_arithmetic(const std::vector<at::Tensor>& tensors, const std::vector<double>& weights) {
   at::Tensor w;

@@ -12,14 +12,12 @@
 #include "peft/combine.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
+#include "peft/lora/modules_to_save.h"
 #include "peft/merge_utils.h"
 #include "peft/peft_model.h"
 
 namespace peft {
 namespace {
-
-const std::set<std::string> kLinearFamily = {"linear", "ties", "dare_ties", "dare_linear", "magnitude_prune"};
-const std::set<std::string> kSvdFamily = {"svd", "ties_svd", "dare_ties_svd", "dare_linear_svd", "magnitude_prune_svd"};
 
 int sizing_rank(const LoraConfig& c) {
   int r = c.r;
@@ -27,17 +25,17 @@ int sizing_rank(const LoraConfig& c) {
   return r;
 }
 
-// The merge function of a combination type (without its "_svd" suffix).
-at::Tensor combine(const std::string& base_type, const std::vector<at::Tensor>& tensors,
-                   const std::vector<double>& weights, const WeightedAdapterOptions& o) {
-  if (base_type == "linear" || base_type == "svd") return merge::task_arithmetic(tensors, weights);
-  PEFT_CHECK(o.density.has_value(), ConfigError, "add_weighted_adapter",
-             "combination_type \"" << o.combination_type << "\" needs `density` (the fraction of entries kept)");
-  const auto sign = merge::parse_majority_sign(o.majority_sign_method);
-  if (base_type == "ties") return merge::ties(tensors, weights, *o.density, sign);
-  if (base_type == "dare_linear") return merge::dare_linear(tensors, weights, *o.density);
-  if (base_type == "dare_ties") return merge::dare_ties(tensors, weights, *o.density, sign);
-  return merge::magnitude_prune(tensors, weights, *o.density);
+// The merge of a combination type on a list of tensors (merge_of(type): the type without its "_svd").
+at::Tensor combine(CombinationType type, const std::vector<at::Tensor>& tensors, const std::vector<double>& weights,
+                   const WeightedAdapterOptions& o) {
+  const auto sign = o.majority_sign_method;
+  switch (merge_of(type)) {
+    case CombinationType::kTies: return merge::ties(tensors, weights, *o.density, sign);
+    case CombinationType::kDareLinear: return merge::dare_linear(tensors, weights, *o.density);
+    case CombinationType::kDareTies: return merge::dare_ties(tensors, weights, *o.density, sign);
+    case CombinationType::kMagnitudePrune: return merge::magnitude_prune(tensors, weights, *o.density);
+    default: return merge::task_arithmetic(tensors, weights);
+  }
 }
 
 
@@ -87,22 +85,30 @@ void add_weighted_adapter(PeftModel& model, const std::vector<std::string>& adap
   }
   for (auto& [name, layer] : nn::lora_layers(model.base_model())) {
     int copies = 0;
-    for (const auto& a : adapters) copies += layer->has_trainable_copy(a) ? 1 : 0;
+    for (const auto& a : adapters) copies += layer->modules_to_save() && layer->modules_to_save()->contains(a) ? 1 : 0;
     PEFT_CHECK(copies < 2, ConfigError, "add_weighted_adapter",
                "Cannot add weighted adapters if they target the same module with modules_to_save (\"" << name << "\")");
   }
-  const std::string type = adapters.size() == 1 ? "linear" : options.combination_type;
-  PEFT_CHECK(type == "cat" || kLinearFamily.count(type) || kSvdFamily.count(type), ConfigError,
-             "add_weighted_adapter", "Invalid combination_type: " << type);
+  CombinationType type = options.combination_type;
+  if (adapters.size() == 1 && type != CombinationType::kLinear) {
+    // PEFT quirk: one adapter is always combined as "linear".
+    warn("add_weighted_adapter", "a single adapter is combined as \"linear\" (as PEFT does); combination_type=\"" +
+                                     to_string(type) + "\" is not used");
+    type = CombinationType::kLinear;
+  }
+  PEFT_CHECK(!needs_density(type) || options.density.has_value(), ConfigError, "add_weighted_adapter",
+             "combination_type \"" << to_string(type) << "\" needs `density` (the fraction of entries kept)");
+  const bool svd = is_svd_type(type);
+  const bool linear_family = !svd && type != CombinationType::kCat;
   std::vector<int> ranks;
   for (const auto& a : adapters) ranks.push_back(sizing_rank(model.peft_config(a)));
   int new_rank = 0;
-  if (kLinearFamily.count(type)) {
+  if (linear_family) {
     PEFT_CHECK(std::all_of(ranks.begin(), ranks.end(), [&](int r) { return r == ranks.front(); }), ConfigError,
                "add_weighted_adapter",
-               "All adapters must have the same r value when using " << type << " combination_type");
+               "All adapters must have the same r value when using " << to_string(type) << " combination_type");
     new_rank = ranks.front();
-  } else if (type == "cat") {
+  } else if (type == CombinationType::kCat) {
     for (int r : ranks) new_rank += r;
   } else {
     new_rank = options.svd_rank.value_or(*std::max_element(ranks.begin(), ranks.end()));
@@ -124,10 +130,10 @@ void add_weighted_adapter(PeftModel& model, const std::vector<std::string>& adap
       As.push_back(layer->adapter_tensor(adapters[i], emb ? "lora_embedding_A" : "lora_A.weight"));
       Bs.push_back(layer->adapter_tensor(adapters[i], emb ? "lora_embedding_B" : "lora_B.weight"));
       w.push_back(weights[i] * layer->scaling(adapters[i]));
-      if (kSvdFamily.count(type)) deltas.push_back(layer->get_delta_weight(adapters[i]));
+      if (svd) deltas.push_back(layer->get_delta_weight(adapters[i]));
     }
     if (As.empty()) continue;
-    if (type == "cat") {
+    if (type == CombinationType::kCat) {
       // B_new A_new = sum_i w_i s_i B_i A_i exactly: the weighted A's stacked by rows, the B's by columns.
       int64_t offset = 0;
       for (size_t i = 0; i < As.size(); ++i) {
@@ -136,7 +142,7 @@ void add_weighted_adapter(PeftModel& model, const std::vector<std::string>& adap
         B.narrow(1, offset, r).copy_(Bs[i]);
         offset += r;
       }
-    } else if (kLinearFamily.count(type)) {
+    } else if (linear_family) {
       // PEFT quirk (issue #3004): A and B are combined separately with weights sign(c)sqrt|c| and sqrt|c|, so
       // for several adapters B_new A_new has cross terms sqrt|c_i c_j| B_i A_j.
       std::vector<double> wa, wb;
@@ -149,8 +155,7 @@ void add_weighted_adapter(PeftModel& model, const std::vector<std::string>& adap
     } else {
       // PEFT quirk: get_delta_weight already includes s_i and the weights are w_i s_i again, so the SVD types
       // apply each adapter's scaling twice.
-      const std::string base_type = type.substr(0, type.size() - 4);
-      at::Tensor M = combine(base_type, deltas, w, options);
+      at::Tensor M = combine(type, deltas, w, options);
       const bool conv = M.dim() > 2;
       const std::vector<int64_t> b_shape = B.sizes().vec(), a_shape = A.sizes().vec();
       if (conv) M = M.flatten(1);

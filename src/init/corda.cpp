@@ -198,7 +198,7 @@ struct Eigens {
 
 // PEFT collect_eigens_for_layer + crop_corda_eigens.
 Eigens decompose(const std::string& name, const nn::LoraLayerImpl& layer, const at::Tensor& covariance, int r,
-                 const std::string& method, bool verbose) {
+                 CordaMethod method, bool verbose) {
   at::Tensor W = weight_out_in(layer);  // (out, in)
   const int64_t in = W.size(1);
   at::Tensor C = covariance.to(W.device(), at::kFloat);
@@ -227,7 +227,7 @@ Eigens decompose(const std::string& name, const nn::LoraLayerImpl& layer, const 
   auto [U, S, Vh] = at::linalg_svd(at::matmul(W, Cf), /*full_matrices=*/false);
   at::Tensor V = at::matmul(Vh, inv).t();  // (in, min)
   const int64_t k = S.size(0);
-  const int64_t start = method == "ipm" ? 0 : k - r;  // ipm: largest r; kpm: smallest r
+  const int64_t start = method == CordaMethod::kIpm ? 0 : k - r;  // ipm: largest r; kpm: smallest r
   Eigens e;
   // clone: the crops must not keep the full min(in, out) matrices alive (or be saved with them).
   e.U = U.slice(1, start, start + r).clone(at::MemoryFormat::Contiguous);
@@ -278,11 +278,7 @@ void load_cache(const std::string& path, const std::vector<Layer>& layers, const
              "cache file \"" << path << "\" does not fit the targeted layers: " << detail::join(problems)
                              << " (hint: it was written for another model, r or rank_pattern; delete it to "
                                 "recompute)");
-  for (auto& [layer, e] : loaded) {
-    layer->set_init_data("corda_U", e.U);
-    layer->set_init_data("corda_S", e.S);
-    layer->set_init_data("corda_V", e.V);
-  }
+  for (auto& [layer, e] : loaded) layer->init_data().corda = nn::LayerInitData::Corda{e.U, e.S, e.V};
 }
 
 }  // namespace
@@ -299,8 +295,6 @@ void preprocess_corda(torch::nn::Module& model, const LoraConfig& config, const 
     load_cache(*cc.cache_file, layers, config);
     return;
   }
-  PEFT_CHECK(cc.corda_method == "ipm" || cc.corda_method == "kpm", ConfigError, kComponent,
-             "Invalid corda_method found: \"" << cc.corda_method << "\", it should be \"ipm\" or \"kpm\"");
 
   // Checked before calibrating (PEFT notices only when cropping, after the expensive part).
   std::vector<std::string> too_large;
@@ -330,9 +324,7 @@ void preprocess_corda(torch::nn::Module& model, const LoraConfig& config, const 
   for (size_t i = 0; i < layers.size(); ++i) {
     const auto& [name, layer] = layers[i];
     const Eigens& e = eigens[i];
-    layer->set_init_data("corda_U", e.U);
-    layer->set_init_data("corda_S", e.S);
-    layer->set_init_data("corda_V", e.V);
+    layer->init_data().corda = nn::LayerInitData::Corda{e.U, e.S, e.V};
     cache.emplace_back(cache_key(name, "S"), e.S);
     cache.emplace_back(cache_key(name, "U"), e.U);
     cache.emplace_back(cache_key(name, "V"), e.V);

@@ -7,7 +7,7 @@
 #include <filesystem>
 
 #include "peft/error.h"
-#include "peft/init/loftq.h"
+#include "peft/lora/loftq.h"
 #include "peft/init/loftq_model.h"
 #include "peft/io/hf_checkpoint.h"
 #include "peft/io/safetensors.h"

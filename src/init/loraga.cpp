@@ -190,7 +190,7 @@ void preprocess_loraga(torch::nn::Module& model, const LoraConfig& config, const
                "forward and backward on a few training batches, or a cache_file written by an earlier run)");
     grads = estimate_gradients(model, layers, train_step);
   }
-  for (size_t i = 0; i < layers.size(); ++i) layers[i].second->set_init_data("loraga_grad", grads[i]);
+  for (size_t i = 0; i < layers.size(); ++i) layers[i].second->init_data().loraga_grad = grads[i];
 
   if (!cached && !cache_file.empty()) {
     // Divergence from PEFT: PEFT writes a torch pickle (torch.save); this writes safetensors with PEFT's keys.

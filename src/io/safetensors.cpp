@@ -17,13 +17,13 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <random>
 #include <set>
 #include <sstream>
 #include <system_error>
 #include <tuple>
 
 #include "peft/error.h"
+#include "peft/io/atomic_write.h"
 
 namespace peft::io {
 namespace {
@@ -160,22 +160,6 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
                  e.dtype->name, ", shape ", sh->dump(), ")");
   }
   return e;
-}
-
-[[noreturn]] void throw_errno(const char* what) {
-  throw std::system_error(errno, std::generic_category(), what);
-}
-
-// Writes all of `size` bytes, retrying short writes and EINTR.
-void write_all(int fd, const void* data, size_t size) {
-  const auto* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw_errno("write");
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
 }
 
 }  // namespace
@@ -405,36 +389,20 @@ void save_safetensors(const std::string& path,
   // Pad so the data section starts 8-byte aligned, which lets readers map every dtype zero-copy.
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
 
-  std::random_device rd;
-  std::ostringstream tmp_name;
-  tmp_name << path << ".tmp-" << ::getpid() << "-" << std::hex << rd() << rd();
-  const std::string tmp = tmp_name.str();
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-  if (fd < 0) {
-    throw Error(kComponent, cat(quoted(path), ": cannot create temporary file ", quoted(tmp), ": ",
-                                std::strerror(errno)));
-  }
-  try {
-    uint8_t len_bytes[8];
-    for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<uint8_t>(header_text.size() >> (8 * i));
-    write_all(fd, len_bytes, 8);
-    write_all(fd, header_text.data(), header_text.size());
-    for (const auto& [name, t] : sorted) {
-      // One tensor at a time, so a GPU model never needs a full CPU copy.
-      const at::Tensor cpu = t->detach().to(at::kCPU).contiguous();
-      if (cpu.numel() > 0) write_all(fd, cpu.data_ptr(), cpu.nbytes());
-    }
-    if (::fsync(fd) != 0) throw_errno("fsync");
-    const int rc = ::close(fd);
-    fd = -1;
-    if (rc != 0) throw_errno("close");
-    std::filesystem::rename(tmp, path);  // atomic: readers see the old or the new file, never a mix
-  } catch (const std::exception& e) {    // I/O errors, a failing device copy, ...
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw Error(kComponent, cat(quoted(path), ": cannot write file: ", e.what(),
-                                " (hint: check the directory exists, is writable and has space)"));
-  }
+  write_file_atomically(
+      path,
+      [&](const ByteSink& sink) {
+        uint8_t len_bytes[8];
+        for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<uint8_t>(header_text.size() >> (8 * i));
+        sink(len_bytes, 8);
+        sink(header_text.data(), header_text.size());
+        for (const auto& [name, t] : sorted) {
+          // One tensor at a time, so a GPU model never needs a full CPU copy.
+          const at::Tensor cpu = t->detach().to(at::kCPU).contiguous();
+          if (cpu.numel() > 0) sink(cpu.data_ptr(), cpu.nbytes());
+        }
+      },
+      kComponent);
 }
 
 void save_safetensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors,

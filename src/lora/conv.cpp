@@ -76,44 +76,28 @@ at::Tensor ConvNdImpl::base_forward(const at::Tensor& x, const at::Tensor& w, co
   return conv(x, w, b, options_.stride, options_.padding, options_.dilation, options_.groups);
 }
 
-at::Tensor ConvNdImpl::add_adapter_output(at::Tensor result, const at::Tensor& x,
-                                          const std::string& adapter) const {
+at::Tensor ConvNdImpl::lora_forward(const at::Tensor& x, const std::string& adapter) const {
   const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;
-  const auto& Bm = lora_B_->get<FactorImpl>(adapter);
-  at::Tensor xin = x.scalar_type() == A.scalar_type() ? x : x.to(A.scalar_type());
-  const double p = dropout_p(adapter);
-  if (p > 0.0) xin = at::dropout(xin, p, is_training());
+  const auto& B = lora_B_->get<FactorImpl>(adapter);
+  const at::Tensor xin = x.scalar_type() == A.scalar_type() ? x : x.to(A.scalar_type());
   const std::vector<int64_t> ones(static_cast<size_t>(dims_), 1);
   const std::vector<int64_t> zeros(static_cast<size_t>(dims_), 0);
-  const at::Tensor magnitude = dora_magnitude(adapter);
-  at::Tensor dora_base;
-  if (magnitude.defined()) {
-    // PEFT DoraConvNdLayer: the bias-free base output, reused from result without dropout or in eval mode.
-    if (p == 0.0 || !is_training()) {
-      std::vector<int64_t> bshape(static_cast<size_t>(result.dim()), 1);
-      bshape[1] = -1;
-      dora_base = has_bias() ? result - bias().view(bshape) : result;
-    } else {
-      dora_base = base_forward(xin, weight().to(xin.scalar_type()), at::Tensor());
-    }
-  }
   // PEFT copies stride and padding to lora_A but not dilation or groups (a dilated base conv therefore gives
   // mismatched shapes in PEFT too).
-  at::Tensor h = conv(xin, A, at::Tensor(), options_.stride, options_.padding, ones, 1);
-  at::Tensor y = conv(h, Bm->weight, Bm->bias, ones, zeros, ones, options_.groups) * scaling(adapter);
+  const at::Tensor h = conv(xin, A, at::Tensor(), options_.stride, options_.padding, ones, 1);
+  return conv(h, B->weight, B->bias, ones, zeros, ones, options_.groups) * scaling(adapter);
+}
+
+at::Tensor ConvNdImpl::add_adapter_output(at::Tensor result, const at::Tensor& x,
+                                          const std::string& adapter) const {
+  const at::Tensor y = lora_forward(lora_dropout(x, adapter), adapter);
   PEFT_CHECK(y.sizes() == result.sizes(), ShapeMismatchError, "lora",
              "Conv LoRA output shape " << y.sizes() << " differs from the base output " << result.sizes()
                                        << " (hint: PEFT does not support dilated base convolutions either)");
-  if (magnitude.defined()) {
-    // g = m / ||W + s B A|| with m, g shaped (1, out, 1...): result += (g - 1) * base + g * s * lora(x).
-    at::Tensor norm = dora_weight_norm(weight(), get_delta_weight(adapter).to(weight().scalar_type()));
-    at::Tensor g = magnitude / norm.to(magnitude.scalar_type());
-    return result + (g - 1) * dora_base + g * y;
-  }
   return result + y.to(result.scalar_type());
 }
 
-at::Tensor ConvNdImpl::get_delta_weight(const std::string& adapter) const {
+at::Tensor ConvNdImpl::lora_delta_weight(const std::string& adapter) const {
   const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;  // (r, in, *k)
   const auto& B = lora_B_->get<FactorImpl>(adapter)->weight;  // (out, r / groups, 1...)
   PEFT_CHECK(options_.groups == 1, UnsupportedError, "lora",

@@ -55,15 +55,12 @@ void EmbeddingImpl::destroy_adapter(const std::string& adapter) {
   }
 }
 
-std::vector<std::pair<std::string, at::Tensor>> EmbeddingImpl::adapter_tensors(
-    const std::string& adapter) const {
+std::vector<std::pair<std::string, at::Tensor>> EmbeddingImpl::factor_tensors(const std::string& adapter) const {
   std::vector<std::pair<std::string, at::Tensor>> out;
   if (lora_embedding_A_ && lora_embedding_A_->contains(adapter)) {
     out.emplace_back("lora_embedding_A", lora_embedding_A_->get(adapter));
     out.emplace_back("lora_embedding_B", lora_embedding_B_->get(adapter));
   }
-  at::Tensor m = dora_magnitude(adapter);
-  if (m.defined()) out.emplace_back("lora_magnitude_vector", m);
   return out;
 }
 
@@ -71,23 +68,20 @@ at::Tensor EmbeddingImpl::base_forward(const at::Tensor& x, const at::Tensor& w,
   return at::embedding(w, x, padding_idx_.value_or(-1));
 }
 
-at::Tensor EmbeddingImpl::add_adapter_output(at::Tensor result, const at::Tensor& x,
-                                             const std::string& adapter) const {
+at::Tensor EmbeddingImpl::lora_forward(const at::Tensor& x, const std::string& adapter) const {
   const at::Tensor& A = lora_embedding_A_->get(adapter);  // (r, num_embeddings)
   const at::Tensor& B = lora_embedding_B_->get(adapter);  // (embedding_dim, r)
-  at::Tensor h = at::embedding(A.t(), x, padding_idx_.value_or(-1));  // (..., r)
-  at::Tensor y = at::matmul(h, B.t()) * scaling(adapter);
-  const at::Tensor magnitude = dora_magnitude(adapter);
-  if (magnitude.defined()) {
-    // PEFT DoraEmbeddingVariant: g = m / ||W^T + s (B A)|| per embedding column; result = g * result + g * lora.
-    at::Tensor norm = dora_weight_norm(weight(), get_delta_weight(adapter).to(weight().scalar_type()));
-    at::Tensor g = magnitude / norm.to(magnitude.scalar_type());
-    return g * result + g * y;
-  }
-  return result + y.to(result.scalar_type());
+  const at::Tensor h = at::embedding(A.t(), x, padding_idx_.value_or(-1));  // (..., r)
+  return at::matmul(h, B.t()) * scaling(adapter);
 }
 
-at::Tensor EmbeddingImpl::get_delta_weight(const std::string& adapter) const {
+at::Tensor EmbeddingImpl::add_adapter_output(at::Tensor result, const at::Tensor& x,
+                                             const std::string& adapter) const {
+  // No dropout and no input cast on an embedding's LoRA path (as in PEFT).
+  return result + lora_forward(x, adapter).to(result.scalar_type());
+}
+
+at::Tensor EmbeddingImpl::lora_delta_weight(const std::string& adapter) const {
   // (num_embeddings, embedding_dim) = ((B @ A) * scaling)^T
   return scaled_product(lora_embedding_B_->get(adapter), lora_embedding_A_->get(adapter), adapter).t().contiguous();
 }

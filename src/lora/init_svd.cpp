@@ -105,39 +105,46 @@ WeightInit loraga_init(const at::Tensor& W, const at::Tensor& G, int r, double s
   at::Tensor S = l.S.slice(0, 0, 2 * r);
   at::Tensor Vh = l.V.t().slice(0, 0, 2 * r);
   at::Tensor A, B, SB;
-  if (c.direction == "ArBr") {
-    A = Vh.slice(0, 1, 2 * r, 2);
-    B = U.slice(1, 0, 2 * r, 2);
-    SB = S.slice(0, 0, 2 * r, 2);
-  } else if (c.direction == "A2rBr") {
-    A = Vh.slice(0, r, 2 * r);
-    B = U.slice(1, 0, r);
-    SB = S.slice(0, 0, r);
-  } else if (c.direction == "ArB2r") {
-    A = Vh.slice(0, 0, r);
-    B = U.slice(1, r, 2 * r);
-    SB = S.slice(0, r, 2 * r);
-  } else if (c.direction == "random") {
-    at::Tensor idx = torch::randperm(2 * r, at::TensorOptions().dtype(at::kLong)).slice(0, 0, r).to(U.device());
-    A = Vh.index_select(0, idx);
-    B = U.index_select(1, idx);
-    SB = S.index_select(0, idx);
-  } else {
-    throw ConfigError("lora_ga", "unknown direction \"" + c.direction +
-                                     "\" (expected \"ArBr\", \"A2rBr\", \"ArB2r\" or \"random\")");
+  switch (c.direction) {
+    case LoraGADirection::kArBr:
+      A = Vh.slice(0, 1, 2 * r, 2);
+      B = U.slice(1, 0, 2 * r, 2);
+      SB = S.slice(0, 0, 2 * r, 2);
+      break;
+    case LoraGADirection::kA2rBr:
+      A = Vh.slice(0, r, 2 * r);
+      B = U.slice(1, 0, r);
+      SB = S.slice(0, 0, r);
+      break;
+    case LoraGADirection::kArB2r:
+      A = Vh.slice(0, 0, r);
+      B = U.slice(1, r, 2 * r);
+      SB = S.slice(0, r, 2 * r);
+      break;
+    case LoraGADirection::kRandom: {
+      at::Tensor idx = torch::randperm(2 * r, at::TensorOptions().dtype(at::kLong)).slice(0, 0, r).to(U.device());
+      A = Vh.index_select(0, idx);
+      B = U.index_select(1, idx);
+      SB = S.index_select(0, idx);
+      break;
+    }
   }
   B = B * SB.unsqueeze(0);
-  if (c.scale == "stable") {
-    B = B * (std::pow(static_cast<double>(W.size(0)), 0.25) / std::sqrt(c.stable_gamma));
-  } else if (c.scale == "weight_svd") {
-    const double smax = at::linalg_matrix_norm(W, 2).item<double>();
-    B = B * (smax / SB[0].item<double>());
-  } else if (c.scale == "gd_scale") {
-    A = A / scaling;
-    B = B / scaling;
-  } else if (c.scale != "unit") {
-    throw ConfigError("lora_ga", "unknown scale \"" + c.scale +
-                                     "\" (expected \"stable\", \"weight_svd\", \"gd_scale\" or \"unit\")");
+  switch (c.scale) {
+    case LoraGAScale::kStable:
+      B = B * (std::pow(static_cast<double>(W.size(0)), 0.25) / std::sqrt(c.stable_gamma));
+      break;
+    case LoraGAScale::kWeightSvd: {
+      const double smax = at::linalg_matrix_norm(W, 2).item<double>();
+      B = B * (smax / SB[0].item<double>());
+      break;
+    }
+    case LoraGAScale::kGdScale:
+      A = A / scaling;
+      B = B / scaling;
+      break;
+    case LoraGAScale::kUnit:
+      break;
   }
   WeightInit out;
   out.A = A.contiguous();

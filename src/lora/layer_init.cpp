@@ -1,27 +1,17 @@
 // The weight-based and data-driven init dispatch of a Linear / Conv1D adapter (PEFT LoraLayer.update_layer:
-// pissa*, corda, olora, eva, orthogonal, lora_ga, loftq), plus the tensors preprocessing steps attach to a layer.
+// pissa*, corda, olora, eva, orthogonal, lora_ga, loftq), reading what preprocessing attached (LayerInitData).
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
 
 #include "init_weights.h"
 #include "peft/error.h"
-#include "peft/init/loftq.h"
+#include "peft/lora/loftq.h"
 #include "peft/lora/layer.h"
 
 namespace peft::nn {
 
-void LoraLayerImpl::set_init_data(const std::string& key, at::Tensor value) { init_data_[key] = std::move(value); }
-
-at::Tensor LoraLayerImpl::init_data(const std::string& key) const {
-  auto it = init_data_.find(key);
-  return it == init_data_.end() ? at::Tensor() : it->second;
-}
-
-void LoraLayerImpl::clear_init_data() { init_data_.clear(); }
-
-void LoraLayerImpl::init_from_weight(const std::string& adapter, const AdapterSettings& s, at::Tensor& A,
-                                     at::Tensor& B) {
+void LoraLayerImpl::init_from_weight(const AdapterSettings& s, at::Tensor& A, at::Tensor& B) {
   using K = InitLoraWeights::Kind;
   const auto kind = s.init_lora_weights.kind;
   if (kind == K::kTrue || kind == K::kFalse || kind == K::kGaussian) return;
@@ -65,15 +55,15 @@ void LoraLayerImpl::init_from_weight(const std::string& adapter, const AdapterSe
       wi = detail::orthogonal_init(in_features(), out_features(), s.r);
       break;
     case K::kCorda: {
-      at::Tensor U = init_data("corda_U"), S = init_data("corda_S"), V = init_data("corda_V");
-      PEFT_CHECK(U.defined() && S.defined() && V.defined(), ConfigError, "lora",
+      PEFT_CHECK(init_data_.corda.has_value(), ConfigError, "lora",
                  "init_lora_weights=\"corda\": this layer has no CorDA decomposition (hint: run "
                  "peft::preprocess_corda(model, config, run_model) before get_peft_model)");
-      wi = detail::corda_init(W, s.r, scaling, U.to(at::kFloat), S.to(at::kFloat), V.to(at::kFloat));
+      const auto& c = *init_data_.corda;
+      wi = detail::corda_init(W, s.r, scaling, c.U.to(at::kFloat), c.S.to(at::kFloat), c.V.to(at::kFloat));
       break;
     }
     case K::kLoraGa: {
-      at::Tensor G = init_data("loraga_grad");
+      at::Tensor G = init_data_.loraga_grad;
       if (!G.defined()) {
         // PEFT falls back to the default init when no gradient was stored (e.g. while loading an adapter).
         detail::default_weight_init_(A);
@@ -108,7 +98,6 @@ void LoraLayerImpl::init_from_weight(const std::string& adapter, const AdapterSe
     at::Tensor res = fifo ? wi.residual.t() : wi.residual;
     weight_.copy_(res.to(dtype));
   }
-  (void)adapter;
 }
 
 }  // namespace peft::nn

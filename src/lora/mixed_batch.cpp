@@ -1,5 +1,5 @@
 // Mixed batches (PEFT's adapter_names): the model-level checks and guard, the layer's per-row dispatch and PEFT's
-// sub-batch loop; custom adapter forwards (Arrow).
+// sub-batch loop.
 #include "peft/lora/mixed_batch.h"
 
 #include <ATen/ATen.h>
@@ -12,6 +12,9 @@
 #include "mixed_kernel.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
+#include "peft/lora/modules_to_save.h"
+#include "peft/lora/trainable_tokens.h"
+#include "peft/lora/variant.h"
 
 namespace peft::nn {
 
@@ -51,25 +54,6 @@ MixedBatchGuard::MixedBatchGuard(const torch::nn::Module& model, std::vector<std
                                  MixedBatchKernel kernel)
     : guard_((check_adapter_names(model, adapter_names), with_names(std::move(adapter_names), kernel))) {}
 
-void LoraLayerImpl::set_adapter_forward(const std::string& adapter, std::shared_ptr<AdapterForward> f) {
-  PEFT_CHECK(has_adapter(adapter), AdapterNotFoundError, "lora", "layer has no adapter \"" << adapter << "\"");
-  if (f) {
-    adapter_forwards_[adapter] = std::move(f);
-  } else {
-    adapter_forwards_.erase(adapter);
-  }
-}
-
-std::shared_ptr<AdapterForward> LoraLayerImpl::adapter_forward(const std::string& adapter) const {
-  auto it = adapter_forwards_.find(adapter);
-  return it == adapter_forwards_.end() ? nullptr : it->second;
-}
-
-at::Tensor LoraLayerImpl::add_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const {
-  if (auto f = adapter_forward(adapter)) return f->forward(*this, adapter, x, std::move(result));
-  return add_adapter_output(std::move(result), x, adapter);
-}
-
 at::Tensor LoraLayerImpl::forward_mixed(const at::Tensor& x, const std::vector<std::string>& names) const {
   // PEFT LoraLayer._check_forward_args.
   PEFT_CHECK(x.dim() >= 1 && x.size(0) == static_cast<int64_t>(names.size()), ShapeMismatchError, "adapter_names",
@@ -84,8 +68,9 @@ at::Tensor LoraLayerImpl::forward_mixed(const at::Tensor& x, const std::vector<s
     it->rows.push_back(static_cast<int64_t>(i));
   }
   for (const auto& g : groups) {
-    PEFT_CHECK(!has_adapter(g.adapter) || !settings_.at(g.adapter).use_dora, ConfigError, "adapter_names",
-               "Cannot pass `adapter_names` when DoRA is enabled (adapter \"" << g.adapter << "\")");
+    const auto v = variant(g.adapter);
+    const std::string refusal = v ? v->mixed_batch_refusal() : std::string();
+    PEFT_CHECK(refusal.empty(), ConfigError, "adapter_names", refusal << " (adapter \"" << g.adapter << "\")");
   }
   if (observer_) observer_(x);
   at::Tensor result = base_forward(x, weight_, bias_);
@@ -97,16 +82,16 @@ at::Tensor LoraLayerImpl::forward_mixed(const at::Tensor& x, const std::vector<s
   // an adapter without a copy in this module; such rows get the original module here, as "__base__" rows do.
   for (const auto& g : groups) {
     if (g.adapter == kBaseAdapterName) continue;
-    const bool copy = has_trainable_copy(g.adapter);
-    const bool tokens = has_trainable_tokens(g.adapter);
+    const bool copy = modules_to_save_ && modules_to_save_->contains(g.adapter);
+    const bool tokens = tokens_ && tokens_->has(g.adapter);
     if (!copy && !tokens) continue;
     at::Tensor w = weight_, b = bias_;
     if (copy) {
-      auto c = modules_to_save_->get<FactorImpl>(g.adapter);
+      auto c = modules_to_save_->copy(g.adapter);
       w = c->weight;
       b = c->bias;
     }
-    if (tokens) w = weight_with_tokens(w, {g.adapter});
+    if (tokens) w = tokens_->substituted(w, {g.adapter});
     at::Tensor rows = at::tensor(g.rows, opts);
     result = result.index_copy(0, rows, base_forward(x.index_select(0, rows), w, b).to(dtype));
   }

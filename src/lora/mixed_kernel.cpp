@@ -64,9 +64,7 @@ bool gathered_kernel_applies(const LoraLayerImpl& layer, const std::vector<Adapt
   int64_t most = 0;
   for (const auto& g : groups) {
     const auto& s = layer.adapter_settings(g.adapter);
-    if (layer.adapter_forward(g.adapter) || layer.adapter_tied(g.adapter) || s.alora_invocation_tokens ||
-        s.use_dora || (s.lora_dropout > 0.0 && layer.is_training()))
-      return false;
+    if (layer.variant(g.adapter) || (s.lora_dropout > 0.0 && layer.is_training())) return false;
     const auto t = layer.adapter_tensors(g.adapter).front().second.scalar_type();
     if (dtype && *dtype != t) return false;
     dtype = t;

@@ -52,8 +52,8 @@ GatherPlan make_gather_plan(const std::vector<AdapterRows>& groups, int64_t batc
 // Adds y (groups, m * L, out), the groups' outputs in plan order, to result (batch, ..., out) rows.
 at::Tensor scatter_groups(at::Tensor result, const at::Tensor& y, const GatherPlan& plan);
 
-// True when the gathered kernel applies: kernel == kGathered, no autograd, every adapter plain (no custom forward,
-// aLoRA, tied source or DoRA) with the same factor dtype, and padding that at most doubles the rows.
+// True when the gathered kernel applies: kernel == kGathered, no autograd, every adapter plain LoRA (no variant)
+// with the same factor dtype, and padding that at most doubles the rows.
 bool gathered_kernel_applies(const LoraLayerImpl& layer, const std::vector<AdapterRows>& groups);
 
 }  // namespace peft::nn::mixed

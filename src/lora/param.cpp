@@ -42,8 +42,6 @@ void ParamLoraImpl::create_adapter(const std::string& adapter, const AdapterSett
                                                                         << s.lora_dropout << ")");
   PEFT_CHECK(!s.lora_bias, ConfigError, "target_parameters",
              "lora.ParamWrapper does not work with lora_bias=True (" << where << ")");
-  PEFT_CHECK(!s.use_dora && !s.alora_invocation_tokens, ConfigError, "target_parameters",
-             "lora.ParamWrapper does not work with LoRA variants (DoRA, aLoRA) (" << where << ")");
   using K = InitLoraWeights::Kind;
   const auto k = s.init_lora_weights.kind;
   PEFT_CHECK(k == K::kTrue || k == K::kFalse || k == K::kGaussian, ConfigError, "target_parameters",
@@ -62,13 +60,19 @@ at::Tensor ParamLoraImpl::base_forward(const at::Tensor&, const at::Tensor&, con
                                                   "param(\"" + parameter_name_ + "\"))");
 }
 
+at::Tensor ParamLoraImpl::lora_forward(const at::Tensor&, const std::string&) const {
+  throw UnsupportedError("target_parameters", "the LoRA of parameter \"" + parameter_name_ +
+                                                  "\" has no forward of its own (hint: the owning module reads "
+                                                  "param(\"" + parameter_name_ + "\"))");
+}
+
 at::Tensor ParamLoraImpl::add_adapter_output(at::Tensor, const at::Tensor&, const std::string&) const {
   throw UnsupportedError("target_parameters", "parameter \"" + parameter_name_ +
                                                   "\": mixed adapter batches are not supported with "
                                                   "target_parameters (PEFT neither)");
 }
 
-at::Tensor ParamLoraImpl::get_delta_weight(const std::string& adapter) const {
+at::Tensor ParamLoraImpl::lora_delta_weight(const std::string& adapter) const {
   const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;  // (r E, in)
   const auto& B = lora_B_->get<FactorImpl>(adapter)->weight;  // (out, r E)
   const auto dtype = A.scalar_type();

@@ -28,7 +28,7 @@ namespace {
 
 // What the four families differ in, resolved from config.json once.
 struct LlamaSettings {
-  std::string model_type;
+  LlamaFamily family = LlamaFamily::kLlama;
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -49,16 +49,6 @@ struct LlamaSettings {
   std::vector<bool> sparse;        // per layer: mlp is a SparseMoeBlock (moe.h)
 };
 
-const std::map<std::string, std::string>& class_names() {
-  static const std::map<std::string, std::string> names{{"llama", "LlamaForCausalLM"},
-                                                        {"mistral", "MistralForCausalLM"},
-                                                        {"qwen2", "Qwen2ForCausalLM"},
-                                                        {"qwen3", "Qwen3ForCausalLM"},
-                                                        {"mixtral", "MixtralForCausalLM"},
-                                                        {"qwen3_moe", "Qwen3MoeForCausalLM"}};
-  return names;
-}
-
 int64_t positive(const ConfigReader& c, const std::string& type, const std::string& key) {
   const auto v = c.get<int64_t>(key);
   PEFT_CHECK(v > 0, ConfigError, "config.json",
@@ -70,25 +60,27 @@ int64_t positive(const ConfigReader& c, const std::string& type, const std::stri
 // MistralConfig's 4096 / MixtralConfig's None, null = none). Qwen3-MoE: every layer when
 // use_sliding_window (Qwen3MoeConfig, v5). Qwen2 / Qwen3: layer_types when given, else
 // use_sliding_window for layers >= max_window_layers.
-std::vector<std::optional<int64_t>> read_sliding_windows(const ConfigReader& c,
-                                                         const std::string& type, int64_t layers) {
+std::vector<std::optional<int64_t>> read_sliding_windows(const ConfigReader& c, LlamaFamily family,
+                                                         int64_t layers) {
+  using F = LlamaFamily;
+  const std::string type = to_string(family);
   std::vector<std::optional<int64_t>> out(static_cast<size_t>(layers));
-  if (type == "llama") return out;
+  if (family == F::kLlama) return out;
   std::optional<int64_t> window;
   if (c.has("sliding_window")) {
     window = c.get<int64_t>("sliding_window");
-  } else if ((type == "mistral" || type == "qwen3_moe") && !c.json().contains("sliding_window")) {
+  } else if ((family == F::kMistral || family == F::kQwen3Moe) && !c.json().contains("sliding_window")) {
     window = 4096;
   }
   PEFT_CHECK(!window || *window > 0, ConfigError, "config.json",
              type << " config field \"sliding_window\" must be positive or null; got " << *window);
   if (!window) return out;
-  if (type == "mistral" || type == "mixtral" ||
-      (type == "qwen3_moe" && c.get<bool>("use_sliding_window", false))) {
+  if (family == F::kMistral || family == F::kMixtral ||
+      (family == F::kQwen3Moe && c.get<bool>("use_sliding_window", false))) {
     std::fill(out.begin(), out.end(), window);
     return out;
   }
-  if (type == "qwen3_moe") return out;
+  if (family == F::kQwen3Moe) return out;
   if (c.has("layer_types")) {
     const auto types = c.get<std::vector<std::string>>("layer_types");
     PEFT_CHECK(static_cast<int64_t>(types.size()) == layers, ConfigError, "config.json",
@@ -113,16 +105,18 @@ std::vector<std::optional<int64_t>> read_sliding_windows(const ConfigReader& c,
 
 LlamaSettings read_settings(const nlohmann::json& config) {
   LlamaSettings s;
-  s.model_type = config.at("model_type").get<std::string>();
-  const std::string& t = s.model_type;
+  using F = LlamaFamily;
+  s.family = parse_llama_family(config.at("model_type").get<std::string>());
+  const F f = s.family;
+  const std::string t = to_string(f);  // for messages
   ConfigReader c(config, t);
   s.vocab_size = positive(c, t, "vocab_size");
   s.hidden_size = positive(c, t, "hidden_size");
   s.num_hidden_layers = positive(c, t, "num_hidden_layers");
-  s.moe = read_moe_settings(c, t, s.hidden_size);
-  s.sparse = read_sparse_layers(c, t, s.num_hidden_layers);
+  s.moe = read_moe_settings(c, f, s.hidden_size);
+  s.sparse = read_sparse_layers(c, f, s.num_hidden_layers);
   // Mixtral's experts use intermediate_size, and so do the dense layers.
-  if (t == "mixtral" || std::find(s.sparse.begin(), s.sparse.end(), false) != s.sparse.end())
+  if (f == F::kMixtral || std::find(s.sparse.begin(), s.sparse.end(), false) != s.sparse.end())
     s.intermediate_size = positive(c, t, "intermediate_size");
   s.num_attention_heads = positive(c, t, "num_attention_heads");
   s.num_key_value_heads =
@@ -139,22 +133,22 @@ LlamaSettings read_settings(const nlohmann::json& config) {
                  << ") and no head_dim is given");
     s.head_dim = s.hidden_size / s.num_attention_heads;
   }
-  s.rms_norm_eps = c.get<double>("rms_norm_eps", t == "mixtral" ? 1e-5 : 1e-6);
+  s.rms_norm_eps = c.get<double>("rms_norm_eps", f == F::kMixtral ? 1e-5 : 1e-6);
   PEFT_CHECK(s.rms_norm_eps > 0, ConfigError, "config.json",
              t << " config field \"rms_norm_eps\" must be positive; got " << s.rms_norm_eps);
   const auto act = c.get<std::string>("hidden_act", "silu");
   PEFT_CHECK(act == "silu" || act == "swish", UnsupportedError, "config.json",
              t << " config field \"hidden_act\" is \"" << act << "\"; supported: silu, swish");
   const bool attention_bias = c.get<bool>("attention_bias", false);
-  if (t == "llama" || t == "qwen3" || t == "qwen3_moe") s.qkv_bias = s.o_bias = attention_bias;
-  if (t == "qwen2") s.qkv_bias = true;
-  if (t == "llama") s.mlp_bias = c.get<bool>("mlp_bias", false);
-  s.qk_norm = t == "qwen3" || t == "qwen3_moe";
+  if (f == F::kLlama || f == F::kQwen3 || f == F::kQwen3Moe) s.qkv_bias = s.o_bias = attention_bias;
+  if (f == F::kQwen2) s.qkv_bias = true;
+  if (f == F::kLlama) s.mlp_bias = c.get<bool>("mlp_bias", false);
+  s.qk_norm = f == F::kQwen3 || f == F::kQwen3Moe;
   s.tie_word_embeddings = c.get<bool>("tie_word_embeddings", false);
   if (auto pad = c.optional<int64_t>("pad_token_id"); pad && *pad >= 0 && *pad < s.vocab_size)
     s.padding_idx = pad;
-  s.sliding_window = read_sliding_windows(c, t, s.num_hidden_layers);
-  if (t == "mixtral" && !c.has("rope_theta")) {  // MixtralConfig.default_theta
+  s.sliding_window = read_sliding_windows(c, f, s.num_hidden_layers);
+  if (f == F::kMixtral && !c.has("rope_theta")) {  // MixtralConfig.default_theta
     nlohmann::json patched = config;
     patched["rope_theta"] = 1e6;
     s.rope = make_rotary_embedding(ConfigReader(patched, t), s.head_dim);
@@ -305,19 +299,19 @@ class LlamaForCausalLM : public PretrainedModel {
     if (!s_.tie_word_embeddings) return {};
     return {{"lm_head.weight", "model.embed_tokens.weight"}};
   }
-  std::string model_type() const override { return s_.model_type; }
-  std::string class_name() const override { return class_names().at(s_.model_type); }
+  std::string model_type() const override { return to_string(s_.family); }
+  std::string class_name() const override { return detail::class_name(s_.family); }
   std::string parent_library() const override {
-    return "transformers.models." + s_.model_type + ".modeling_" + s_.model_type;
+    return "transformers.models." + model_type() + ".modeling_" + model_type();
   }
   // PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING has no qwen3_moe entry: PEFT then
   // asks for target_modules (or target_parameters alone).
   std::vector<std::string> default_target_modules() const override {
-    if (s_.model_type == "qwen3_moe") return {};
+    if (s_.family == LlamaFamily::kQwen3Moe) return {};
     return {"q_proj", "v_proj"};
   }
   void convert_checkpoint(std::map<std::string, at::Tensor>& tensors) const override {
-    if (s_.moe) convert_moe_checkpoint(tensors, s_.model_type, s_.sparse, s_.moe->num_experts);
+    if (s_.moe) convert_moe_checkpoint(tensors, s_.family, s_.sparse, s_.moe->num_experts);
   }
   std::string output_embedding_name() const override { return "lm_head"; }
   void replicate_layers(const LayerRanges& ranges) override;
@@ -335,7 +329,7 @@ at::Tensor LlamaForCausalLM::forward(const ForwardInput& input) {
              class_name(), "input_ids must be an int64 tensor (batch, seq)");
   PEFT_CHECK(
       !input.token_type_ids.defined(), UnsupportedError, class_name(),
-      "token_type_ids are not used by " << s_.model_type << " models (hint: leave them undefined)");
+      "token_type_ids are not used by " << model_type() << " models (hint: leave them undefined)");
   const int64_t batch = ids.size(0), seq = ids.size(1);
   KVCache* cache = input.cache;
   const int64_t cached = cache ? cache->length() : 0;
@@ -433,7 +427,7 @@ void LlamaForCausalLM::replicate_layers(const LayerRanges& ranges) {
     nlohmann::json types = nlohmann::json::array();
     for (size_t src : sources) types.push_back(old_types[src]);
     patch["layer_types"] = std::move(types);
-  } else if ((s_.model_type == "qwen2" || s_.model_type == "qwen3") &&
+  } else if ((s_.family == LlamaFamily::kQwen2 || s_.family == LlamaFamily::kQwen3) &&
              std::any_of(s_.sliding_window.begin(), s_.sliding_window.end(),
                          [](const auto& w) { return w.has_value(); })) {
     nlohmann::json types = nlohmann::json::array();
@@ -442,7 +436,7 @@ void LlamaForCausalLM::replicate_layers(const LayerRanges& ranges) {
     }
     patch["layer_types"] = std::move(types);
   }
-  patch_sparse_layers(s_.model_type, s_.sparse, patch);
+  patch_sparse_layers(s_.family, s_.sparse, patch);
   set_config_json(patched_config_json(config_json(), patch));
 }
 

@@ -47,17 +47,18 @@ at::Tensor init_expert_weight(int64_t experts, int64_t out, int64_t in) {
 
 }  // namespace
 
-std::optional<MoeSettings> read_moe_settings(const ConfigReader& c, const std::string& type,
-                                             int64_t hidden_size) {
-  if (type != "mixtral" && type != "qwen3_moe") return std::nullopt;
+std::optional<MoeSettings> read_moe_settings(const ConfigReader& c, LlamaFamily family, int64_t hidden_size) {
+  if (!is_moe(family)) return std::nullopt;
+  const bool mixtral = family == LlamaFamily::kMixtral;
+  const std::string type = to_string(family);
   MoeSettings s;
   s.hidden_size = hidden_size;
   // Both configs map the attribute num_experts <-> num_local_experts (attribute_map); config.json
   // files use num_local_experts (Mixtral) and num_experts (Qwen3-MoE).
-  const std::string own = type == "mixtral" ? "num_local_experts" : "num_experts";
-  const std::string alias = type == "mixtral" ? "num_experts" : "num_local_experts";
+  const std::string own = mixtral ? "num_local_experts" : "num_experts";
+  const std::string alias = mixtral ? "num_experts" : "num_local_experts";
   const std::string experts_key = c.has(own) || !c.has(alias) ? own : alias;
-  if (type == "qwen3_moe" && c.get<int64_t>(experts_key) == 0)
+  if (family == LlamaFamily::kQwen3Moe && c.get<int64_t>(experts_key) == 0)
     return std::nullopt;  // every layer dense
   s.num_experts = positive_field(c, type, experts_key);
   s.num_experts_per_tok = positive_field(c, type, "num_experts_per_tok");
@@ -65,7 +66,7 @@ std::optional<MoeSettings> read_moe_settings(const ConfigReader& c, const std::s
              type << " config field \"num_experts_per_tok\" (" << s.num_experts_per_tok
                   << ") exceeds the number of experts (" << experts_key << " = " << s.num_experts
                   << ")");
-  if (type == "mixtral") {
+  if (mixtral) {
     s.expert_intermediate_size = positive_field(c, type, "intermediate_size");
     s.norm_topk_prob = true;  // MixtralTopKRouter always renormalises the top-k weights
     s.cast_router_weights = false;
@@ -81,18 +82,17 @@ std::optional<MoeSettings> read_moe_settings(const ConfigReader& c, const std::s
   return s;
 }
 
-std::vector<bool> read_sparse_layers(const ConfigReader& c, const std::string& type,
-                                     int64_t num_layers) {
+std::vector<bool> read_sparse_layers(const ConfigReader& c, LlamaFamily family, int64_t num_layers) {
   const auto n = static_cast<size_t>(num_layers);
-  if (type == "mixtral") return std::vector<bool>(n, true);
+  if (family == LlamaFamily::kMixtral) return std::vector<bool>(n, true);
   std::vector<bool> out(n, false);
-  if (type != "qwen3_moe") return out;
+  if (family != LlamaFamily::kQwen3Moe) return out;
   const std::string experts_key =
       c.has("num_experts") || !c.has("num_local_experts") ? "num_experts" : "num_local_experts";
   if (c.get<int64_t>(experts_key) <= 0) return out;
   const auto step = c.get<int64_t>("decoder_sparse_step", 1);
   PEFT_CHECK(step > 0, ConfigError, "config.json",
-             type << " config field \"decoder_sparse_step\" must be positive; got " << step);
+             "qwen3_moe config field \"decoder_sparse_step\" must be positive; got " << step);
   const auto dense = c.get<std::vector<int64_t>>("mlp_only_layers", {});
   for (size_t i = 0; i < n; ++i) {
     const auto idx = static_cast<int64_t>(i);
@@ -102,9 +102,8 @@ std::vector<bool> read_sparse_layers(const ConfigReader& c, const std::string& t
   return out;
 }
 
-void patch_sparse_layers(const std::string& type, const std::vector<bool>& sparse,
-                         nlohmann::json& patch) {
-  if (type != "qwen3_moe" || std::find(sparse.begin(), sparse.end(), false) == sparse.end()) return;
+void patch_sparse_layers(LlamaFamily family, const std::vector<bool>& sparse, nlohmann::json& patch) {
+  if (family != LlamaFamily::kQwen3Moe || std::find(sparse.begin(), sparse.end(), false) == sparse.end()) return;
   if (std::find(sparse.begin(), sparse.end(), true) == sparse.end())
     return;  // num_experts 0: all dense anyway
   nlohmann::json dense = nlohmann::json::array();
@@ -205,9 +204,10 @@ at::Tensor SparseMoeBlockImpl::forward(const at::Tensor& x) {
 
 // ---- checkpoint conversion ----
 
-void convert_moe_checkpoint(std::map<std::string, at::Tensor>& tensors, const std::string& type,
+void convert_moe_checkpoint(std::map<std::string, at::Tensor>& tensors, LlamaFamily family,
                             const std::vector<bool>& sparse, int64_t num_experts) {
-  const bool mixtral = type == "mixtral";
+  const bool mixtral = family == LlamaFamily::kMixtral;
+  const std::string type = to_string(family);
   const std::vector<std::string> names =
       mixtral ? std::vector<std::string>{"w1", "w3", "w2"}  // gate, up, down
               : std::vector<std::string>{"gate_proj", "up_proj", "down_proj"};

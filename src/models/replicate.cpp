@@ -20,6 +20,8 @@
 #include "peft/lora/param.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
+#include "peft/lora/modules_to_save.h"
+#include "peft/lora/trainable_tokens.h"
 
 namespace peft::models::detail {
 namespace {
@@ -92,8 +94,8 @@ void release_freed_memory() {
 
 void check_no_adapters(torch::nn::Module& layer, const std::string& name) {
   for (const auto& [lname, l] : nn::lora_layers(layer)) {
-    const bool bare = l->adapter_names().empty() && l->trainable_copy_names().empty() &&
-                      l->trainable_tokens_names().empty();
+    const bool bare = l->adapter_names().empty() && (!l->modules_to_save() || l->modules_to_save()->keys().empty()) &&
+                      (!l->trainable_tokens() || l->trainable_tokens()->empty());
     // Divergence from PEFT: PEFT would deep-copy the adapters too (their parameters then shared
     // between the copies); here replication is refused once a layer holds any.
     PEFT_CHECK(bare, UnsupportedError, kComponent,

@@ -1,5 +1,7 @@
 // Packing, padding (collate) and the per-epoch order of examples.
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <random>
 

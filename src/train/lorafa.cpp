@@ -1,6 +1,8 @@
 // LoraFAOptimizer (peft/optimizers/lorafa.py): transformers' AdamW variant with lora_B's gradient projected
 // through the frozen lora_A.
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <cmath>
 #include <set>

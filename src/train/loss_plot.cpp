@@ -1,19 +1,13 @@
 #include "peft/train/loss_plot.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
-#include <cerrno>
 #include <charconv>
 #include <cmath>
-#include <filesystem>
 #include <limits>
-#include <system_error>
 #include <utility>
 
 #include "peft/error.h"
+#include "peft/io/atomic_write.h"
 
 namespace peft::train {
 namespace {
@@ -345,56 +339,7 @@ std::string render_loss_plot_svg(const LossPlotData& data) {
 }
 
 void write_loss_plot(const std::string& path, const LossPlotData& data) {
-  namespace fs = std::filesystem;
-  const std::string svg = render_loss_plot_svg(data);
-  const fs::path target(path);
-  auto fail = [&](const std::string& what, int err) {
-    throw Error("loss_plot",
-                "cannot write \"" + path + "\": " + what + ": " +
-                    std::generic_category().message(err) +
-                    "; expected an existing, writable directory (hint: create the directory "
-                    "first or choose another path)");
-  };
-  if (path.empty() || !target.has_filename()) fail("not a file path", EINVAL);
-
-  // The temporary file sits next to the target so that rename() is atomic (same file system); its
-  // name is unique per process and call, O_EXCL guarding against leftovers of a crashed run.
-  static std::atomic<uint64_t> counter{0};
-  std::string tmp;
-  int fd = -1;
-  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
-    tmp = (target.parent_path() / ("." + target.filename().string() + ".tmp-" +
-                                   std::to_string(::getpid()) + "-" + std::to_string(counter++)))
-              .string();
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0 && errno != EEXIST) break;
-  }
-  if (fd < 0) fail("cannot create a temporary file next to it", errno);
-
-  size_t done = 0;
-  while (done < svg.size()) {
-    const ssize_t n = ::write(fd, svg.data() + done, svg.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = n < 0 ? errno : EIO;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      fail("writing the temporary file failed", err);
-    }
-    done += static_cast<size_t>(n);
-  }
-  const bool synced = ::fsync(fd) == 0;
-  const int sync_err = errno;
-  if (::close(fd) != 0 || !synced) {
-    const int err = synced ? errno : sync_err;
-    ::unlink(tmp.c_str());
-    fail("flushing the temporary file failed", err);
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    fail("renaming the temporary file into place failed", err);
-  }
+  io::write_file_atomically(path, render_loss_plot_svg(data), "loss_plot");
 }
 
 }  // namespace peft::train

@@ -1,7 +1,9 @@
 // Optimizer base (state, zero_grad, state dict), torch.optim.AdamW and clip_grad_norm_.
 #include "peft/train/optimizer.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <cmath>
 

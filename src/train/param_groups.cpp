@@ -1,5 +1,7 @@
 // Parameter groups of the optimizer factories: plain AdamW, LoRA+ (PEFT's loraplus.py) and LoRA-FA (lorafa.py).
-#include <torch/torch.h>
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/normalization.h>
 
 #include <set>
 

@@ -1,7 +1,9 @@
 // The training loop: micro-batches, accumulation, clipping, schedule, optimizer, evaluation, progress.
 #include "peft/train/trainer.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <chrono>
 #include <cmath>

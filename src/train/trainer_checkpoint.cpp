@@ -1,11 +1,14 @@
 // Trainer checkpoints (adapter + optimizer + schedule position + RNG + data position, written atomically) and the
 // JSONL log.
 #include <ATen/Context.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <filesystem>
 
 #include "peft/error.h"
+#include "peft/io/atomic_write.h"
 #include "peft/io/safetensors.h"
 #include "trainer_state.h"
 
@@ -91,11 +94,7 @@ void Trainer::State::save_checkpoint() {
                 {"gradient_accumulation_steps", args.gradient_accumulation_steps},
                 {"train_examples", train.size()},
                 {"log_history", log_history}};
-  {
-    std::ofstream f(tmp / "trainer_state.json", std::ios::binary);
-    f << state.dump(2) << "\n";
-    if (!f) throw Error("trainer", "cannot write \"" + (tmp / "trainer_state.json").string() + "\"");
-  }
+  io::write_file_atomically((tmp / "trainer_state.json").string(), state.dump(2) + "\n", "trainer");
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);
 }

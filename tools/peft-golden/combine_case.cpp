@@ -52,12 +52,12 @@ CaseResult run_combine_case(const Case& c) {
   for (const auto& a : c.spec.at("adapters")) record(a.get<std::string>());
   for (const auto& combo : c.spec.at("combinations")) {
     WeightedAdapterOptions o;
-    o.combination_type = combo.value("combination_type", "svd");
+    o.combination_type = parse_combination_type(combo.value("combination_type", "svd"));
     if (combo.contains("svd_rank") && !combo["svd_rank"].is_null()) o.svd_rank = combo["svd_rank"].get<int>();
     if (combo.contains("svd_clamp") && !combo["svd_clamp"].is_null()) o.svd_clamp = combo["svd_clamp"].get<double>();
     if (combo.contains("svd_full_matrices")) o.svd_full_matrices = combo["svd_full_matrices"].get<bool>();
     if (combo.contains("density") && !combo["density"].is_null()) o.density = combo["density"].get<double>();
-    o.majority_sign_method = combo.value("majority_sign_method", "total");
+    o.majority_sign_method = merge::parse_majority_sign(combo.value("majority_sign_method", "total"));
     std::vector<std::string> adapters;
     for (const auto& a : combo.value("adapters", c.spec.at("adapters"))) adapters.push_back(a.get<std::string>());
     const auto weights = combo.at("weights").get<std::vector<double>>();

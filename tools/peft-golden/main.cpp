@@ -1,7 +1,8 @@
 // peft-golden DIR: runs every golden case folder in DIR (case.json + files, produced by PEFT itself) and prints
 // "PASS <id> <max abs diff>", "FAIL <id> <reason>" or "SKIP <id> <reason>" per case; exits 1 if any failed.
 // Dispatch is on the case's `kind` and recorded configuration, never on its id.
-#include <torch/torch.h>
+
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdio>

@@ -1,6 +1,8 @@
 // kind "train": a few optimizer steps on a fixed batch from a saved initial adapter; the loss before every step
 // and the final adapter must match PEFT + PyTorch (peft::train::AdamW against torch.optim.AdamW).
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <filesystem>
 

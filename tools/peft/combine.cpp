@@ -4,7 +4,6 @@
 // (OUT/adapter_config.json + OUT/adapter_model.safetensors).
 #include "peft/combine.h"
 
-#include <torch/torch.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -20,17 +19,13 @@ namespace fs = std::filesystem;
 namespace peft::cli {
 namespace {
 
-// clang-format off
-const std::vector<std::string> kTypes = {"svd", "linear", "cat", "ties", "ties_svd", "dare_ties", "dare_linear",
-                                         "dare_ties_svd", "dare_linear_svd", "magnitude_prune",
-                                         "magnitude_prune_svd"};
-// clang-format on
-
 struct CombineOptions {
   ModelOptions model;
   std::vector<std::string> adapters;  // NAME=DIR
   std::vector<double> weights;
   WeightedAdapterOptions combine;
+  std::string type = "svd";           // parsed by parse_combination_type
+  std::string majority_sign = "total";  // parsed by merge::parse_majority_sign
   double density = 0;    // read when --density was given
   int svd_rank = 0;      // read when --svd-rank was given
   double svd_clamp = 0;  // read when --svd-clamp was given
@@ -53,8 +48,9 @@ std::string join(const std::vector<std::string>& items, const std::string& sep =
   return out;
 }
 
-// Checks every option before anything is loaded and throws one ConfigError listing each problem.
-std::vector<NamedDir> validate(const CombineOptions& o) {
+// Checks every option before anything is loaded and throws one ConfigError listing each problem; fills the
+// parsed enums into o.combine.
+std::vector<NamedDir> validate(CombineOptions& o) {
   std::vector<std::string> problems;
   std::vector<NamedDir> named;
   std::set<std::string> seen;
@@ -75,16 +71,19 @@ std::vector<NamedDir> validate(const CombineOptions& o) {
         std::to_string(o.adapters.size()) + " adapters but " + std::to_string(o.weights.size()) +
         " weights (hint: --weights takes one number per --adapter, comma-separated)");
   }
-  const std::string& t = o.combine.combination_type;
-  const bool known = std::find(kTypes.begin(), kTypes.end(), t) != kTypes.end();
-  if (!known) {
-    problems.push_back(
-        "unknown --type \"" + t + "\"; expected one of " + join(kTypes) +
-        " (hint: \"cat\" is exact, \"linear\" needs equal ranks, \"svd\" is PEFT's default)");
+  // The type is checked even for one adapter (which PEFT then combines as "linear").
+  try {
+    o.combine.combination_type = parse_combination_type(o.type);
+    if (needs_density(o.combine.combination_type) && o.adapters.size() > 1 && !o.density_opt->count()) {
+      problems.push_back("--type " + o.type + " needs --density (the fraction of entries kept)");
+    }
+  } catch (const ConfigError& e) {
+    problems.push_back("--type: " + std::string(e.what()));
   }
-  const bool needs_density = known && t != "svd" && t != "linear" && t != "cat";
-  if (needs_density && o.adapters.size() > 1 && !o.density_opt->count()) {
-    problems.push_back("--type " + t + " needs --density (the fraction of entries kept)");
+  try {
+    o.combine.majority_sign_method = merge::parse_majority_sign(o.majority_sign);
+  } catch (const ConfigError& e) {
+    problems.push_back("--majority-sign: " + std::string(e.what()));
   }
   if (!problems.empty()) throw ConfigError("combine", join(problems, "; "));
   return named;
@@ -136,8 +135,8 @@ void run(CombineOptions o) {
 
   const LoraConfig& c = pm->peft_config(combined);
   // PEFT combines a single adapter as "linear" whatever the type.
-  const std::string type = names.size() == 1 ? "linear" : o.combine.combination_type;
-  std::cout << "combined " << names.size() << " adapter(s) with " << type << ": r=" << c.r
+  const CombinationType type = names.size() == 1 ? CombinationType::kLinear : o.combine.combination_type;
+  std::cout << "combined " << names.size() << " adapter(s) with " << to_string(type) << ": r=" << c.r
             << ", lora_alpha=" << c.lora_alpha << "; wrote " << o.out_dir << "\n";
 }
 
@@ -154,13 +153,11 @@ void register_combine(CLI::App& app) {
   verb->add_option("--weights", o->weights, "one weight per --adapter, comma-separated")
       ->delimiter(',')
       ->required();
-  verb->add_option("--type", o->combine.combination_type, "combination type: " + join(kTypes))
+  verb->add_option("--type", o->type, "combination type: " + join(combination_type_spellings()))
       ->capture_default_str();
   o->density_opt =
       verb->add_option("--density", o->density, "TIES / DARE / magnitude_prune: fraction kept");
-  verb->add_option("--majority-sign", o->combine.majority_sign_method, "TIES: total | frequency")
-      ->check(CLI::IsMember({"total", "frequency"}))
-      ->capture_default_str();
+  verb->add_option("--majority-sign", o->majority_sign, "TIES: total | frequency")->capture_default_str();
   o->svd_rank_opt = verb->add_option("--svd-rank", o->svd_rank,
                                      "SVD types: the new rank (default: largest input)");
   o->svd_clamp_opt =

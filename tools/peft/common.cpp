@@ -4,7 +4,7 @@
 #include <set>
 
 #include "peft/error.h"
-#include "peft/io/hf_checkpoint.h"
+#include "peft/io/atomic_write.h"
 #include "peft/runtime.h"
 
 namespace peft::cli {
@@ -26,14 +26,14 @@ void add_quantize_options(CLI::App* verb, ModelOptions& options) {
       ->capture_default_str();
 }
 
-void save_model_weights(models::PretrainedModel& model, const std::string& out_dir) {
-  std::vector<std::string> skip;
-  auto params = model.named_parameters();
-  for (const auto& [key, source] : model.tied_weights()) {
-    if (params.contains(key) && params.contains(source) && params[key].is_same(params[source])) skip.push_back(key);
+void copy_model_side_files(const std::string& model_dir, const std::string& out_dir,
+                           const std::function<bool(const std::string& name)>& keep) {
+  for (const auto& e : std::filesystem::directory_iterator(model_dir)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() && keep(name)) {
+      io::copy_file_atomically(e.path().string(), (std::filesystem::path(out_dir) / name).string(), "checkpoint");
+    }
   }
-  std::filesystem::create_directories(out_dir);
-  io::save_checkpoint_tensors(model, out_dir, skip);
 }
 
 c10::ScalarType parse_dtype(const std::string& name) {

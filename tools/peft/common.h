@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,9 +36,9 @@ std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options)
 std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::PretrainedModel>& model,
                                          const std::vector<std::string>& dirs, bool is_trainable = false);
 
-// Writes the model's weights as a checkpoint folder's safetensors (creating `out_dir`); tied weights that still
-// share storage are written once, as transformers does.
-void save_model_weights(models::PretrainedModel& model, const std::string& out_dir);
+// Copies the files of `model_dir` that `keep(name)` selects into `out_dir`, each through the atomic write path.
+void copy_model_side_files(const std::string& model_dir, const std::string& out_dir,
+                           const std::function<bool(const std::string& name)>& keep);
 
 // "float32" | "bfloat16" | "float16" (also fp32 / bf16 / fp16); ConfigError listing them otherwise.
 c10::ScalarType parse_dtype(const std::string& name);

@@ -5,7 +5,9 @@
 // --prompts runs every line of FILE as one batch and prints one JSON line per prompt; a line is either plain
 // text or {"prompt": TEXT, "adapter": NAME}: with adapters named per line, each prompt runs with its own adapter
 // (a mixed batch; lines without one get the base model, "__base__").
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <algorithm>
 #include <filesystem>

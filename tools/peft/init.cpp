@@ -4,7 +4,9 @@
 // The adapter's config then says init_lora_weights = true (PEFT's documented workflow), so that
 // `--model OUT/residual_model --adapter OUT` reproduces the initialised model and OUT can later serve as
 // path_initial_model_for_weight_conversion.
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <cmath>
 #include <filesystem>
@@ -39,11 +41,6 @@ struct InitOptions {
 
 using K = InitLoraWeights::Kind;
 
-bool needs_data(K k) { return k == K::kEva || k == K::kCorda || k == K::kLoraGa; }
-bool mutates_base(K k) {
-  return k == K::kPissa || k == K::kOlora || k == K::kCorda || k == K::kLoraGa || k == K::kLoftq;
-}
-
 std::vector<train::Batch> load_batches(const InitOptions& o, const models::PretrainedModel& model) {
   PEFT_CHECK(fs::exists(fs::path(o.model.model_dir) / "tokenizer.json") ||
                  fs::exists(fs::path(o.model.model_dir) / "tokenizer.model"),
@@ -77,13 +74,13 @@ at::Tensor forward(models::PretrainedModel& model, const train::Batch& b) {
 void run(const InitOptions& o) {
   LoraConfig config = load_lora_config(o.config);
   const K kind = config.init_lora_weights.kind;
-  PEFT_CHECK(!needs_data(kind) || !o.data.empty(), ConfigError, "init",
+  PEFT_CHECK(!config.init_lora_weights.needs_data() || !o.data.empty(), ConfigError, "init",
              "init_lora_weights=\"" << to_string(config.init_lora_weights) << "\" learns from data: pass --data FILE "
                                     << "(JSONL as for `peft train`)");
   const std::string residual = o.residual_out.empty() ? (fs::path(o.out) / "residual_model").string() : o.residual_out;
   auto model = load_model(o.model);
   std::vector<train::Batch> batches;
-  if (needs_data(kind)) batches = load_batches(o, *model);
+  if (config.init_lora_weights.needs_data()) batches = load_batches(o, *model);
   torch::manual_seed(o.seed);
   if (kind == K::kCorda) {
     if (!o.cache.empty()) {
@@ -131,7 +128,7 @@ void run(const InitOptions& o) {
     initialize_lora_eva_weights(*pm, batches, [&](const train::Batch& b) { (void)forward(*model, b); }, "default", eo);
   }
   std::cout << pm->trainable_parameters_line() << "\n";
-  if (mutates_base(kind)) {
+  if (config.init_lora_weights.mutates_base()) {
     // PEFT's workflow: the initial adapter says init_lora_weights = true, so loading it onto the residual base does
     // not run the decomposition again.
     LoraConfig saved = pm->peft_config("default");
@@ -140,15 +137,12 @@ void run(const InitOptions& o) {
   }
   pm->save_pretrained(o.out);
   std::cout << "adapter (" << to_string(config.init_lora_weights) << "): " << o.out << "\n";
-  if (mutates_base(kind)) {
+  if (config.init_lora_weights.mutates_base()) {
     pm->unload();  // the base now holds the residual weights
-    save_model_weights(*model, residual);
-    for (const auto& e : fs::directory_iterator(o.model.model_dir)) {
-      const std::string name = e.path().filename().string();
-      if (e.is_regular_file() && name.find("safetensors") == std::string::npos) {
-        fs::copy_file(e.path(), fs::path(residual) / name, fs::copy_options::overwrite_existing);
-      }
-    }
+    models::save_pretrained(*model, residual);
+    copy_model_side_files(o.model.model_dir, residual, [](const std::string& name) {
+      return name != "config.json" && name.find("safetensors") == std::string::npos;
+    });
     std::cout << "residual base model: " << residual << " (use it as --model with this adapter)\n";
   }
 }

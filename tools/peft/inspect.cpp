@@ -1,6 +1,6 @@
 // peft inspect --model DIR [--config lora.json | --adapter DIR] [--kappa TOP_P] [--json]: architecture summary,
 // the modules a LoRA config targets (r, alpha, scaling), PEFT's trainable-parameters line and KappaTune targets.
-#include <torch/torch.h>
+#include <torch/nn/module.h>
 
 #include <cstdio>
 #include <fstream>

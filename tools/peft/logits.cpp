@@ -1,7 +1,9 @@
 // peft logits --model DIR [--adapter [NAME=]DIR]... [--merge | --row-adapters FILE] --input-ids FILE --out FILE:
 // runs the model on input_ids (and attention_mask) read from a safetensors file and writes float32 `logits`.
 // --row-adapters names the adapter of each batch row, one per line ("__base__": the base model): a mixed batch.
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <cctype>
 #include <fstream>

@@ -1,6 +1,7 @@
 // peft: the command-line face of peft.cpp. One file per verb (inspect, logits, merge, generate, train, init).
 // Errors print one line "error: ..." and exit 2 for usage / configuration errors, 1 otherwise.
-#include <torch/torch.h>
+
+#include <c10/util/Exception.h>
 
 #include <iostream>
 

@@ -1,13 +1,11 @@
 // peft merge --model DIR --adapter DIR --out DIR: a Hugging Face checkpoint folder with the adapter merged in
 // (config, tokenizer files and generation config copied), loadable by --model here and by transformers.
-#include <torch/torch.h>
 
 #include <filesystem>
 #include <iostream>
 
 #include "common.h"
 #include "peft/error.h"
-#include "peft/io/hf_checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -21,11 +19,13 @@ struct MergeOptions {
   bool safe_merge = false;
 };
 
-// Files of a model folder that are not weights, copied as they are.
+// Files of a model folder that are neither weights nor config.json (models::save_pretrained writes those), copied
+// as they are.
 bool is_side_file(const std::string& name) {
-  static const char* names[] = {"config.json",       "generation_config.json", "tokenizer.json",   "tokenizer_config.json",
-                                "tokenizer.model",   "special_tokens_map.json", "vocab.json",      "vocab.txt",
-                                "merges.txt",        "added_tokens.json",       "chat_template.jinja"};
+  static const char* names[] = {"generation_config.json", "tokenizer.json",    "tokenizer_config.json",
+                                "tokenizer.model",        "special_tokens_map.json", "vocab.json",
+                                "vocab.txt",              "merges.txt",        "added_tokens.json",
+                                "chat_template.jinja"};
   for (const char* n : names) {
     if (name == n) return true;
   }
@@ -39,13 +39,8 @@ void run(const MergeOptions& o) {
   auto model = load_model(o.model);
   auto pm = load_adapters(model, o.adapters);
   pm->merge_and_unload(o.safe_merge);
-  save_model_weights(*model, o.out_dir);
-  for (const auto& e : fs::directory_iterator(o.model.model_dir)) {
-    const std::string name = e.path().filename().string();
-    if (e.is_regular_file() && is_side_file(name)) {
-      fs::copy_file(e.path(), fs::path(o.out_dir) / name, fs::copy_options::overwrite_existing);
-    }
-  }
+  models::save_pretrained(*model, o.out_dir);
+  copy_model_side_files(o.model.model_dir, o.out_dir, is_side_file);
   std::cout << "merged " << o.adapters.size() << " adapter(s) into " << o.model.model_dir << "; wrote " << o.out_dir
             << "\n";
 }

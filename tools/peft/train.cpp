@@ -1,5 +1,7 @@
 // peft train --model DIR --data FILE --out DIR [...]: LoRA fine-tuning into a PEFT adapter folder.
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <filesystem>
 #include <fstream>

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "peft/config.h"
-#include "peft/train/data.h"
+#include "peft/batch.h"
 
 namespace peft {
 

@@ -1,14 +1,8 @@
-// PEFT adapter folders: adapter_config.json + adapter_model.safetensors, and PEFT's checkpoint key scheme.
-// PEFT counterparts: get_peft_model_state_dict / set_peft_model_state_dict (utils/save_and_load.py).
+// PEFT adapter folders: adapter_config.json + adapter_model.safetensors, where each adapter of a save goes, and the
+// prefix of PEFT's checkpoint keys. The keys themselves are built by PeftModel (src/peft_model/save_load.cpp).
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <string>
-#include <utility>
-#include <vector>
-
-#include "peft/config.h"
 
 namespace peft::io {
 
@@ -25,18 +19,7 @@ std::string adapter_subdir(const std::string& dir, const std::string& adapter);
 // pickle adapter_model.bin is found instead of safetensors).
 void check_adapter_dir(const std::string& dir);
 
-// PEFT's PiSSA / OLoRA / CorDA / LoRA-GA -> LoRA conversion on save (save_pretrained(...,
-// path_initial_model_for_weight_conversion), §3.13 of the semantics): with A0, B0 from the initial adapter folder
-// `initial_dir`, every lora_A becomes [A; A0] (rows) and every lora_B [B, -B0] (columns), so that
-// s B' A' = s (B A - B0 A0) is the update relative to the ORIGINAL base. Every other key is dropped (PEFT does the
-// same: modules_to_save, embedding LoRA and DoRA magnitudes are lost). The config gets r and lora_alpha doubled
-// (alpha * sqrt(2) with rsLoRA), rank_pattern / alpha_pattern values doubled and init_lora_weights = true. The
-// initial folder's adapter_config.json is rewritten with init_lora_weights = true, as PEFT does.
-void convert_mutated_init_to_lora(LoraConfig& config, std::vector<std::pair<std::string, at::Tensor>>& state,
-                                  const std::string& initial_dir);
-
-// PEFT warns when an adapter whose init mutates the base weights (PiSSA, OLoRA, CorDA, LoRA-GA) is loaded:
-// applied to the original base it does not reproduce the trained model.
-void warn_if_mutating_init(const LoraConfig& config, const std::string& dir);
+// `key` without PEFT's "base_model.model." prefix (unchanged when it has none).
+std::string strip_checkpoint_prefix(const std::string& key);
 
 }  // namespace peft::io

@@ -27,13 +27,15 @@ class ConvNdImpl : public LoraLayerImpl {
   int dims() const { return dims_; }
   int64_t groups() const { return options_.groups; }
   const std::vector<int64_t>& kernel_size() const { return kernel_; }
+  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const override;
+  // scaling * conv(conv(x, A), B): lora_A with the base's stride and padding, lora_B a 1x1 grouped conv.
+  at::Tensor lora_forward(const at::Tensor& x, const std::string& adapter) const override;
   // (out, in, *kernel) = scaling * sum_r B[o, r] A[r, i, k...]. Merging a grouped conv is refused (as PEFT).
-  at::Tensor get_delta_weight(const std::string& adapter) const override;
+  at::Tensor lora_delta_weight(const std::string& adapter) const override;
 
  protected:
   void create_adapter(const std::string& adapter, const AdapterSettings& settings) override;
   void destroy_adapter(const std::string& adapter) override;
-  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const override;
   at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const override;
 
  private:

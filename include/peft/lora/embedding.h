@@ -20,14 +20,16 @@ class EmbeddingImpl : public LoraLayerImpl {
   int64_t in_features() const override { return num_embeddings_; }
   int64_t out_features() const override { return embedding_dim_; }
   std::optional<int64_t> padding_idx() const { return padding_idx_; }
+  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const override;
+  // scaling * A^T[x] B^T for the token ids x.
+  at::Tensor lora_forward(const at::Tensor& x, const std::string& adapter) const override;
   // (num_embeddings, embedding_dim) = (B @ A)^T * scaling.
-  at::Tensor get_delta_weight(const std::string& adapter) const override;
-  std::vector<std::pair<std::string, at::Tensor>> adapter_tensors(const std::string& adapter) const override;
+  at::Tensor lora_delta_weight(const std::string& adapter) const override;
 
  protected:
   void create_adapter(const std::string& adapter, const AdapterSettings& settings) override;
   void destroy_adapter(const std::string& adapter) override;
-  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const override;
+  std::vector<std::pair<std::string, at::Tensor>> factor_tensors(const std::string& adapter) const override;
   at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const override;
   at::Tensor add_mixed_output(at::Tensor result, const at::Tensor& x,
                               const std::vector<AdapterRows>& groups) const override;

@@ -27,7 +27,11 @@ class LinearImpl : public LoraLayerImpl {
   int64_t out_features() const override { return out_features_; }
   // True for GPT-2 Conv1D: weight stored (in, out).
   bool fan_in_fan_out() const { return fan_in_fan_out_; }
-  at::Tensor get_delta_weight(const std::string& adapter) const override;
+  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const override;
+  // scaling * (x A^T) B^T (+ scaling * lora_B.bias).
+  at::Tensor lora_forward(const at::Tensor& x, const std::string& adapter) const override;
+  // scaling * B A, (out, in) or (in, out) for Conv1D.
+  at::Tensor lora_delta_weight(const std::string& adapter) const override;
 
   // ---- quantized base (QLoRA; bitsandbytes Linear4bit / Linear8bitLt) ----
   // Replaces the float weight by its quantized form: "weight" then holds the packed data (uint8 for 4-bit, int8
@@ -52,15 +56,11 @@ class LinearImpl : public LoraLayerImpl {
   LinearImpl(LayerKind kind, int64_t in_features, int64_t out_features, bool bias, bool fan_in_fan_out);
   void create_adapter(const std::string& adapter, const AdapterSettings& settings) override;
   void destroy_adapter(const std::string& adapter) override;
-  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const override;
   at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const override;
   at::Tensor add_mixed_output(at::Tensor result, const at::Tensor& x,
                               const std::vector<AdapterRows>& groups) const override;
 
  private:
-  at::Tensor add_dora_output(at::Tensor result, const at::Tensor& xin, const std::string& adapter) const;
-  at::Tensor add_tied_output(at::Tensor result, const at::Tensor& x, const LoraLayerImpl& source,
-                             const std::string& adapter) const;
   int64_t in_features_;
   int64_t out_features_;
   bool fan_in_fan_out_;

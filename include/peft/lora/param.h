@@ -28,7 +28,10 @@ class ParamLoraImpl : public LoraLayerImpl {
   int64_t in_features() const override { return in_; }
   int64_t out_features() const override { return out_; }
   // Delta in the parameter's shape and dtype.
-  at::Tensor get_delta_weight(const std::string& adapter) const override;
+  at::Tensor lora_delta_weight(const std::string& adapter) const override;
+  // Never used (the owner reads effective() / expert_factors()); they throw UnsupportedError.
+  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const override;
+  at::Tensor lora_forward(const at::Tensor& x, const std::string& adapter) const override;
   // P + the delta of every active, unmerged adapter (P itself when adapters are disabled): what PEFT's
   // parametrization hands to the owner's forward.
   at::Tensor effective() const;
@@ -50,8 +53,6 @@ class ParamLoraImpl : public LoraLayerImpl {
  protected:
   void create_adapter(const std::string& adapter, const AdapterSettings& settings) override;
   void destroy_adapter(const std::string& adapter) override;
-  // Never used by forward (the owner reads effective() / expert_factors()); they throw UnsupportedError.
-  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const override;
   at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const override;
 
  private:

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "peft/peft_model.h"
+#include "peft/model_info.h"
 #include "peft/quant/quantized_weight.h"
 
 namespace peft::models {
@@ -100,6 +100,11 @@ struct LoadOptions {
 // model.safetensors.index.json. Every missing or mis-shaped tensor is reported at once (FormatError /
 // ShapeMismatchError); unexpected tensors are warned about.
 std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir, const LoadOptions& options = {});
+
+// transformers' save_pretrained, the counterpart of load_pretrained: writes dir/model.safetensors with the model's
+// parameters under their checkpoint names, a tied tensor (tied_weights()) that still shares its source's storage
+// written once as transformers does, and dir/config.json (the text the model was built from). Creates `dir`.
+void save_pretrained(const PretrainedModel& model, const std::string& dir);
 
 // model_type values with a registered family, sorted.
 std::vector<std::string> supported_model_types();

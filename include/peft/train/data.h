@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "peft/batch.h"
+
 namespace peft {
 class Tokenizer;
 }
@@ -52,15 +54,8 @@ std::vector<Example> pack_examples(const std::vector<Example>& examples, int64_t
 // Throws FormatError naming `path` and the line of the first example with a token id outside [0, vocab_size).
 void check_token_ids(const std::vector<Example>& examples, int64_t vocab_size, const std::string& path);
 
-// A padded batch: right padding with pad_id, attention_mask 0 and label -100 on padding.
-struct Batch {
-  at::Tensor input_ids;       // (batch, seq) int64
-  at::Tensor attention_mask;  // (batch, seq) int64
-  at::Tensor labels;          // causal LM: (batch, seq); classification: (batch,)
-  at::Tensor token_type_ids;  // undefined unless an example has them
-  int64_t num_tokens = 0;        // non-padding tokens
-  int64_t num_label_tokens = 0;  // tokens whose shifted label counts in the causal-LM loss (classification: batch)
-};
+// Pads `examples` into one Batch (peft/batch.h): right padding with pad_id, attention_mask 0 and label -100 on
+// padding.
 Batch collate(const std::vector<const Example*>& examples, int64_t pad_id);
 
 // The order of example indices for `epoch`: 0..n-1, or a Fisher-Yates shuffle driven by std::mt19937_64 seeded

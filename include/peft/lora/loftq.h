@@ -1,4 +1,5 @@
-// LoftQ initialisation (quantization-aware LoRA init) as pure tensor functions. PEFT counterpart:
+// LoftQ initialisation (quantization-aware LoRA init) as pure tensor functions, beside the other weight-based inits
+// of the LoRA layers (init_lora_weights = "loftq" calls loftq_init from the layer). PEFT counterpart:
 // src/peft/utils/loftq_utils.py — loftq_init (init_lora_weights = "loftq"), _loftq_init_new (the
 // single-shot variant behind replace_lora_weights_loftq) and _low_rank_decomposition.
 //

@@ -1,7 +1,7 @@
 // LoftQ initialisation: PEFT's loftq_init / _loftq_init_new / _low_rank_decomposition
 // (src/peft/utils/loftq_utils.py) on top of the bitsandbytes-compatible quantizers of
 // peft/quant/quantize.h.
-#include "peft/init/loftq.h"
+#include "peft/lora/loftq.h"
 
 #include <ATen/ATen.h>
 

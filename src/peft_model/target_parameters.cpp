@@ -1,4 +1,5 @@
-// target_parameters: PEFT's BaseTuner._inject_parameters for modules built on peft::nn::ParamModuleImpl.
+// target_parameters: PEFT's BaseTuner._inject_parameters (LoRA on raw parameters, ParamWrapper) for modules built on
+// peft::nn::ParamModuleImpl, and on the weights of adapter-ready Linear layers.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -9,7 +10,7 @@
 #include "peft/lora/param.h"
 #include "peft/peft_model.h"
 #include "peft/targeting.h"
-#include "strings.h"
+#include "../strings.h"
 
 namespace peft {
 namespace {

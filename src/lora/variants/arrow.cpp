@@ -1,5 +1,5 @@
-// The Arrow router's forward on one layer (PEFT ArrowLoraLinearLayer + ArrowLinearVariant.forward):
-// lazy GenKnowSub and prototypes, then token-wise top-k routing over the layer's task adapters.
+// The Arrow router variant on one layer (PEFT ArrowLoraLinearLayer + ArrowLinearVariant): lazy GenKnowSub and
+// prototypes, then token-wise top-k routing over the layer's task adapters.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/types.h>
@@ -9,11 +9,13 @@
 #include <cctype>
 #include <limits>
 
-#include "../strings.h"
-#include "peft/arrow.h"
+#include "../../strings.h"
 #include "peft/error.h"
+#include "peft/lora/layer.h"
+#include "peft/lora/variants/arrow.h"
+#include "variants.h"
 
-namespace peft {
+namespace peft::nn {
 namespace {
 
 constexpr const char* kMergeRefusal =
@@ -34,11 +36,11 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
 
 // The adapter's (A, B) weights on this layer; undefined tensors when it has none (an Embedding's or
 // a tied adapter: PEFT's `k in lora_A` is false for them).
-std::pair<at::Tensor, at::Tensor> factors(const nn::LoraLayerImpl& layer, const std::string& adapter) {
+std::pair<at::Tensor, at::Tensor> factors(const LoraLayerImpl& layer, const std::string& adapter) {
   return {layer.adapter_tensor(adapter, "lora_A.weight"), layer.adapter_tensor(adapter, "lora_B.weight")};
 }
 
-std::pair<at::Tensor, at::Tensor> required_factors(const nn::LoraLayerImpl& layer,
+std::pair<at::Tensor, at::Tensor> required_factors(const LoraLayerImpl& layer,
                                                    const std::string& adapter) {
   PEFT_CHECK(layer.has_adapter(adapter), AdapterNotFoundError, "arrow",
              "adapter \"" << adapter
@@ -52,27 +54,29 @@ std::pair<at::Tensor, at::Tensor> required_factors(const nn::LoraLayerImpl& laye
 
 }  // namespace
 
-ArrowForward::ArrowForward(ArrowConfig config)
+ArrowLinearVariant::ArrowLinearVariant(ArrowConfig config)
     : config_(std::move(config)), task_names_(config_.task_adapter_names) {}
 
-std::string ArrowForward::merge_refusal() const { return kMergeRefusal; }
+void ArrowLinearVariant::check_mergeable(const LoraLayerImpl& /*layer*/, const std::string& /*adapter*/) const {
+  throw UnsupportedError("merge", kMergeRefusal);
+}
 
-std::vector<std::string> ArrowForward::task_adapter_names() const {
+std::vector<std::string> ArrowLinearVariant::task_adapter_names() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return task_names_;
 }
 
-at::Tensor ArrowForward::prototypes() const {
+at::Tensor ArrowLinearVariant::prototypes() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return prototypes_;
 }
 
-bool ArrowForward::gks_done() const {
+bool ArrowLinearVariant::gks_done() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return gks_done_;
 }
 
-void ArrowForward::on_adapter_change(nn::LoraLayerImpl& layer) {
+void ArrowLinearVariant::on_adapter_change(LoraLayerImpl& layer) {
   std::lock_guard<std::mutex> lock(mutex_);
   std::vector<std::string> all;
   for (const auto& name : layer.adapter_names()) {
@@ -106,7 +110,7 @@ void ArrowForward::on_adapter_change(nn::LoraLayerImpl& layer) {
   prototypes_ = at::Tensor();
 }
 
-void ArrowForward::gen_know_sub(const nn::LoraLayerImpl& layer) const {
+void ArrowLinearVariant::gen_know_sub(const LoraLayerImpl& layer) const {
   if (!config_.use_gks) return;
   if (gks_done_ && gks_pending_.empty()) return;
   PEFT_CHECK(
@@ -121,11 +125,11 @@ void ArrowForward::gen_know_sub(const nn::LoraLayerImpl& layer) const {
     if (!As.empty()) {
       PEFT_CHECK(A.sizes() == As.front().sizes() && B.sizes() == Bs.front().sizes(),
                  ShapeMismatchError, "arrow",
-                 "general adapter \"" << name << "\" has A " << detail::shape_string(A.sizes())
-                                      << ", B " << detail::shape_string(B.sizes())
+                 "general adapter \"" << name << "\" has A " << peft::detail::shape_string(A.sizes())
+                                      << ", B " << peft::detail::shape_string(B.sizes())
                                       << "; the first has A "
-                                      << detail::shape_string(As.front().sizes()) << ", B "
-                                      << detail::shape_string(Bs.front().sizes()));
+                                      << peft::detail::shape_string(As.front().sizes()) << ", B "
+                                      << peft::detail::shape_string(Bs.front().sizes()));
     }
     As.push_back(A.detach());
     Bs.push_back(B.detach());
@@ -140,10 +144,10 @@ void ArrowForward::gen_know_sub(const nn::LoraLayerImpl& layer) const {
     PEFT_CHECK(A.sizes() == avg_A.sizes() && B.sizes() == avg_B.sizes(), ShapeMismatchError,
                "arrow",
                "GenKnowSub: task adapter \""
-                   << name << "\" has A " << detail::shape_string(A.sizes()) << ", B "
-                   << detail::shape_string(B.sizes()) << " but the general adapters have A "
-                   << detail::shape_string(avg_A.sizes()) << ", B "
-                   << detail::shape_string(avg_B.sizes()) << " (hint: same rank needed)");
+                   << name << "\" has A " << peft::detail::shape_string(A.sizes()) << ", B "
+                   << peft::detail::shape_string(B.sizes()) << " but the general adapters have A "
+                   << peft::detail::shape_string(avg_A.sizes()) << ", B "
+                   << peft::detail::shape_string(avg_B.sizes()) << " (hint: same rank needed)");
     // In place and permanent, as PEFT's weight.data.sub_.
     A.sub_(avg_A.to(A.scalar_type()));
     B.sub_(avg_B.to(B.scalar_type()));
@@ -152,7 +156,7 @@ void ArrowForward::gen_know_sub(const nn::LoraLayerImpl& layer) const {
   gks_pending_.clear();
 }
 
-at::Tensor ArrowForward::top_right_singular_vec_from_BA(const at::Tensor& A, const at::Tensor& B,
+at::Tensor ArrowLinearVariant::top_right_singular_vec_from_BA(const at::Tensor& A, const at::Tensor& B,
                                                         std::optional<int64_t> rng_seed, int iters,
                                                         double eps) {
   torch::NoGradGuard no_grad;
@@ -179,11 +183,11 @@ at::Tensor ArrowForward::top_right_singular_vec_from_BA(const at::Tensor& A, con
   return v;  // float32
 }
 
-void ArrowForward::build_prototypes(const nn::LoraLayerImpl& layer) const {
+void ArrowLinearVariant::build_prototypes(const LoraLayerImpl& layer) const {
   if (prototypes_.defined()) return;
   PEFT_CHECK(!task_names_.empty(), Error, "arrow",
              "the layer holds no task adapters to route between (adapters: ["
-                 << detail::join(layer.adapter_names()) << "])");
+                 << peft::detail::join(layer.adapter_names()) << "])");
   std::vector<at::Tensor> protos;
   for (const auto& name : task_names_) {
     auto [A, B] = required_factors(layer, name);
@@ -194,7 +198,7 @@ void ArrowForward::build_prototypes(const nn::LoraLayerImpl& layer) const {
   prototypes_ = at::stack(protos, 0);  // (E, in)
 }
 
-ArrowForward::Snapshot ArrowForward::prepare_locked(const nn::LoraLayerImpl& layer) const {
+ArrowLinearVariant::Snapshot ArrowLinearVariant::prepare_locked(const LoraLayerImpl& layer) const {
   // GenKnowSub first (it changes the factors the prototypes are computed from), then the
   // prototypes.
   gen_know_sub(layer);
@@ -202,12 +206,12 @@ ArrowForward::Snapshot ArrowForward::prepare_locked(const nn::LoraLayerImpl& lay
   return {task_names_, prototypes_};
 }
 
-void ArrowForward::prepare(const nn::LoraLayerImpl& layer) const {
+void ArrowLinearVariant::prepare(const LoraLayerImpl& layer) const {
   std::lock_guard<std::mutex> lock(mutex_);
   prepare_locked(layer);
 }
 
-at::Tensor ArrowForward::forward(const nn::LoraLayerImpl& layer, const std::string& adapter,
+at::Tensor ArrowLinearVariant::forward(const LoraLayerImpl& layer, const std::string& adapter,
                                  const at::Tensor& x, at::Tensor result) const {
   Snapshot snap;
   {
@@ -223,10 +227,10 @@ at::Tensor ArrowForward::forward(const nn::LoraLayerImpl& layer, const std::stri
       PEFT_CHECK(A.sizes() == As.front().sizes() && B.sizes() == Bs.front().sizes(),
                  ShapeMismatchError, "arrow",
                  "task adapter \""
-                     << name << "\" has A " << detail::shape_string(A.sizes()) << ", B "
-                     << detail::shape_string(B.sizes()) << " but \"" << snap.task_names.front()
-                     << "\" has A " << detail::shape_string(As.front().sizes()) << ", B "
-                     << detail::shape_string(Bs.front().sizes())
+                     << name << "\" has A " << peft::detail::shape_string(A.sizes()) << ", B "
+                     << peft::detail::shape_string(B.sizes()) << " but \"" << snap.task_names.front()
+                     << "\" has A " << peft::detail::shape_string(As.front().sizes()) << ", B "
+                     << peft::detail::shape_string(Bs.front().sizes())
                      << " (hint: Arrow stacks the task adapters, so they need one rank)");
     }
     As.push_back(A);
@@ -238,7 +242,7 @@ at::Tensor ArrowForward::forward(const nn::LoraLayerImpl& layer, const std::stri
   const int64_t out = Bs.front().size(0);
   PEFT_CHECK(config_.top_k <= E, ConfigError, "arrow",
              "top_k=" << config_.top_k << " but the layer has only " << E << " task adapters ["
-                      << detail::join(snap.task_names) << "] (PEFT fails in torch.topk here)");
+                      << peft::detail::join(snap.task_names) << "] (PEFT fails in torch.topk here)");
 
   // Tokens: x (..., in) -> (T, in), cast to the task adapters' dtype (PEFT _cast_input_dtype).
   const auto dtype = As.front().scalar_type();
@@ -274,8 +278,20 @@ at::Tensor ArrowForward::forward(const nn::LoraLayerImpl& layer, const std::stri
   return result + delta.reshape(shape);
 }
 
-std::shared_ptr<ArrowForward> arrow_forward(const nn::LoraLayerImpl& layer) {
-  return std::dynamic_pointer_cast<ArrowForward>(layer.adapter_forward(kArrowRouterName));
+std::shared_ptr<ArrowLinearVariant> arrow_router(const LoraLayerImpl& layer) {
+  return std::dynamic_pointer_cast<ArrowLinearVariant>(layer.variant(kArrowRouterName));
 }
 
-}  // namespace peft
+namespace variants {
+
+std::shared_ptr<LoraVariant> make_arrow_variant(const LoraLayerImpl& layer, const AdapterSettings& settings) {
+  // PEFT resolves the Arrow variant for Linear layers only (GPT-2 Conv1D is a Linear here).
+  PEFT_CHECK(layer.is_linear(), ConfigError, "add_adapter",
+             "Invalid or unsupported variant combination: arrow_config on a " << to_string(layer.kind())
+                                                                              << " layer; only Linear layers support Arrow");
+  auto variant = std::make_shared<ArrowLinearVariant>(*settings.arrow_config);
+  return variant;
+}
+
+}  // namespace variants
+}  // namespace peft::nn

@@ -1,6 +1,7 @@
 // Converting an adapter whose init mutated the base (PiSSA, OLoRA, CorDA, LoRA-GA) into a plain LoRA for the
-// original base weights. PEFT counterpart: PeftModel.save_pretrained(path_initial_model_for_weight_conversion)
-// and LoraModel.subtract_mutated_init.
+// original base weights, and the warning when such an adapter is loaded. PEFT counterparts:
+// PeftModel.save_pretrained(path_initial_model_for_weight_conversion), LoraModel.subtract_mutated_init,
+// PeftModel._check_new_adapter_config.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 
@@ -8,16 +9,24 @@
 #include <filesystem>
 #include <map>
 
+#include "convert_init.h"
 #include "peft/error.h"
 #include "peft/io/adapter_io.h"
 #include "peft/io/safetensors.h"
 
 namespace fs = std::filesystem;
 
-namespace peft::io {
+namespace peft::detail {
+
+using io::check_adapter_dir;
+using io::kAdapterConfigName;
+using io::kAdapterWeightsName;
+using io::load_safetensors;
+
 namespace {
 
-bool mutates_base(const InitLoraWeights& w) {
+// The inits whose adapter save_pretrained can turn into a plain LoRA (the base change is B0 A0, low rank).
+bool convertible(const InitLoraWeights& w) {
   using K = InitLoraWeights::Kind;
   return w.kind == K::kPissa || w.kind == K::kOlora || w.kind == K::kCorda || w.kind == K::kLoraGa;
 }
@@ -25,16 +34,23 @@ bool mutates_base(const InitLoraWeights& w) {
 }  // namespace
 
 void warn_if_mutating_init(const LoraConfig& config, const std::string& dir) {
-  if (!mutates_base(config.init_lora_weights)) return;
+  if (!config.init_lora_weights.mutates_base()) return;
+  const std::string hint = convertible(config.init_lora_weights)
+                               ? " (hint: save it with path_initial_model_for_weight_conversion to get a plain LoRA)"
+                               : "";
   warn("load_adapter", "The adapter in \"" + dir + "\" was initialised with init_lora_weights=\"" +
                            to_string(config.init_lora_weights) +
-                           "\", which changes the base model's weights; loading it initialises the base again. "
-                           "Applied to the original base model it does not reproduce the trained model (hint: save "
-                           "it with path_initial_model_for_weight_conversion to get a plain LoRA).");
+                           "\", which changes the base model's weights: loading it runs that initialisation on the "
+                           "base again, so it should not be combined with other adapters" + hint + ".");
 }
 
 void convert_mutated_init_to_lora(LoraConfig& config, std::vector<std::pair<std::string, at::Tensor>>& state,
                                   const std::string& initial_dir) {
+  if (!convertible(config.init_lora_weights) && config.init_lora_weights.kind != InitLoraWeights::Kind::kTrue) {
+    warn("save_pretrained",
+         "`path_initial_model_for_weight_conversion` only works for converting a PiSSA/CorDA/OLoRA adapter to a "
+         "LoRA adapter");
+  }
   check_adapter_dir(initial_dir);
   const std::string cfg_path = (fs::path(initial_dir) / kAdapterConfigName).string();
   LoraConfig initial = load_lora_config(cfg_path);
@@ -78,4 +94,4 @@ void convert_mutated_init_to_lora(LoraConfig& config, std::vector<std::pair<std:
   config.init_lora_weights = InitLoraWeights{};
 }
 
-}  // namespace peft::io
+}  // namespace peft::detail

@@ -1,4 +1,4 @@
-// The per-layer adapter settings of a LoraConfig for one target (private to src/): rank and alpha after
+// The per-layer adapter settings of a LoraConfig for one target (private to src/peft_model/): rank and alpha after
 // rank_pattern / alpha_pattern, and the config's per-layer fields.
 #pragma once
 
@@ -23,6 +23,8 @@ inline nn::AdapterSettings adapter_settings_for(const LoraConfig& config, const 
   s.init_lora_weights = config.init_lora_weights;
   s.use_dora = config.use_dora;
   s.alora_invocation_tokens = config.alora_invocation_tokens;
+  s.arrow_config = config.arrow_config;
+  s.config = std::make_shared<const LoraConfig>(config);
   s.lora_ga_config = config.lora_ga_config;
   s.loftq_config = config.loftq_config;
   return s;

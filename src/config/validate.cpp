@@ -37,16 +37,6 @@ bool truthy(const std::optional<StrOrList>& v) {
 // Python's str() of a float: 0.5, 1.0, 1e-05 (the shortest text that reads back the same value).
 std::string py_float(double d) { return nlohmann::json(d).dump(); }
 
-std::string quoted_list(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& s : items) out += (out.empty() ? "\"" : ", \"") + s + "\"";
-  return out;
-}
-
-bool one_of(const std::string& s, const std::vector<std::string>& accepted) {
-  return std::find(accepted.begin(), accepted.end(), s) != accepted.end();
-}
-
 }  // namespace
 
 void LoraConfig::validate() const {
@@ -170,23 +160,6 @@ void LoraConfig::validate() const {
                          py_float(arrow_config->router_temperature));
     }
   }
-  if (lora_ga_config) {
-    const std::vector<std::string> directions = {"ArB2r", "A2rBr", "ArBr", "random"};
-    const std::vector<std::string> scales = {"stable", "weight_svd", "gd_scale", "unit"};
-    if (!one_of(lora_ga_config->direction, directions)) {
-      problems.push_back("lora_ga_config.direction \"" + lora_ga_config->direction +
-                         "\" is not supported; expected one of " + quoted_list(directions));
-    }
-    if (!one_of(lora_ga_config->scale, scales)) {
-      problems.push_back("lora_ga_config.scale \"" + lora_ga_config->scale +
-                         "\" is not supported; expected one of " + quoted_list(scales));
-    }
-  }
-  if (corda_config && !one_of(corda_config->corda_method, {"ipm", "kpm"})) {
-    problems.push_back("corda_config.corda_method \"" + corda_config->corda_method +
-                       "\" is not supported; expected \"ipm\" or \"kpm\"");
-  }
-
   // PEFT raises this when the layer is built; every rank that a layer can get is known here
   // already.
   if (init == Kind::kOrthogonal) {
