@@ -1,27 +1,28 @@
-// Shared pieces of the benchmarks: a console reporter that keeps each benchmark's time for a ratio table, and
-// the runtime header (threads, BLAS) every benchmark prints first.
+// Shared pieces of the benchmarks: a console reporter that keeps each benchmark's time for a ratio
+// table, and the runtime header (threads, BLAS) every benchmark prints first.
 #pragma once
 
-#include <benchmark/benchmark.h>
 #include <ATen/ATen.h>
+#include <benchmark/benchmark.h>
 #include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <initializer_list>
-#include <utility>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "peft/runtime.h"
 
 namespace peft::bench {
 
-// Keeps the real time of every run under "function/args" (e.g. "BM_Prefill/variant:1"): the median with
+// Keeps the real time of every run under "function/args" (e.g. "BM_Prefill/variant:1"): the median
+// with
 // --benchmark_repetitions, the single run otherwise. Subclasses print their ratios in Finalize().
 class TimesReporter : public benchmark::ConsoleReporter {
  public:
@@ -76,8 +77,10 @@ inline void print_runtime_header() {
   std::printf("threads: %d\nBLAS: %s\n", threads, peft::blas_libraries().c_str());
 }
 
-// Reads "--NAME=<int>" arguments into the given variables (the other arguments are left for Google Benchmark).
-inline void read_int_flags(int argc, char** argv, std::initializer_list<std::pair<const char*, int64_t*>> flags) {
+// Reads "--NAME=<int>" arguments into the given variables (the other arguments are left for Google
+// Benchmark).
+inline void read_int_flags(int argc, char** argv,
+                           std::initializer_list<std::pair<const char*, int64_t*>> flags) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     for (const auto& [name, value] : flags) {
@@ -87,8 +90,9 @@ inline void read_int_flags(int argc, char** argv, std::initializer_list<std::pai
   }
 }
 
-// Single-threaded figures need OpenBLAS's own pool limited too (LibTorch's thread count does not reach it):
-// sets LibTorch's and OpenBLAS's threads to n and prints the runtime header with both counts.
+// Single-threaded figures need OpenBLAS's own pool limited too (LibTorch's thread count does not
+// reach it): sets LibTorch's and OpenBLAS's threads to n and prints the runtime header with both
+// counts.
 inline void print_runtime_header_with_threads(int64_t n) {
   const int threads = peft::set_num_threads(static_cast<int>(n));
   (void)at::mm(at::randn({64, 64}), at::randn({64, 64}));  // load BLAS before reporting it
@@ -105,8 +109,8 @@ inline void print_runtime_header_with_threads(int64_t n) {
               peft::blas_libraries().c_str());
 }
 
-// The shared main(): reads "--NAME=<int>" into `value` (the benchmark's own size flag), prints the runtime
-// header and runs the benchmarks with `reporter`.
+// The shared main(): reads "--NAME=<int>" into `value` (the benchmark's own size flag), prints the
+// runtime header and runs the benchmarks with `reporter`.
 inline int run_benchmarks(int argc, char** argv, const std::string& name, int64_t& value,
                           benchmark::BenchmarkReporter& reporter) {
   const std::string flag = "--" + name + "=";

@@ -1,6 +1,7 @@
-// PiSSA initialisation of one 4096 x 4096 Linear (r = 16): full SVD ("pissa") against the randomized subspace
-// iteration ("pissa_niter_4", "pissa_niter_16"), timed in the same process, with the relative error of each
-// fast variant's rank-r approximation against the full SVD's (||W - s B A||_F / ||W - s B A||_F(full) - 1).
+// PiSSA initialisation of one 4096 x 4096 Linear (r = 16): full SVD ("pissa") against the
+// randomized subspace iteration ("pissa_niter_4", "pissa_niter_16"), timed in the same process,
+// with the relative error of each fast variant's rank-r approximation against the full SVD's (||W -
+// s B A||_F / ||W - s B A||_F(full) - 1).
 //   build-release/bench/init_bench [--dim=N]
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
@@ -27,20 +28,23 @@ void BM_PissaInit(benchmark::State& state) {
   const int niter = kNiter[state.range(0)];
   torch::manual_seed(0);
   auto model = std::make_shared<Holder>();
-  // A weight with a decaying spectrum, like trained weights (a pure Gaussian matrix has a flat one).
+  // A weight with a decaying spectrum, like trained weights (a pure Gaussian matrix has a flat
+  // one).
   {
     torch::NoGradGuard no_grad;
     at::Tensor u = std::get<0>(at::linalg_qr(torch::randn({g_dim, g_dim})));
     at::Tensor s = at::pow(at::arange(1, g_dim + 1, at::kFloat), -0.5);
-    model->proj->weight().copy_(at::matmul(u * s, std::get<0>(at::linalg_qr(torch::randn({g_dim, g_dim})))));
+    model->proj->weight().copy_(
+        at::matmul(u * s, std::get<0>(at::linalg_qr(torch::randn({g_dim, g_dim})))));
   }
   const at::Tensor original = model->proj->weight().clone();
   peft::LoraConfig c;
   c.r = 16;
   c.lora_alpha = 16;
   c.target_modules = std::vector<std::string>{"proj"};
-  c.init_lora_weights = niter == 0 ? peft::parse_init_lora_weights("pissa")
-                                   : peft::parse_init_lora_weights("pissa_niter_" + std::to_string(niter));
+  c.init_lora_weights = niter == 0
+                            ? peft::parse_init_lora_weights("pissa")
+                            : peft::parse_init_lora_weights("pissa_niter_" + std::to_string(niter));
   for (auto _ : state) {
     state.PauseTiming();
     {
@@ -50,14 +54,20 @@ void BM_PissaInit(benchmark::State& state) {
     state.ResumeTiming();
     auto pm = peft::get_peft_model(model, c);
     state.PauseTiming();
-    g_residual_norm[niter] = at::linalg_matrix_norm(model->proj->weight().detach(), "fro").item<double>();
+    g_residual_norm[niter] =
+        at::linalg_matrix_norm(model->proj->weight().detach(), "fro").item<double>();
     pm->unload();
     state.ResumeTiming();
   }
   state.SetLabel(niter == 0 ? "pissa (full SVD)" : "pissa_niter_" + std::to_string(niter));
 }
 
-BENCHMARK(BM_PissaInit)->DenseRange(0, 2)->ArgName("variant")->Unit(benchmark::kMillisecond)->Iterations(1)->UseRealTime();
+BENCHMARK(BM_PissaInit)
+    ->DenseRange(0, 2)
+    ->ArgName("variant")
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(1)
+    ->UseRealTime();
 
 class InitReporter : public peft::bench::TimesReporter {
  public:
@@ -74,7 +84,8 @@ class InitReporter : public peft::bench::TimesReporter {
                              ? g_residual_norm.at(n) / g_residual_norm.at(0) - 1.0
                              : 0.0;
       std::printf("  %-18s %10.1f ms  time/full %.3f  residual norm vs full SVD %+.2e\n",
-                  n == 0 ? "full SVD" : ("niter " + std::to_string(n)).c_str(), t, full > 0 ? t / full : 0.0, err);
+                  n == 0 ? "full SVD" : ("niter " + std::to_string(n)).c_str(), t,
+                  full > 0 ? t / full : 0.0, err);
     }
   }
 };

@@ -103,8 +103,8 @@ int memory_child(Variant v) {
   for (const auto& p : b.model->parameters()) {
     if (seen.insert(p.unsafeGetTensorImpl()).second) bytes += p.numel() * p.element_size();
   }
-  std::printf("%ld %ld %ld %lld\n", rss, peft::bench::read_status_kb("VmRSS"), peft::bench::read_status_kb("VmHWM"),
-              static_cast<long long>(bytes));
+  std::printf("%ld %ld %ld %lld\n", rss, peft::bench::read_status_kb("VmRSS"),
+              peft::bench::read_status_kb("VmHWM"), static_cast<long long>(bytes));
   return 0;
 }
 

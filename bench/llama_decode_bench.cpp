@@ -1,6 +1,6 @@
-// Prefill and per-token decode of a Llama-shaped model (hidden 1024, 8 layers, GQA 16/8 heads, vocab 32000,
-// random weights): base model, LoRA r=16 unmerged on every linear layer (all-linear), and merged.
-// Prints the ratios to the base model at the end.
+// Prefill and per-token decode of a Llama-shaped model (hidden 1024, 8 layers, GQA 16/8 heads,
+// vocab 32000, random weights): base model, LoRA r=16 unmerged on every linear layer (all-linear),
+// and merged. Prints the ratios to the base model at the end.
 //   build-release/bench/llama_decode_bench [--prompt=N]
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
@@ -9,9 +9,9 @@
 #include <map>
 #include <set>
 
+#include "bench_util.h"
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
-#include "bench_util.h"
 
 namespace {
 
@@ -36,7 +36,8 @@ std::shared_ptr<peft::models::PretrainedModel> make_model(Variant v) {
     c.init_lora_weights.kind = peft::InitLoraWeights::Kind::kFalse;  // non-zero B: real work
     auto pm = peft::get_peft_model(model, c);
     if (v == kMerged) pm->merge_adapter();
-    static std::vector<std::shared_ptr<peft::PeftModel>> keep;  // the adapters live as long as the model
+    static std::vector<std::shared_ptr<peft::PeftModel>>
+        keep;  // the adapters live as long as the model
     keep.push_back(pm);
   }
   return model;
@@ -75,7 +76,8 @@ void BM_DecodeToken(benchmark::State& state) {
   auto token = torch::randint(0, 32000, {1, 1});
   for (auto _ : state) {
     state.PauseTiming();
-    peft::models::KVCache cache = prompt_cache;  // decode one token after the same prompt every time
+    peft::models::KVCache cache =
+        prompt_cache;  // decode one token after the same prompt every time
     state.ResumeTiming();
     peft::models::ForwardInput step;
     step.input_ids = token;
@@ -86,19 +88,31 @@ void BM_DecodeToken(benchmark::State& state) {
   state.SetLabel(kNames[state.range(0)]);
 }
 
-BENCHMARK(BM_Prefill)->DenseRange(0, 2)->ArgName("variant")->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
-BENCHMARK(BM_DecodeToken)->DenseRange(0, 2)->ArgName("variant")->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_Prefill)
+    ->DenseRange(0, 2)
+    ->ArgName("variant")
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0)
+    ->UseRealTime();
+BENCHMARK(BM_DecodeToken)
+    ->DenseRange(0, 2)
+    ->ArgName("variant")
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0)
+    ->UseRealTime();
 
 // Prints the ratios of the LoRA variants to the base model.
 class RatioReporter : public peft::bench::TimesReporter {
  public:
   void Finalize() override {
     TimesReporter::Finalize();
-    std::printf("\nratios to the base model (prompt %lld tokens, batch 1):\n", static_cast<long long>(g_prompt));
+    std::printf("\nratios to the base model (prompt %lld tokens, batch 1):\n",
+                static_cast<long long>(g_prompt));
     for (const char* fn : {"BM_Prefill", "BM_DecodeToken"}) {
       const double base = time(std::string(fn) + "/variant:0");
       if (base <= 0) continue;
-      std::printf("  %-15s unmerged %.3f   merged %.3f\n", fn, time(std::string(fn) + "/variant:1") / base,
+      std::printf("  %-15s unmerged %.3f   merged %.3f\n", fn,
+                  time(std::string(fn) + "/variant:1") / base,
                   time(std::string(fn) + "/variant:2") / base);
     }
   }

@@ -1,6 +1,7 @@
-// LoRA Linear forward (inference, no grad) at d = 1024 / 4096 and r = 8 / 16 / 64 on a batch of 2048 tokens:
-// plain LibTorch torch::nn::Linear (the baseline, same process), peft::nn::Linear without adapters, with an
-// unmerged adapter, and with the adapter merged. Prints the ratios to the baseline at the end.
+// LoRA Linear forward (inference, no grad) at d = 1024 / 4096 and r = 8 / 16 / 64 on a batch of
+// 2048 tokens: plain LibTorch torch::nn::Linear (the baseline, same process), peft::nn::Linear
+// without adapters, with an unmerged adapter, and with the adapter merged. Prints the ratios to the
+// baseline at the end.
 //   build-release/bench/lora_linear_bench [--benchmark_filter=...] [--tokens=N]
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
@@ -8,8 +9,8 @@
 #include <cstdio>
 #include <string>
 
-#include "peft/lora/linear.h"
 #include "bench_util.h"
+#include "peft/lora/linear.h"
 
 namespace {
 
@@ -39,8 +40,9 @@ void BM_LinearForward(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data_ptr());
   }
   state.SetItemsProcessed(state.iterations() * g_tokens);
-  state.counters["flops"] = benchmark::Counter(static_cast<double>(2 * g_tokens * d * d) * static_cast<double>(state.iterations()),
-                                               benchmark::Counter::kIsRate);
+  state.counters["flops"] = benchmark::Counter(
+      static_cast<double>(2 * g_tokens * d * d) * static_cast<double>(state.iterations()),
+      benchmark::Counter::kIsRate);
 }
 
 void Args(benchmark::internal::Benchmark* b) {
@@ -61,18 +63,23 @@ class RatioReporter : public peft::bench::TimesReporter {
  public:
   void Finalize() override {
     TimesReporter::Finalize();
-    std::printf("\nratios to plain LibTorch Linear (same process, %lld tokens):\n", static_cast<long long>(g_tokens));
+    std::printf("\nratios to plain LibTorch Linear (same process, %lld tokens):\n",
+                static_cast<long long>(g_tokens));
     std::printf("%6s %4s %10s %10s %10s\n", "d", "r", "base", "unmerged", "merged");
     for (int64_t d : {1024, 4096}) {
       auto t = [&](int64_t r, int v) {
-        return time("BM_LinearForward/d:" + std::to_string(d) + "/r:" + std::to_string(r) + "/variant:" + std::to_string(v));
+        return time("BM_LinearForward/d:" + std::to_string(d) + "/r:" + std::to_string(r) +
+                    "/variant:" + std::to_string(v));
       };
       const double plain = t(0, kPlainTorch);
       if (plain <= 0) continue;
       for (int64_t r : {8, 16, 64}) {
-        auto ratio = [&](double v) { return v > 0 ? std::to_string(v / plain).substr(0, 5) : std::string("n/a"); };
-        std::printf("%6lld %4lld %10s %10s %10s\n", static_cast<long long>(d), static_cast<long long>(r),
-                    ratio(t(0, kBase)).c_str(), ratio(t(r, kUnmerged)).c_str(), ratio(t(r, kMerged)).c_str());
+        auto ratio = [&](double v) {
+          return v > 0 ? std::to_string(v / plain).substr(0, 5) : std::string("n/a");
+        };
+        std::printf("%6lld %4lld %10s %10s %10s\n", static_cast<long long>(d),
+                    static_cast<long long>(r), ratio(t(0, kBase)).c_str(),
+                    ratio(t(r, kUnmerged)).c_str(), ratio(t(r, kMerged)).c_str());
       }
     }
   }

@@ -1,18 +1,24 @@
-// LoRA on fused mixture-of-experts parameters at DECODE time, on ONE thread (LibTorch intra-op and OpenBLAS's own
-// pool both set to --threads, default 1). Model: Qwen3-MoE-shaped (hidden 1024, 16/4 heads of 64, --experts=16
-// experts, top-2, expert ff --ff=768, --layers=4, every layer sparse, vocab 8000, float32). LoRA as in PEFT's MoE
-// example: target_modules q_proj, v_proj (r 16, alpha 32) + target_parameters mlp.experts.gate_up_proj,
-// mlp.experts.down_proj with rank_pattern {"experts.gate_up_proj": R, "experts.down_proj": R} (R = --expert_r=8 per
-// expert), init_lora_weights=false (both factors non-zero). Variants, in the same process:
+// LoRA on fused mixture-of-experts parameters at DECODE time, on ONE thread (LibTorch intra-op and
+// OpenBLAS's own pool both set to --threads, default 1). Model: Qwen3-MoE-shaped (hidden 1024, 16/4
+// heads of 64, --experts=16 experts, top-2, expert ff --ff=768, --layers=4, every layer sparse,
+// vocab 8000, float32). LoRA as in PEFT's MoE example: target_modules q_proj, v_proj (r 16, alpha
+// 32) + target_parameters mlp.experts.gate_up_proj, mlp.experts.down_proj with rank_pattern
+// {"experts.gate_up_proj": R, "experts.down_proj": R} (R = --expert_r=8 per expert),
+// init_lora_weights=false (both factors non-zero). Variants, in the same process:
 //   base      the model without LoRA (a second model holding the same weights),
 //   routed    LoRA, routed_lora = true: each hit expert's LoRA is added for its own tokens only,
-//   all-exp   LoRA, routed_lora = false: P + the full delta of every expert is materialised each forward (PEFT's
+//   all-exp   LoRA, routed_lora = false: P + the full delta of every expert is materialised each
+//   forward (PEFT's
 //             ParamWrapper),
-//   merged    LoRA merged into the weights (merge_adapter() before the timed call, unmerge_adapter() after).
-// Workloads: one decode step (1 new token per row, KV cache of --cache=32 tokens) at batch 1 and 4, and a
-// --prefill=64 token prefill at batch 1 for context. Every round runs every (workload, variant) once, shuffled;
-// times are medians over --rounds=11 rounds (this VM drifts ~10%). Logits of routed and all-expert must agree (~1e-5).
-//   build-release/bench/moe_bench [--rounds=N] [--layers=N] [--experts=N] [--ff=N] [--expert_r=N] [--threads=N]
+//   merged    LoRA merged into the weights (merge_adapter() before the timed call,
+//   unmerge_adapter() after).
+// Workloads: one decode step (1 new token per row, KV cache of --cache=32 tokens) at batch 1 and 4,
+// and a
+// --prefill=64 token prefill at batch 1 for context. Every round runs every (workload, variant)
+// once, shuffled; times are medians over --rounds=11 rounds (this VM drifts ~10%). Logits of routed
+// and all-expert must agree (~1e-5).
+//   build-release/bench/moe_bench [--rounds=N] [--layers=N] [--experts=N] [--ff=N] [--expert_r=N]
+//   [--threads=N]
 //                         [--cache=N] [--prefill=N]
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
@@ -47,15 +53,16 @@ constexpr int64_t kTopK = 2;
 
 enum Variant : int { kBase = 0, kRouted = 1, kAllExpert = 2, kMerged = 3 };
 constexpr int kVariants = 4;
-const char* kVariantNames[kVariants] = {"base (no LoRA)", "LoRA routed-only", "LoRA all-expert (PEFT)",
-                                        "LoRA merged"};
+const char* kVariantNames[kVariants] = {"base (no LoRA)", "LoRA routed-only",
+                                        "LoRA all-expert (PEFT)", "LoRA merged"};
 
 struct Workload {
   const char* name;
   int64_t batch;
   bool decode;  // one new token per row on a prefilled cache; else a prefill of g_prefill tokens
 };
-const Workload kWorkloads[] = {{"decode, batch 1", 1, true}, {"decode, batch 4", 4, true}, {"prefill, batch 1", 1, false}};
+const Workload kWorkloads[] = {
+    {"decode, batch 1", 1, true}, {"decode, batch 4", 4, true}, {"prefill, batch 1", 1, false}};
 constexpr int kNumWorkloads = 3;
 
 double max_abs(const at::Tensor& t) { return t.abs().max().item<double>(); }
@@ -85,11 +92,14 @@ struct Results {
   double first_ms[kNumWorkloads][kVariants] = {};
   double merge_ms = -1, unmerge_ms = -1;
   // Correctness, per workload: max |diff| of the logits.
-  double routed_vs_all[kNumWorkloads] = {}, merged_vs_routed[kNumWorkloads] = {}, lora_vs_base[kNumWorkloads] = {},
-         disabled_vs_base[kNumWorkloads] = {}, logits_max[kNumWorkloads] = {};
-  double materialise_ms = -1;  // one layer: param("gate_up_proj") + param("down_proj") with the LoRA live
+  double routed_vs_all[kNumWorkloads] = {}, merged_vs_routed[kNumWorkloads] = {},
+         lora_vs_base[kNumWorkloads] = {}, disabled_vs_base[kNumWorkloads] = {},
+         logits_max[kNumWorkloads] = {};
+  double materialise_ms =
+      -1;             // one layer: param("gate_up_proj") + param("down_proj") with the LoRA live
   double drift = -1;  // max |P - P_base| over every parameter after all merge / unmerge cycles
-  int64_t param_modules = 0, param_slots = 0, base_params = 0, lora_params = 0, expert_params_per_layer = 0;
+  int64_t param_modules = 0, param_slots = 0, base_params = 0, lora_params = 0,
+          expert_params_per_layer = 0;
   std::string peft_line;
   long hwm_kb = -1;
   double setup_ms = 0;
@@ -109,8 +119,9 @@ void set_routed(Setup& s, bool routed) {
   for (auto& m : s.param_modules) m->routed_lora = routed;
 }
 
-// One forward of `variant` on workload w (the merged state is the caller's business). The cache is copied (the
-// forward appends to its own copy: the layers replace the tensors, never write into them).
+// One forward of `variant` on workload w (the merged state is the caller's business). The cache is
+// copied (the forward appends to its own copy: the layers replace the tensors, never write into
+// them).
 at::Tensor forward(Setup& s, int variant, int w) {
   const bool lora = variant != kBase;
   peft::models::ForwardInput in;
@@ -146,10 +157,12 @@ void BM_MoeDecode(benchmark::State& state) {
     c.r = 16;
     c.lora_alpha = 32;
     c.target_modules = std::vector<std::string>{"q_proj", "v_proj"};
-    c.target_parameters = std::vector<std::string>{"mlp.experts.gate_up_proj", "mlp.experts.down_proj"};
+    c.target_parameters =
+        std::vector<std::string>{"mlp.experts.gate_up_proj", "mlp.experts.down_proj"};
     c.rank_pattern = {{"experts.gate_up_proj", static_cast<int>(g_expert_r)},
                       {"experts.down_proj", static_cast<int>(g_expert_r)}};
-    c.init_lora_weights.kind = peft::InitLoraWeights::Kind::kFalse;  // B != 0: the paths compute something
+    c.init_lora_weights.kind =
+        peft::InitLoraWeights::Kind::kFalse;  // B != 0: the paths compute something
     s.peft = peft::get_peft_model(s.lora, c, "default");
     s.lora->eval();
     r.peft_line = s.peft->trainable_parameters_line();
@@ -179,8 +192,8 @@ void BM_MoeDecode(benchmark::State& state) {
     }
     r.setup_ms = peft::bench::ms_since(t0);
 
-    // The base path of the LoRA model (adapters disabled) on the base model's cache, before any merge: the same
-    // weights as the base model?
+    // The base path of the LoRA model (adapters disabled) on the base model's cache, before any
+    // merge: the same weights as the base model?
     for (int w = 0; w < kNumWorkloads; ++w) {
       const at::Tensor base_out = forward(s, kBase, w);
       auto guard = s.peft->disable_adapter();
@@ -237,8 +250,8 @@ void BM_MoeDecode(benchmark::State& state) {
     for (int w = 0; w < kNumWorkloads; ++w) {
       for (int v = 0; v < kVariants; ++v) r.ms[w][v] = peft::bench::median(times[w][v]);
     }
-    // PEFT's materialisation alone: P + delta of every expert (ParamModuleImpl::param -> ParamLoraImpl::effective)
-    // for one layer's two expert parameters.
+    // PEFT's materialisation alone: P + delta of every expert (ParamModuleImpl::param ->
+    // ParamLoraImpl::effective) for one layer's two expert parameters.
     {
       const auto& pm = s.param_modules.front();
       std::vector<double> t;
@@ -276,26 +289,38 @@ class MoeReporter : public peft::bench::TimesReporter {
   void Finalize() override {
     TimesReporter::Finalize();
     const Results& r = g_res;
-    std::printf("\n## MoE LoRA at decode time: Qwen3-MoE-shaped model (hidden %lld, %lld layers, all sparse, %lld experts, "
-                "top-%lld, expert ff %lld, 16/4 heads x 64, vocab %lld, float32)\n\n",
-                static_cast<long long>(kHidden), static_cast<long long>(g_layers), static_cast<long long>(g_experts),
-                static_cast<long long>(kTopK), static_cast<long long>(g_ff), static_cast<long long>(kVocab));
+    std::printf(
+        "\n## MoE LoRA at decode time: Qwen3-MoE-shaped model (hidden %lld, %lld layers, all "
+        "sparse, %lld experts, "
+        "top-%lld, expert ff %lld, 16/4 heads x 64, vocab %lld, float32)\n\n",
+        static_cast<long long>(kHidden), static_cast<long long>(g_layers),
+        static_cast<long long>(g_experts), static_cast<long long>(kTopK),
+        static_cast<long long>(g_ff), static_cast<long long>(kVocab));
     if (!r.error.empty()) std::printf("ERROR: %s\n\n", r.error.c_str());
     if (!r.done) return;
-    std::printf("LoRA: q_proj, v_proj r=16 alpha=32; mlp.experts.gate_up_proj, mlp.experts.down_proj r=%lld per expert "
-                "(rank_pattern), alpha 32; init_lora_weights=false.\n",
-                static_cast<long long>(g_expert_r));
+    std::printf(
+        "LoRA: q_proj, v_proj r=16 alpha=32; mlp.experts.gate_up_proj, mlp.experts.down_proj "
+        "r=%lld per expert "
+        "(rank_pattern), alpha 32; init_lora_weights=false.\n",
+        static_cast<long long>(g_expert_r));
     std::printf("%lld base parameters (%lld expert parameters per layer = %.1f MiB float32); %s\n",
-                static_cast<long long>(r.base_params), static_cast<long long>(r.expert_params_per_layer),
-                static_cast<double>(r.expert_params_per_layer) * 4.0 / (1024.0 * 1024.0), r.peft_line.c_str());
-    std::printf("%lld ParamModules (mlp.experts) with %lld LoRA'd parameters; setup %.0f ms; merge_adapter %.0f ms, "
-                "unmerge_adapter %.0f ms; VmHWM %.0f MiB.\n",
-                static_cast<long long>(r.param_modules), static_cast<long long>(r.param_slots), r.setup_ms, r.merge_ms,
-                r.unmerge_ms, static_cast<double>(r.hwm_kb) / 1024.0);
+                static_cast<long long>(r.base_params),
+                static_cast<long long>(r.expert_params_per_layer),
+                static_cast<double>(r.expert_params_per_layer) * 4.0 / (1024.0 * 1024.0),
+                r.peft_line.c_str());
+    std::printf(
+        "%lld ParamModules (mlp.experts) with %lld LoRA'd parameters; setup %.0f ms; merge_adapter "
+        "%.0f ms, "
+        "unmerge_adapter %.0f ms; VmHWM %.0f MiB.\n",
+        static_cast<long long>(r.param_modules), static_cast<long long>(r.param_slots), r.setup_ms,
+        r.merge_ms, r.unmerge_ms, static_cast<double>(r.hwm_kb) / 1024.0);
 
-    std::printf("\n### Time per forward, median of %lld interleaved rounds, ms (ratio to base)\n\n"
-                "decode = one new token per row on a KV cache of %lld tokens; prefill = %lld tokens, empty cache.\n\n",
-                static_cast<long long>(g_rounds), static_cast<long long>(g_cache), static_cast<long long>(g_prefill));
+    std::printf(
+        "\n### Time per forward, median of %lld interleaved rounds, ms (ratio to base)\n\n"
+        "decode = one new token per row on a KV cache of %lld tokens; prefill = %lld tokens, empty "
+        "cache.\n\n",
+        static_cast<long long>(g_rounds), static_cast<long long>(g_cache),
+        static_cast<long long>(g_prefill));
     std::printf("| workload |");
     for (int v = 0; v < kVariants; ++v) std::printf(" %s |", kVariantNames[v]);
     std::printf(" all-expert / routed |\n|---|");
@@ -312,11 +337,15 @@ class MoeReporter : public peft::bench::TimesReporter {
       }
       std::printf(" %.2fx |\n", r.ms[w][kAllExpert] / r.ms[w][kRouted]);
     }
-    std::printf("\nPEFT's materialisation alone (P + delta of all %lld experts, gate_up_proj + down_proj of one layer): "
-                "%.1f ms median of 5, x %lld layers = %.1f ms per forward.\n",
-                static_cast<long long>(g_experts), r.materialise_ms, static_cast<long long>(g_layers),
-                r.materialise_ms * static_cast<double>(g_layers));
-    std::printf("\nFirst call of each variant (the correctness pass, after one base forward per workload), ms:\n\n| workload |");
+    std::printf(
+        "\nPEFT's materialisation alone (P + delta of all %lld experts, gate_up_proj + down_proj "
+        "of one layer): "
+        "%.1f ms median of 5, x %lld layers = %.1f ms per forward.\n",
+        static_cast<long long>(g_experts), r.materialise_ms, static_cast<long long>(g_layers),
+        r.materialise_ms * static_cast<double>(g_layers));
+    std::printf(
+        "\nFirst call of each variant (the correctness pass, after one base forward per workload), "
+        "ms:\n\n| workload |");
     for (int v = 0; v < kVariants; ++v) std::printf(" %s |", kVariantNames[v]);
     std::printf("\n|---|");
     for (int v = 0; v < kVariants; ++v) std::printf("---|");
@@ -327,20 +356,25 @@ class MoeReporter : public peft::bench::TimesReporter {
       std::printf("\n");
     }
 
-    std::printf("\n### Logits, max |diff|\n\n"
-                "| workload | routed vs all-expert | merged vs routed | LoRA (routed) vs base | LoRA disabled vs base | "
-                "max |logit| (routed) |\n|---|---|---|---|---|---|\n");
+    std::printf(
+        "\n### Logits, max |diff|\n\n"
+        "| workload | routed vs all-expert | merged vs routed | LoRA (routed) vs base | LoRA "
+        "disabled vs base | "
+        "max |logit| (routed) |\n|---|---|---|---|---|---|\n");
     bool ok = true;
     for (int w = 0; w < kNumWorkloads; ++w) {
-      std::printf("| %s | %s | %s | %s | %s | %s |\n", kWorkloads[w].name, fmt_e(r.routed_vs_all[w]).c_str(),
-                  fmt_e(r.merged_vs_routed[w]).c_str(), fmt_e(r.lora_vs_base[w]).c_str(),
-                  fmt_e(r.disabled_vs_base[w]).c_str(), fmt_e(r.logits_max[w]).c_str());
+      std::printf("| %s | %s | %s | %s | %s | %s |\n", kWorkloads[w].name,
+                  fmt_e(r.routed_vs_all[w]).c_str(), fmt_e(r.merged_vs_routed[w]).c_str(),
+                  fmt_e(r.lora_vs_base[w]).c_str(), fmt_e(r.disabled_vs_base[w]).c_str(),
+                  fmt_e(r.logits_max[w]).c_str());
       ok = ok && r.routed_vs_all[w] <= 1e-5 * std::max(1.0, r.logits_max[w]);
     }
-    std::printf("\nrouted-only vs all-expert: %s (tolerance 1e-5 x max(1, max |logit|)). After %lld merge / unmerge "
-                "cycles the LoRA model's weights differ from the base model's by at most %s.\n",
-                ok ? "AGREE" : "DISAGREE", static_cast<long long>((1 + g_rounds) * kNumWorkloads),
-                fmt_e(r.drift).c_str());
+    std::printf(
+        "\nrouted-only vs all-expert: %s (tolerance 1e-5 x max(1, max |logit|)). After %lld merge "
+        "/ unmerge "
+        "cycles the LoRA model's weights differ from the base model's by at most %s.\n",
+        ok ? "AGREE" : "DISAGREE", static_cast<long long>((1 + g_rounds) * kNumWorkloads),
+        fmt_e(r.drift).c_str());
   }
 };
 

@@ -1,17 +1,23 @@
-// QLoRA-style quantized bases against the float baseline, in the same process, on ONE thread (LibTorch intra-op and
-// OpenBLAS's own pool both set to --threads, default 1):
-//  1. Linear forward y = x W^T (no bias, float32) for W (out x in) = 4096 x 4096 and 2048 x 8192, x = 1 and 16
-//     tokens: float at::linear vs QuantizedWeight::linear with nf4, nf4 + double quant, fp4 and int8 (LLM.int8,
-//     threshold 0), blocksize 64; time ratio to float, plus a correctness check of every kernel.
-//  2. One LoRA (r = 16) training step on the same Linear (peft::nn::Linear, x.requires_grad): forward + backward to
-//     lora_A, lora_B and x, 16 and 128 tokens, float base vs nf4 base; ratio, plus the gradients of the nf4 layer
-//     against a float layer holding the dequantized weight.
-//  3. Memory: resident bytes of one weight per method (float numel*4 vs QuantizedWeight::nbytes()), and of a
-//     Llama-shaped model (hidden 2048, intermediate 5632, 32/4 heads, vocab 32000, --layers=8, float32) before and
-//     after NF4 (every Linear but lm_head; embeddings stay float, as transformers does). Bytes = sum over
-//     model->parameters() of numel * element_size (a quantized weight is its packed uint8 parameter) + for every
-//     quantized layer QuantizedWeight::nbytes() - packed bytes (its statistics). Process RSS as a second view.
-// Timings are medians of interleaved rounds (each round runs every variant once, shuffled): this VM drifts ~10%.
+// QLoRA-style quantized bases against the float baseline, in the same process, on ONE thread
+// (LibTorch intra-op and OpenBLAS's own pool both set to --threads, default 1):
+//  1. Linear forward y = x W^T (no bias, float32) for W (out x in) = 4096 x 4096 and 2048 x 8192, x
+//  = 1 and 16
+//     tokens: float at::linear vs QuantizedWeight::linear with nf4, nf4 + double quant, fp4 and
+//     int8 (LLM.int8, threshold 0), blocksize 64; time ratio to float, plus a correctness check of
+//     every kernel.
+//  2. One LoRA (r = 16) training step on the same Linear (peft::nn::Linear, x.requires_grad):
+//  forward + backward to
+//     lora_A, lora_B and x, 16 and 128 tokens, float base vs nf4 base; ratio, plus the gradients of
+//     the nf4 layer against a float layer holding the dequantized weight.
+//  3. Memory: resident bytes of one weight per method (float numel*4 vs QuantizedWeight::nbytes()),
+//  and of a
+//     Llama-shaped model (hidden 2048, intermediate 5632, 32/4 heads, vocab 32000, --layers=8,
+//     float32) before and after NF4 (every Linear but lm_head; embeddings stay float, as
+//     transformers does). Bytes = sum over model->parameters() of numel * element_size (a quantized
+//     weight is its packed uint8 parameter) + for every quantized layer QuantizedWeight::nbytes() -
+//     packed bytes (its statistics). Process RSS as a second view.
+// Timings are medians of interleaved rounds (each round runs every variant once, shuffled): this VM
+// drifts ~10%.
 //   build-release/bench/quant_bench [--rounds=N] [--layers=N] [--threads=N]
 #include <benchmark/benchmark.h>
 #include <malloc.h>
@@ -63,16 +69,20 @@ QuantizeOptions method_options(int m) {
 double rel_err(const at::Tensor& a, const at::Tensor& b) {
   return (a - b).norm().item<double>() / b.norm().item<double>();
 }
-std::string shape_name(const Shape& s) { return std::to_string(s.out) + "x" + std::to_string(s.in); }
+std::string shape_name(const Shape& s) {
+  return std::to_string(s.out) + "x" + std::to_string(s.in);
+}
 
 // ---- results, printed by the reporter ----
 struct ForwardResult {
-  double ms[2][kMethods] = {};    // [token index][method] median
+  double ms[2][kMethods] = {};  // [token index][method] median
   double quantize_ms[kMethods] = {};
-  int64_t weight_bytes[kMethods] = {};   // float numel*4, QuantizedWeight::nbytes()
-  int64_t payload_bytes[kMethods] = {};  // bitsandbytes' stored tensors (no resident float32 absmax copy)
-  double err_kernel[kMethods] = {};      // ||linear - x deq(W)^T|| / ||x deq(W)^T|| (16 tokens)
-  double err_float[kMethods] = {};       // ||linear - x W^T|| / ||x W^T|| (quantization error, 16 tokens)
+  int64_t weight_bytes[kMethods] = {};  // float numel*4, QuantizedWeight::nbytes()
+  int64_t payload_bytes[kMethods] =
+      {};  // bitsandbytes' stored tensors (no resident float32 absmax copy)
+  double err_kernel[kMethods] = {};  // ||linear - x deq(W)^T|| / ||x deq(W)^T|| (16 tokens)
+  double err_float[kMethods] =
+      {};  // ||linear - x W^T|| / ||x W^T|| (quantization error, 16 tokens)
   bool done = false;
 };
 ForwardResult g_forward[2];
@@ -90,8 +100,8 @@ struct MemoryResult {
   std::string error;
   int64_t n_params = 0, n_quantized = 0;
   int64_t float_bytes = 0, nf4_param_bytes = 0, nf4_stat_bytes = 0, buffer_bytes = 0;
-  int64_t quantizable_float = 0, quantizable_nf4 = 0;   // the quantized Linear layers alone
-  int64_t layer0_float = 0, layer0_nf4 = 0;             // one decoder layer (for the 22-layer projection)
+  int64_t quantizable_float = 0, quantizable_nf4 = 0;  // the quantized Linear layers alone
+  int64_t layer0_float = 0, layer0_nf4 = 0;  // one decoder layer (for the 22-layer projection)
   long rss_start = -1, rss_float = -1, rss_nf4 = -1, rss_trim = -1, hwm = -1;
   double build_ms = 0, quantize_ms = 0, fwd_float_ms = 0, fwd_nf4_ms = 0, logits_err = -1;
 };
@@ -127,9 +137,12 @@ void BM_QuantLinearForward(benchmark::State& state) {
   std::vector<at::Tensor> xs;
   for (int64_t t : kForwardTokens) xs.push_back(torch::randn({t, shape.in}));
   const at::Tensor undefined_bias;
-  auto run = [&](int m, const at::Tensor& x) { return m == 0 ? at::linear(x, W) : qw[m]->linear(x, undefined_bias); };
+  auto run = [&](int m, const at::Tensor& x) {
+    return m == 0 ? at::linear(x, W) : qw[m]->linear(x, undefined_bias);
+  };
 
-  // Correctness (16 tokens): against the dequantized weight (the kernel) and the float weight (quantization).
+  // Correctness (16 tokens): against the dequantized weight (the kernel) and the float weight
+  // (quantization).
   const at::Tensor& x16 = xs[1];
   const at::Tensor y_float = at::linear(x16, W);
   for (int m = 1; m < kMethods; ++m) {
@@ -170,7 +183,7 @@ peft::nn::Linear make_lora_linear(const at::Tensor& W, bool nf4) {
     torch::NoGradGuard no_grad;
     layer->weight().copy_(W);
   }
-  layer->weight().set_requires_grad(false);  // frozen base (PEFT's get_peft_model)
+  layer->weight().set_requires_grad(false);     // frozen base (PEFT's get_peft_model)
   if (nf4) layer->quantize(method_options(1));  // QLoRA order: quantize, then add the adapter
   peft::nn::AdapterSettings s;
   s.r = 16;
@@ -194,7 +207,8 @@ void BM_QuantLoraTrainStep(benchmark::State& state) {
       layers[0]->adapter_tensor("default", key).copy_(layers[1]->adapter_tensor("default", key));
     }
   }
-  res.lora_dtype = std::string(c10::toString(layers[1]->adapter_tensor("default", "lora_A.weight").scalar_type()));
+  res.lora_dtype = std::string(
+      c10::toString(layers[1]->adapter_tensor("default", "lora_A.weight").scalar_type()));
   std::vector<at::Tensor> xs, gys;
   for (int64_t t : kTrainTokens) {
     xs.push_back(torch::randn({t, shape.in}).requires_grad_(true));
@@ -213,7 +227,8 @@ void BM_QuantLoraTrainStep(benchmark::State& state) {
     return y;
   };
 
-  // Correctness (16 tokens): the nf4 layer against a float layer holding the dequantized weight, same factors.
+  // Correctness (16 tokens): the nf4 layer against a float layer holding the dequantized weight,
+  // same factors.
   {
     const at::Tensor Wd = layers[1]->quantized_weight()->dequantize();
     peft::nn::Linear ref = make_lora_linear(Wd, false);
@@ -224,7 +239,8 @@ void BM_QuantLoraTrainStep(benchmark::State& state) {
       }
     }
     const at::Tensor y = step(1, 0).detach();
-    const at::Tensor gx = xs[0].grad().clone(), gA = layers[1]->adapter_tensor("default", "lora_A.weight").grad().clone(),
+    const at::Tensor gx = xs[0].grad().clone(),
+                     gA = layers[1]->adapter_tensor("default", "lora_A.weight").grad().clone(),
                      gB = layers[1]->adapter_tensor("default", "lora_B.weight").grad().clone();
     xs[0].mutable_grad() = at::Tensor();
     at::Tensor yr = ref->forward(xs[0]);
@@ -268,7 +284,9 @@ void BM_QuantLoraTrainStep(benchmark::State& state) {
 
 // ---------------------------------------------------------------------------------------------------------
 // 3. Whole-model memory, float vs NF4
-int64_t tensor_bytes(const at::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); }
+int64_t tensor_bytes(const at::Tensor& t) {
+  return t.numel() * static_cast<int64_t>(t.element_size());
+}
 
 struct ModelBytes {
   int64_t params = 0, stats = 0, quantizable = 0, layer0 = 0, buffers = 0;
@@ -282,7 +300,8 @@ ModelBytes count_bytes(peft::models::PretrainedModel& model) {
   for (const auto& [name, layer] : peft::nn::lora_layers(model)) {
     auto linear = std::dynamic_pointer_cast<peft::nn::LinearImpl>(layer);
     if (!linear || layer->kind() != peft::nn::LayerKind::kLinear || name == head) continue;
-    int64_t bytes = tensor_bytes(linear->weight()) + (linear->has_bias() ? tensor_bytes(linear->bias()) : 0);
+    int64_t bytes =
+        tensor_bytes(linear->weight()) + (linear->has_bias() ? tensor_bytes(linear->bias()) : 0);
     if (linear->is_quantized()) {
       const int64_t stats = linear->quantized_weight()->nbytes() - tensor_bytes(linear->weight());
       b.stats += stats;
@@ -335,7 +354,8 @@ void BM_QuantModelMemory(benchmark::State& state) {
       r.fwd_float_ms = peft::bench::ms_since(t0);
 
       t0 = std::chrono::steady_clock::now();
-      r.n_quantized = static_cast<int64_t>(peft::models::detail::quantize_model(*model, method_options(1)));
+      r.n_quantized =
+          static_cast<int64_t>(peft::models::detail::quantize_model(*model, method_options(1)));
       r.quantize_ms = peft::bench::ms_since(t0);
       r.rss_nf4 = peft::bench::read_status_kb("VmRSS");
       malloc_trim(0);
@@ -387,9 +407,11 @@ class QuantReporter : public peft::bench::TimesReporter {
 
  private:
   static void print_forward() {
-    std::printf("\n## 1. Linear forward y = x W^T (float32, no bias), median of %lld interleaved rounds, ms "
-                "(ratio to float32)\n\n",
-                static_cast<long long>(g_rounds));
+    std::printf(
+        "\n## 1. Linear forward y = x W^T (float32, no bias), median of %lld interleaved rounds, "
+        "ms "
+        "(ratio to float32)\n\n",
+        static_cast<long long>(g_rounds));
     std::printf("| W (out x in) | tokens |");
     for (int m = 0; m < kMethods; ++m) std::printf(" %s |", kMethodNames[m]);
     std::printf("\n|---|---|");
@@ -399,7 +421,8 @@ class QuantReporter : public peft::bench::TimesReporter {
       const ForwardResult& f = g_forward[s];
       if (!f.done) continue;
       for (int t = 0; t < 2; ++t) {
-        std::printf("| %s | %lld |", shape_name(kShapes[s]).c_str(), static_cast<long long>(kForwardTokens[t]));
+        std::printf("| %s | %lld |", shape_name(kShapes[s]).c_str(),
+                    static_cast<long long>(kForwardTokens[t]));
         for (int m = 0; m < kMethods; ++m) {
           if (m == 0) {
             std::printf(" %.2f |", f.ms[t][0]);
@@ -412,85 +435,113 @@ class QuantReporter : public peft::bench::TimesReporter {
     }
 
     std::printf("\n## 1b. Per weight: quantize time, resident bytes, correctness (16 tokens)\n\n");
-    std::printf("resident = QuantizedWeight::nbytes() (packed data + statistics + the 16-entry code book + for "
-                "double quant the\nresident float32 absmax the kernel decodes with); payload = bitsandbytes' "
-                "stored tensors (packed, absmax,\nnested_absmax, nested_code, quant_map / CB, SCB).\n"
-                "err_kernel = ||linear(x) - x deq(W)^T|| / ||x deq(W)^T||; err_float = ||linear(x) - x W^T|| / "
-                "||x W^T||.\n\n");
-    std::printf("| W | method | quantize ms | resident MiB | / float | payload MiB | / float | err_kernel | "
-                "err_float |\n|---|---|---|---|---|---|---|---|---|\n");
+    std::printf(
+        "resident = QuantizedWeight::nbytes() (packed data + statistics + the 16-entry code book + "
+        "for "
+        "double quant the\nresident float32 absmax the kernel decodes with); payload = "
+        "bitsandbytes' "
+        "stored tensors (packed, absmax,\nnested_absmax, nested_code, quant_map / CB, SCB).\n"
+        "err_kernel = ||linear(x) - x deq(W)^T|| / ||x deq(W)^T||; err_float = ||linear(x) - x "
+        "W^T|| / "
+        "||x W^T||.\n\n");
+    std::printf(
+        "| W | method | quantize ms | resident MiB | / float | payload MiB | / float | err_kernel "
+        "| "
+        "err_float |\n|---|---|---|---|---|---|---|---|---|\n");
     for (int s = 0; s < 2; ++s) {
       const ForwardResult& f = g_forward[s];
       if (!f.done) continue;
       for (int m = 0; m < kMethods; ++m) {
         const double fb = static_cast<double>(f.weight_bytes[0]);
-        std::printf("| %s | %s | %s | %s | %.4f | %s | %.4f | %s | %s |\n", shape_name(kShapes[s]).c_str(),
-                    kMethodNames[m], m == 0 ? "-" : std::to_string(f.quantize_ms[m]).substr(0, 6).c_str(),
-                    mib(f.weight_bytes[m]).c_str(), dbl(f.weight_bytes[m]) / fb, mib(f.payload_bytes[m]).c_str(),
-                    dbl(f.payload_bytes[m]) / fb, m == 0 ? "-" : fmt_e(f.err_kernel[m]).c_str(),
+        std::printf("| %s | %s | %s | %s | %.4f | %s | %.4f | %s | %s |\n",
+                    shape_name(kShapes[s]).c_str(), kMethodNames[m],
+                    m == 0 ? "-" : std::to_string(f.quantize_ms[m]).substr(0, 6).c_str(),
+                    mib(f.weight_bytes[m]).c_str(), dbl(f.weight_bytes[m]) / fb,
+                    mib(f.payload_bytes[m]).c_str(), dbl(f.payload_bytes[m]) / fb,
+                    m == 0 ? "-" : fmt_e(f.err_kernel[m]).c_str(),
                     m == 0 ? "-" : fmt_e(f.err_float[m]).c_str());
       }
     }
   }
 
   static void print_train() {
-    std::printf("\n## 2. LoRA r=16 training step (forward + backward to lora_A, lora_B and x; base frozen), median "
-                "of %lld interleaved rounds, ms\n\n",
-                static_cast<long long>(g_rounds));
-    std::printf("| W (out x in) | tokens | float base | nf4 base | nf4 / float |\n|---|---|---|---|---|\n");
+    std::printf(
+        "\n## 2. LoRA r=16 training step (forward + backward to lora_A, lora_B and x; base "
+        "frozen), median "
+        "of %lld interleaved rounds, ms\n\n",
+        static_cast<long long>(g_rounds));
+    std::printf(
+        "| W (out x in) | tokens | float base | nf4 base | nf4 / float |\n|---|---|---|---|---|\n");
     for (int s = 0; s < 2; ++s) {
       const TrainResult& tr = g_train[s];
       if (!tr.done) continue;
       for (int t = 0; t < 2; ++t) {
         std::printf("| %s | %lld | %.2f | %.2f | %.2fx |\n", shape_name(kShapes[s]).c_str(),
-                    static_cast<long long>(kTrainTokens[t]), tr.ms[t][0], tr.ms[t][1], tr.ms[t][1] / tr.ms[t][0]);
+                    static_cast<long long>(kTrainTokens[t]), tr.ms[t][0], tr.ms[t][1],
+                    tr.ms[t][1] / tr.ms[t][0]);
       }
     }
-    std::printf("\nnf4 LoRA layer vs a float LoRA layer holding the dequantized weight (16 tokens), relative errors:\n");
+    std::printf(
+        "\nnf4 LoRA layer vs a float LoRA layer holding the dequantized weight (16 tokens), "
+        "relative errors:\n");
     for (int s = 0; s < 2; ++s) {
       const TrainResult& tr = g_train[s];
       if (!tr.done) continue;
-      std::printf("  %s: y %s, grad x %s, grad lora_A %s, grad lora_B %s; layer base path vs QuantizedWeight::linear "
-                  "%s; LoRA factor dtype %s\n",
-                  shape_name(kShapes[s]).c_str(), fmt_e(tr.err_y).c_str(), fmt_e(tr.err_gx).c_str(),
-                  fmt_e(tr.err_gA).c_str(), fmt_e(tr.err_gB).c_str(), fmt_e(tr.err_layer_vs_kernel).c_str(),
-                  tr.lora_dtype.c_str());
+      std::printf(
+          "  %s: y %s, grad x %s, grad lora_A %s, grad lora_B %s; layer base path vs "
+          "QuantizedWeight::linear "
+          "%s; LoRA factor dtype %s\n",
+          shape_name(kShapes[s]).c_str(), fmt_e(tr.err_y).c_str(), fmt_e(tr.err_gx).c_str(),
+          fmt_e(tr.err_gA).c_str(), fmt_e(tr.err_gB).c_str(), fmt_e(tr.err_layer_vs_kernel).c_str(),
+          tr.lora_dtype.c_str());
     }
   }
 
   static void print_memory() {
     const MemoryResult& r = g_mem;
-    std::printf("\n## 3. Llama-shaped model (hidden 2048, intermediate 5632, %lld layers, 32/4 heads, vocab 32000, "
-                "float32), NF4 (blocksize 64, no double quant)\n\n",
-                static_cast<long long>(g_layers));
+    std::printf(
+        "\n## 3. Llama-shaped model (hidden 2048, intermediate 5632, %lld layers, 32/4 heads, "
+        "vocab 32000, "
+        "float32), NF4 (blocksize 64, no double quant)\n\n",
+        static_cast<long long>(g_layers));
     if (!r.error.empty()) std::printf("ERROR: %s\n\n", r.error.c_str());
-    std::printf("Bytes = sum over model->parameters() of numel * element_size (a quantized weight is its packed uint8 "
-                "parameter)\n      + for each quantized layer (QuantizedWeight::nbytes() - packed bytes), i.e. "
-                "absmax + code book.\nBuffers (rope) are not counted: %s MiB.\n\n",
-                mib(r.buffer_bytes).c_str());
+    std::printf(
+        "Bytes = sum over model->parameters() of numel * element_size (a quantized weight is its "
+        "packed uint8 "
+        "parameter)\n      + for each quantized layer (QuantizedWeight::nbytes() - packed bytes), "
+        "i.e. "
+        "absmax + code book.\nBuffers (rope) are not counted: %s MiB.\n\n",
+        mib(r.buffer_bytes).c_str());
     const int64_t nf4_total = r.nf4_param_bytes + r.nf4_stat_bytes;
     std::printf("| | float32 | NF4 | NF4 / float |\n|---|---|---|---|\n");
-    std::printf("| whole model (MiB) | %s | %s (params %s + stats %s) | %.4f |\n", mib(r.float_bytes).c_str(),
-                mib(nf4_total).c_str(), mib(r.nf4_param_bytes).c_str(), mib(r.nf4_stat_bytes).c_str(),
-                ratio(nf4_total, r.float_bytes));
-    std::printf("| the %lld quantized Linear layers (MiB) | %s | %s | %.4f |\n", static_cast<long long>(r.n_quantized),
-                mib(r.quantizable_float).c_str(), mib(r.quantizable_nf4).c_str(),
-                ratio(r.quantizable_nf4, r.quantizable_float));
+    std::printf("| whole model (MiB) | %s | %s (params %s + stats %s) | %.4f |\n",
+                mib(r.float_bytes).c_str(), mib(nf4_total).c_str(), mib(r.nf4_param_bytes).c_str(),
+                mib(r.nf4_stat_bytes).c_str(), ratio(nf4_total, r.float_bytes));
+    std::printf("| the %lld quantized Linear layers (MiB) | %s | %s | %.4f |\n",
+                static_cast<long long>(r.n_quantized), mib(r.quantizable_float).c_str(),
+                mib(r.quantizable_nf4).c_str(), ratio(r.quantizable_nf4, r.quantizable_float));
     const int64_t rest = r.float_bytes - static_cast<int64_t>(g_layers) * r.layer0_float;
     const int64_t proj_float = rest + 22 * r.layer0_float, proj_nf4 = rest + 22 * r.layer0_nf4;
-    std::printf("| projected to 22 layers (TinyLlama-1.1B shape; MiB) | %s | %s | %.4f |\n", mib(proj_float).c_str(),
-                mib(proj_nf4).c_str(), ratio(proj_nf4, proj_float));
-    std::printf("\n%lld parameters; float part that stays float (embed_tokens + lm_head + final norm): %s MiB.\n",
-                static_cast<long long>(r.n_params), mib(rest).c_str());
-    std::printf("Process RSS (VmRSS): before build %.1f MiB, float model %.1f MiB, after NF4 %.1f MiB, after "
-                "malloc_trim %.1f MiB;\n  model delta float %.1f MiB -> nf4 %.1f MiB (%.4f); VmHWM %.1f MiB.\n",
-                dbl(r.rss_start) / 1024.0, dbl(r.rss_float) / 1024.0, dbl(r.rss_nf4) / 1024.0,
-                dbl(r.rss_trim) / 1024.0, dbl(r.rss_float - r.rss_start) / 1024.0,
-                dbl(r.rss_trim - r.rss_start) / 1024.0, ratio(r.rss_trim - r.rss_start, r.rss_float - r.rss_start),
-                dbl(r.hwm) / 1024.0);
-    std::printf("Times: build %.0f ms, quantize_model %.0f ms; forward 1 x 8 tokens float %.0f ms, nf4 %.0f ms; "
-                "logits rel. error nf4 vs float %s.\n",
-                r.build_ms, r.quantize_ms, r.fwd_float_ms, r.fwd_nf4_ms, fmt_e(r.logits_err).c_str());
+    std::printf("| projected to 22 layers (TinyLlama-1.1B shape; MiB) | %s | %s | %.4f |\n",
+                mib(proj_float).c_str(), mib(proj_nf4).c_str(), ratio(proj_nf4, proj_float));
+    std::printf(
+        "\n%lld parameters; float part that stays float (embed_tokens + lm_head + final norm): %s "
+        "MiB.\n",
+        static_cast<long long>(r.n_params), mib(rest).c_str());
+    std::printf(
+        "Process RSS (VmRSS): before build %.1f MiB, float model %.1f MiB, after NF4 %.1f MiB, "
+        "after "
+        "malloc_trim %.1f MiB;\n  model delta float %.1f MiB -> nf4 %.1f MiB (%.4f); VmHWM %.1f "
+        "MiB.\n",
+        dbl(r.rss_start) / 1024.0, dbl(r.rss_float) / 1024.0, dbl(r.rss_nf4) / 1024.0,
+        dbl(r.rss_trim) / 1024.0, dbl(r.rss_float - r.rss_start) / 1024.0,
+        dbl(r.rss_trim - r.rss_start) / 1024.0,
+        ratio(r.rss_trim - r.rss_start, r.rss_float - r.rss_start), dbl(r.hwm) / 1024.0);
+    std::printf(
+        "Times: build %.0f ms, quantize_model %.0f ms; forward 1 x 8 tokens float %.0f ms, nf4 "
+        "%.0f ms; "
+        "logits rel. error nf4 vs float %s.\n",
+        r.build_ms, r.quantize_ms, r.fwd_float_ms, r.fwd_nf4_ms, fmt_e(r.logits_err).c_str());
   }
 
   static std::string fmt_e(double v) {
@@ -504,11 +555,13 @@ class QuantReporter : public peft::bench::TimesReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
-  peft::bench::read_int_flags(argc, argv, {{"rounds", &g_rounds}, {"layers", &g_layers}, {"threads", &g_threads}});
+  peft::bench::read_int_flags(
+      argc, argv, {{"rounds", &g_rounds}, {"layers", &g_layers}, {"threads", &g_threads}});
   peft::bench::print_runtime_header_with_threads(g_threads);
   // Registered here so that --rounds sets the iterations (one iteration = one interleaved round).
   for (auto fn : {BM_QuantLinearForward, BM_QuantLoraTrainStep}) {
-    benchmark::RegisterBenchmark(fn == BM_QuantLinearForward ? "BM_QuantLinearForward" : "BM_QuantLoraTrainStep", fn)
+    benchmark::RegisterBenchmark(
+        fn == BM_QuantLinearForward ? "BM_QuantLinearForward" : "BM_QuantLoraTrainStep", fn)
         ->DenseRange(0, 1)
         ->ArgName("shape")
         ->Iterations(g_rounds)

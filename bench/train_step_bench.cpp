@@ -1,9 +1,10 @@
-// One training step (forward + causal-LM loss + backward + AdamW update) of a Llama-shaped model (hidden 512,
-// 4 layers, GQA 8/4 heads, vocab 8000, random weights), batch 4 x 128 tokens: full fine-tuning, LoRA r=16 on
-// q_proj/v_proj, LoRA r=16 on all linear layers, and DoRA (use_dora) on the same two target sets, timed in the
-// same process; plus the inference forward (no grad, eval) of the LoRA and DoRA variants. Peak memory of each variant is
-// measured in a child process (the VmHWM of a fresh process that builds the model and runs 3 steps), because a
-// process's high-water mark only grows.
+// One training step (forward + causal-LM loss + backward + AdamW update) of a Llama-shaped model
+// (hidden 512, 4 layers, GQA 8/4 heads, vocab 8000, random weights), batch 4 x 128 tokens: full
+// fine-tuning, LoRA r=16 on q_proj/v_proj, LoRA r=16 on all linear layers, and DoRA (use_dora) on
+// the same two target sets, timed in the same process; plus the inference forward (no grad, eval)
+// of the LoRA and DoRA variants. Peak memory of each variant is measured in a child process (the
+// VmHWM of a fresh process that builds the model and runs 3 steps), because a process's high-water
+// mark only grows.
 //   build-release/bench/train_step_bench [--seq=N]
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
@@ -25,9 +26,16 @@ namespace {
 int64_t g_seq = 128;
 constexpr int64_t kBatch = 4;
 
-enum Variant : int64_t { kFull = 0, kLoraQv = 1, kLoraAllLinear = 2, kDoraQv = 3, kDoraAllLinear = 4 };
+enum Variant : int64_t {
+  kFull = 0,
+  kLoraQv = 1,
+  kLoraAllLinear = 2,
+  kDoraQv = 3,
+  kDoraAllLinear = 4
+};
 constexpr int64_t kVariants = 5;
-const char* kNames[] = {"full-finetune", "lora-qv", "lora-all-linear", "dora-qv", "dora-all-linear"};
+const char* kNames[] = {"full-finetune", "lora-qv", "lora-all-linear", "dora-qv",
+                        "dora-all-linear"};
 
 struct Setup {
   std::shared_ptr<peft::models::PretrainedModel> model;
@@ -80,7 +88,12 @@ void BM_TrainStep(benchmark::State& state) {
   s = Setup();  // free this variant's memory before the next
 }
 
-BENCHMARK(BM_TrainStep)->DenseRange(0, kVariants - 1)->ArgName("variant")->Unit(benchmark::kMillisecond)->MinTime(3.0)->UseRealTime();
+BENCHMARK(BM_TrainStep)
+    ->DenseRange(0, kVariants - 1)
+    ->ArgName("variant")
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(3.0)
+    ->UseRealTime();
 
 // Inference: one eval-mode forward without autograd (prefill of the same batch).
 void BM_Forward(benchmark::State& state) {
@@ -94,7 +107,12 @@ void BM_Forward(benchmark::State& state) {
   state.SetLabel(kNames[state.range(0)]);
 }
 
-BENCHMARK(BM_Forward)->DenseRange(1, kVariants - 1)->ArgName("variant")->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
+BENCHMARK(BM_Forward)
+    ->DenseRange(1, kVariants - 1)
+    ->ArgName("variant")
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0)
+    ->UseRealTime();
 
 // Child mode: build the variant, run 3 steps, print "<VmHWM kB> <VmRSS kB after building>".
 int peak_memory_child(Variant v) {
@@ -111,21 +129,26 @@ class TrainReporter : public peft::bench::TimesReporter {
   explicit TrainReporter(std::string self) : self_(std::move(self)) {}
   void Finalize() override {
     TimesReporter::Finalize();
-    std::printf("\none step, batch %lld x %lld tokens (times in the same process; peak RSS in a child each):\n",
-                static_cast<long long>(kBatch), static_cast<long long>(g_seq));
+    std::printf(
+        "\none step, batch %lld x %lld tokens (times in the same process; peak RSS in a child "
+        "each):\n",
+        static_cast<long long>(kBatch), static_cast<long long>(g_seq));
     const double full = time("BM_TrainStep/variant:0");
     for (int64_t v = 0; v < kVariants; ++v) {
       const double t = time("BM_TrainStep/variant:" + std::to_string(v));
       if (t <= 0) continue;
       long hwm = -1, built = -1;
-      const std::string cmd = self_ + " --peak-memory-variant=" + std::to_string(v) + " --seq=" + std::to_string(g_seq);
+      const std::string cmd =
+          self_ + " --peak-memory-variant=" + std::to_string(v) + " --seq=" + std::to_string(g_seq);
       if (FILE* p = popen(cmd.c_str(), "r")) {
         if (std::fscanf(p, "%ld %ld", &hwm, &built) != 2) hwm = built = -1;
         pclose(p);
       }
-      std::printf("  %-16s %8.1f ms  %9.0f tokens/s  time/full %.3f  peak RSS %7.1f MiB (model built: %.1f MiB)\n",
-                  kNames[v], t, static_cast<double>(kBatch * g_seq) / (t / 1e3), full > 0 ? t / full : 0.0,
-                  static_cast<double>(hwm) / 1024.0, static_cast<double>(built) / 1024.0);
+      std::printf(
+          "  %-16s %8.1f ms  %9.0f tokens/s  time/full %.3f  peak RSS %7.1f MiB (model built: %.1f "
+          "MiB)\n",
+          kNames[v], t, static_cast<double>(kBatch * g_seq) / (t / 1e3), full > 0 ? t / full : 0.0,
+          static_cast<double>(hwm) / 1024.0, static_cast<double>(built) / 1024.0);
     }
     std::printf("\nDoRA overhead over LoRA on the same targets:\n");
     for (int64_t v : {kDoraQv, kDoraAllLinear}) {
@@ -134,7 +157,8 @@ class TrainReporter : public peft::bench::TimesReporter {
       const double tl = time("BM_TrainStep/variant:" + std::to_string(lora));
       const double fd = time("BM_Forward/variant:" + std::to_string(v));
       const double fl = time("BM_Forward/variant:" + std::to_string(lora));
-      if (td > 0 && tl > 0) std::printf("  %-16s train step %+.1f%%", kNames[v], 100.0 * (td / tl - 1.0));
+      if (td > 0 && tl > 0)
+        std::printf("  %-16s train step %+.1f%%", kNames[v], 100.0 * (td / tl - 1.0));
       if (fd > 0 && fl > 0) std::printf("  inference forward %+.1f%%", 100.0 * (fd / fl - 1.0));
       std::printf("\n");
     }
@@ -153,7 +177,8 @@ int main(int argc, char** argv) {
   }
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a.rfind("--peak-memory-variant=", 0) == 0) return peak_memory_child(static_cast<Variant>(std::stoll(a.substr(22))));
+    if (a.rfind("--peak-memory-variant=", 0) == 0)
+      return peak_memory_child(static_cast<Variant>(std::stoll(a.substr(22))));
   }
   TrainReporter reporter(argv[0]);
   return peft::bench::run_benchmarks(argc, argv, "seq", g_seq, reporter);

@@ -1,5 +1,6 @@
-// Adapting your own LibTorch model: build it from peft::nn layers instead of torch::nn ones, then inject LoRA
-// with PEFT's names and rules, train only the adapter, save it in PEFT's format and load it back.
+// Adapting your own LibTorch model: build it from peft::nn layers instead of torch::nn ones, then
+// inject LoRA with PEFT's names and rules, train only the adapter, save it in PEFT's format and
+// load it back.
 //   build/examples/custom_model [OUT_DIR]
 #include <torch/torch.h>
 
@@ -9,7 +10,8 @@
 #include "peft/peft_model.h"
 #include "peft/runtime.h"
 
-// A small classifier. The only change from a plain LibTorch model: peft::nn::Linear instead of torch::nn::Linear.
+// A small classifier. The only change from a plain LibTorch model: peft::nn::Linear instead of
+// torch::nn::Linear.
 struct ClassifierImpl : torch::nn::Module {
   ClassifierImpl() {
     encoder = register_module("encoder", peft::nn::Linear(16, 32));
@@ -29,11 +31,13 @@ int main(int argc, char** argv) {
   auto x = torch::randn({64, 16});
   auto y = torch::randint(0, 4, {64});
 
-  // LoRA on the encoder, the head fully trained and saved (modules_to_save), PEFT's defaults otherwise.
-  auto peft_model = peft::get_peft_model(model.ptr(), peft::LoraConfig{.r = 4,
-                                                                       .target_modules = std::vector<std::string>{"encoder"},
-                                                                       .lora_alpha = 8,
-                                                                       .modules_to_save = std::vector<std::string>{"head"}});
+  // LoRA on the encoder, the head fully trained and saved (modules_to_save), PEFT's defaults
+  // otherwise.
+  auto peft_model = peft::get_peft_model(
+      model.ptr(), peft::LoraConfig{.r = 4,
+                                    .target_modules = std::vector<std::string>{"encoder"},
+                                    .lora_alpha = 8,
+                                    .modules_to_save = std::vector<std::string>{"head"}});
   peft_model->print_trainable_parameters();
 
   std::vector<torch::Tensor> trainable;
@@ -46,7 +50,8 @@ int main(int argc, char** argv) {
     opt.zero_grad();
     loss.backward();
     opt.step();
-    if (step % 10 == 0 || step == 49) std::cout << "step " << step << " loss " << loss.item<float>() << "\n";
+    if (step % 10 == 0 || step == 49)
+      std::cout << "step " << step << " loss " << loss.item<float>() << "\n";
   }
 
   model->eval();

@@ -18,8 +18,8 @@
 
 #include "peft/error.h"
 #include "peft/lora/forward_context.h"
-#include "peft/lora/mixed_batch.h"
 #include "peft/lora/layer.h"
+#include "peft/lora/mixed_batch.h"
 
 namespace peft {
 namespace {
@@ -179,10 +179,11 @@ std::optional<ActiveAlora> active_alora(models::PretrainedModel& model) {
         found = ActiveAlora{a, *tokens};
         continue;
       }
-      // Divergence from PEFT: PEFT takes the offsets from the first active adapter's config alone; the
-      // forward context carries one offset per row, so differing sequences are refused instead.
+      // Divergence from PEFT: PEFT takes the offsets from the first active adapter's config alone;
+      // the forward context carries one offset per row, so differing sequences are refused instead.
       PEFT_CHECK(*tokens == found->tokens, UnsupportedError, "generate",
-                 "active aLoRA adapters \"" << found->adapter << "\" and \"" << a
+                 "active aLoRA adapters \""
+                     << found->adapter << "\" and \"" << a
                      << "\" have different invocation sequences " << ids_text(found->tokens)
                      << " and " << ids_text(*tokens) << " (layer " << name
                      << "); expected one (hint: activate one aLoRA adapter at a time)");
@@ -191,8 +192,8 @@ std::optional<ActiveAlora> active_alora(models::PretrainedModel& model) {
   return found;
 }
 
-// PEFT's calculate_alora_offsets over each prompt. A prompt's offset is counted from its end, so the
-// left padding of a batch does not change it.
+// PEFT's calculate_alora_offsets over each prompt. A prompt's offset is counted from its end, so
+// the left padding of a batch does not change it.
 std::vector<std::optional<int64_t>> alora_offsets(const std::vector<std::vector<int64_t>>& prompts,
                                                   const ActiveAlora& alora) {
   std::vector<std::optional<int64_t>> offsets;
@@ -203,20 +204,20 @@ std::vector<std::optional<int64_t>> alora_offsets(const std::vector<std::vector<
     offsets.push_back(nn::calculate_alora_offsets(ids, alora.tokens).front());
     if (!offsets.back()) missing.push_back(row);
   }
-  // Divergence from PEFT: PEFT runs a row without the invocation sequence silently as the base model
-  // (offset None); here that is an error, since the adapter would not act at all.
+  // Divergence from PEFT: PEFT runs a row without the invocation sequence silently as the base
+  // model (offset None); here that is an error, since the adapter would not act at all.
   if (!missing.empty()) {
     std::ostringstream rows;
     for (size_t i = 0; i < missing.size(); ++i) {
       rows << (i ? ", " : "") << missing[i] << " (" << prompts[missing[i]].size() << " tokens)";
     }
-    throw ConfigError("generate", "prompt" + std::string(missing.size() > 1 ? "s " : " ") +
-                                      rows.str() + " lack" + (missing.size() > 1 ? "" : "s") +
-                                      " the invocation sequence " + ids_text(alora.tokens) +
-                                      " of aLoRA adapter \"" + alora.adapter +
-                                      "\"; expected it in every prompt, the adapter acts from its "
-                                      "last occurrence on (hint: append the invocation string to the "
-                                      "prompt; it must tokenize to these ids there)");
+    throw ConfigError(
+        "generate", "prompt" + std::string(missing.size() > 1 ? "s " : " ") + rows.str() + " lack" +
+                        (missing.size() > 1 ? "" : "s") + " the invocation sequence " +
+                        ids_text(alora.tokens) + " of aLoRA adapter \"" + alora.adapter +
+                        "\"; expected it in every prompt, the adapter acts from its "
+                        "last occurrence on (hint: append the invocation string to the "
+                        "prompt; it must tokenize to these ids there)");
   }
   return offsets;
 }
@@ -238,19 +239,20 @@ std::vector<std::vector<int64_t>> run(models::PretrainedModel& model, const Pref
   std::vector<std::vector<int64_t>> rest = prompts;
   if (prefix) {
     PEFT_CHECK(prefix->tokens.size() == prompts.size(), ShapeMismatchError, "generate",
-               "the prefix cache holds " << prefix->tokens.size() << " rows; expected one per prompt ("
-                                         << prompts.size() << ")");
+               "the prefix cache holds " << prefix->tokens.size()
+                                         << " rows; expected one per prompt (" << prompts.size()
+                                         << ")");
     check_rows(prefix->tokens, vocab, "prefix");
     size_t longest = 0;
     for (size_t row = 0; row < prompts.size(); ++row) {
       const auto& p = prefix->tokens[row];
-      PEFT_CHECK(prompts[row].size() > p.size() &&
-                     std::equal(p.begin(), p.end(), prompts[row].begin()),
-                 ShapeMismatchError, "generate",
-                 "prompt " << row << " (" << prompts[row].size()
-                           << " tokens) does not extend its cached prefix (" << p.size()
-                           << " tokens); expected the prefix followed by at least one token (hint: "
-                              "leave the last prompt token out of the prefix)");
+      PEFT_CHECK(
+          prompts[row].size() > p.size() && std::equal(p.begin(), p.end(), prompts[row].begin()),
+          ShapeMismatchError, "generate",
+          "prompt " << row << " (" << prompts[row].size()
+                    << " tokens) does not extend its cached prefix (" << p.size()
+                    << " tokens); expected the prefix followed by at least one token (hint: "
+                       "leave the last prompt token out of the prefix)");
       rest[row].erase(rest[row].begin(), rest[row].begin() + static_cast<std::ptrdiff_t>(p.size()));
       longest = std::max(longest, p.size());
     }
@@ -261,16 +263,17 @@ std::vector<std::vector<int64_t>> run(models::PretrainedModel& model, const Pref
                        (!prefix->attention_mask.defined() ||
                         prefix->attention_mask.sizes() == at::IntArrayRef{batch, cached}));
     PEFT_CHECK(cache_ok, ShapeMismatchError, "generate",
-               "the prefix cache holds " << cached << " positions; its token rows need "
-                                         << longest << " for a batch of " << batch
+               "the prefix cache holds " << cached << " positions; its token rows need " << longest
+                                         << " for a batch of " << batch
                                          << " (hint: build it with prefill())");
   }
   // Mixed batch: one adapter per prompt, for every forward of this call.
   std::optional<nn::MixedBatchGuard> mixed_guard;
   if (!config.adapter_names.empty()) {
     PEFT_CHECK(config.adapter_names.size() == prompts.size(), ShapeMismatchError, "generate",
-               "adapter_names has " << config.adapter_names.size() << " entries for " << prompts.size()
-                                    << " prompts; expected one adapter name (or \"__base__\") per prompt");
+               "adapter_names has "
+                   << config.adapter_names.size() << " entries for " << prompts.size()
+                   << " prompts; expected one adapter name (or \"__base__\") per prompt");
     mixed_guard.emplace(model, config.adapter_names);
   }
   // aLoRA: offsets from the whole prompts, kept for every forward of this call (decode steps too).
@@ -292,8 +295,9 @@ std::vector<std::vector<int64_t>> run(models::PretrainedModel& model, const Pref
   if (prefix && (mask.defined() || prefix->attention_mask.defined())) {
     // Padding may now sit between a row's prefix and its rest: positions count attended tokens.
     const auto opts = at::TensorOptions().dtype(at::kLong);
-    at::Tensor head = prefix->attention_mask.defined() ? prefix->attention_mask.to(at::kCPU, at::kLong)
-                                                       : at::ones({batch, prefix->length()}, opts);
+    at::Tensor head = prefix->attention_mask.defined()
+                          ? prefix->attention_mask.to(at::kCPU, at::kLong)
+                          : at::ones({batch, prefix->length()}, opts);
     mask = at::cat({head, mask.defined() ? mask : at::ones({batch, length}, opts)}, 1);
   }
   const bool padded = mask.defined();

@@ -8,10 +8,11 @@
 namespace peft {
 
 void PeftModelInfo::replicate_layers(const std::vector<std::pair<int64_t, int64_t>>& /*ranges*/) {
-  throw ConfigError("layer_replication",
-                    "Could not locate the layers attribute in the model (model type \"" + model_type() +
-                        "\"); layer_replication needs a model with a list of transformer layers (hint: the model "
-                        "zoo's Llama family, GPT-2 and BERT/RoBERTa support it)");
+  throw ConfigError(
+      "layer_replication",
+      "Could not locate the layers attribute in the model (model type \"" + model_type() +
+          "\"); layer_replication needs a model with a list of transformer layers (hint: the model "
+          "zoo's Llama family, GPT-2 and BERT/RoBERTa support it)");
 }
 
 const PeftModelInfo& model_info(const torch::nn::Module& model) {

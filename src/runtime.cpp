@@ -22,7 +22,8 @@ std::string blas_libraries() {
     if (slash == std::string::npos) continue;
     std::string path = line.substr(slash);
     auto base = std::filesystem::path(path).filename().string();
-    if (base.find("blas") == std::string::npos && base.find("lapack") == std::string::npos) continue;
+    if (base.find("blas") == std::string::npos && base.find("lapack") == std::string::npos)
+      continue;
     std::error_code ec;
     auto real = std::filesystem::canonical(path, ec);
     libs.insert(ec ? path : real.string());

@@ -1,5 +1,6 @@
-// The string edge of an enum: one table of spellings per enum, so that parsing (with an error listing every accepted
-// spelling) and printing use the same words (private to the library; the public parse_* functions wrap it).
+// The string edge of an enum: one table of spellings per enum, so that parsing (with an error
+// listing every accepted spelling) and printing use the same words (private to the library; the
+// public parse_* functions wrap it).
 #pragma once
 
 #include <array>

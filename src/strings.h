@@ -9,8 +9,8 @@
 
 namespace peft::detail {
 
-// "a, b, c" (with each item wrapped in `quote` when given: 'a', 'b'). Written with appends only: GCC 12
-// raises a false -Wrestrict on `"literal" + std::string` under -O2.
+// "a, b, c" (with each item wrapped in `quote` when given: 'a', 'b'). Written with appends only:
+// GCC 12 raises a false -Wrestrict on `"literal" + std::string` under -O2.
 inline std::string join(const std::vector<std::string>& items, const std::string& sep = ", ",
                         const std::string& quote = "") {
   std::string out;
@@ -34,8 +34,9 @@ inline std::string shape_string(c10::IntArrayRef shape) {
   return out;
 }
 
-// Python's repr() of a str: single quotes unless the text has a single quote and no double one; backslash,
-// the quote, \n \r \t and other control bytes escaped; bytes >= 0x80 as they are (UTF-8 prints as itself).
+// Python's repr() of a str: single quotes unless the text has a single quote and no double one;
+// backslash, the quote, \n \r \t and other control bytes escaped; bytes >= 0x80 as they are (UTF-8
+// prints as itself).
 inline std::string python_str_repr(const std::string& s) {
   const bool has_single = s.find('\'') != std::string::npos;
   const bool has_double = s.find('"') != std::string::npos;

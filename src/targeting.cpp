@@ -13,8 +13,8 @@
 #include <unordered_set>
 #include <vector>
 
-#include "strings.h"
 #include "peft/error.h"
+#include "strings.h"
 
 namespace peft {
 namespace detail {

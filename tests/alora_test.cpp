@@ -1,7 +1,7 @@
-// aLoRA (Activated LoRA, alora_invocation_tokens): PEFT's offsets, the per-position layer mask, a tiny
-// Llama's logits, generation (decode steps adapted, prompt errors), the KV-cache reuse property
-// (a base-model prefix cache serves an aLoRA generation; not a plain LoRA one), merge / Embedding
-// refusals and `peft generate`.
+// aLoRA (Activated LoRA, alora_invocation_tokens): PEFT's offsets, the per-position layer mask, a
+// tiny Llama's logits, generation (decode steps adapted, prompt errors), the KV-cache reuse
+// property (a base-model prefix cache serves an aLoRA generation; not a plain LoRA one), merge /
+// Embedding refusals and `peft generate`.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -35,11 +35,11 @@ namespace {
 const std::vector<int64_t> kInvocation = {90, 91};
 
 std::shared_ptr<PretrainedModel> tiny_llama(uint64_t seed = 0) {
-  const nlohmann::json config = {
-      {"model_type", "llama"},      {"vocab_size", 97},       {"hidden_size", 32},
-      {"intermediate_size", 48},    {"num_hidden_layers", 2}, {"num_attention_heads", 4},
-      {"num_key_value_heads", 2},   {"rms_norm_eps", 1e-6},   {"rope_theta", 10000.0},
-      {"tie_word_embeddings", false}};
+  const nlohmann::json config = {{"model_type", "llama"},    {"vocab_size", 97},
+                                 {"hidden_size", 32},        {"intermediate_size", 48},
+                                 {"num_hidden_layers", 2},   {"num_attention_heads", 4},
+                                 {"num_key_value_heads", 2}, {"rms_norm_eps", 1e-6},
+                                 {"rope_theta", 10000.0},    {"tie_word_embeddings", false}};
   torch::manual_seed(seed);
   auto model = peft::models::from_config(config.dump());
   model->eval();
@@ -60,7 +60,8 @@ peft::LoraConfig lora_config(std::optional<std::vector<int64_t>> invocation,
 std::shared_ptr<peft::PeftModel> adapt(const std::shared_ptr<PretrainedModel>& model, bool alora,
                                        uint64_t seed = 1) {
   torch::manual_seed(seed);
-  return peft::get_peft_model(model, lora_config(alora ? std::optional(kInvocation) : std::nullopt));
+  return peft::get_peft_model(model,
+                              lora_config(alora ? std::optional(kInvocation) : std::nullopt));
 }
 
 std::vector<int64_t> random_tokens(int64_t n, uint64_t seed) {
@@ -80,8 +81,10 @@ at::Tensor row_ids(const std::vector<int64_t>& ids) {
 }
 
 // Greedy decoding without a KV cache: every step runs the whole sequence, so each forward finds the
-// invocation sequence in its own input_ids (PEFT's forward semantics), no generate() state involved.
-std::vector<int64_t> greedy_without_cache(PretrainedModel& model, std::vector<int64_t> ids, int64_t n) {
+// invocation sequence in its own input_ids (PEFT's forward semantics), no generate() state
+// involved.
+std::vector<int64_t> greedy_without_cache(PretrainedModel& model, std::vector<int64_t> ids,
+                                          int64_t n) {
   torch::NoGradGuard no_grad;
   std::vector<int64_t> out;
   for (int64_t i = 0; i < n; ++i) {
@@ -94,10 +97,12 @@ std::vector<int64_t> greedy_without_cache(PretrainedModel& model, std::vector<in
 }
 
 // Next-token logits (vocab,) of `prompt` (one row) computed after `prefix`'s cache.
-at::Tensor next_logits(PretrainedModel& model, const PrefixCache& prefix, const std::vector<int64_t>& prompt) {
+at::Tensor next_logits(PretrainedModel& model, const PrefixCache& prefix,
+                       const std::vector<int64_t>& prompt) {
   torch::NoGradGuard no_grad;
   KVCache cache = prefix.cache;
-  std::vector<int64_t> rest(prompt.begin() + static_cast<std::ptrdiff_t>(prefix.tokens[0].size()), prompt.end());
+  std::vector<int64_t> rest(prompt.begin() + static_cast<std::ptrdiff_t>(prefix.tokens[0].size()),
+                            prompt.end());
   return model.forward(ForwardInput{row_ids(rest), {}, {}, &cache})[0][-1];
 }
 
@@ -106,7 +111,9 @@ at::Tensor full_logits(PretrainedModel& model, const std::vector<int64_t>& promp
   return model.forward(ForwardInput{row_ids(prompt)})[0];
 }
 
-double max_abs_diff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
 
 GenerationConfig greedy(int64_t n = 6) { return GenerationConfig{.max_new_tokens = n}; }
 
@@ -114,15 +121,19 @@ GenerationConfig greedy(int64_t n = 6) { return GenerationConfig{.max_new_tokens
 
 TEST(Alora, OffsetsFollowPeftExamples) {
   using peft::nn::calculate_alora_offsets;
-  EXPECT_EQ(calculate_alora_offsets(torch::tensor({0, 1, 2, 3, 0, 4, 5, 6}, torch::kLong).view({2, 4}), {1, 2}),
+  EXPECT_EQ(calculate_alora_offsets(
+                torch::tensor({0, 1, 2, 3, 0, 4, 5, 6}, torch::kLong).view({2, 4}), {1, 2}),
             (Offsets{3, std::nullopt}));
-  EXPECT_EQ(calculate_alora_offsets(torch::tensor({1, 2, 1, 2, 0, 4, 1, 2}, torch::kLong).view({2, 4}), {1, 2}),
+  EXPECT_EQ(calculate_alora_offsets(
+                torch::tensor({1, 2, 1, 2, 0, 4, 1, 2}, torch::kLong).view({2, 4}), {1, 2}),
             (Offsets{2, 2}));
-  EXPECT_EQ(calculate_alora_offsets(torch::tensor({1, 2, 3, 4, 0, 4, 1, 4}, torch::kLong).view({2, 4}), {1, 2}),
+  EXPECT_EQ(calculate_alora_offsets(
+                torch::tensor({1, 2, 3, 4, 0, 4, 1, 4}, torch::kLong).view({2, 4}), {1, 2}),
             (Offsets{4, std::nullopt}));
   // Left padding does not move an offset: it is counted from the end.
-  EXPECT_EQ(calculate_alora_offsets(torch::tensor({0, 0, 9, 1, 2, 3}, torch::kLong).view({1, 6}), {1, 2}),
-            (Offsets{3}));
+  EXPECT_EQ(
+      calculate_alora_offsets(torch::tensor({0, 0, 9, 1, 2, 3}, torch::kLong).view({1, 6}), {1, 2}),
+      (Offsets{3}));
 }
 
 TEST(Alora, LinearAdaptsFromTheInvocationOnPerRow) {
@@ -139,11 +150,14 @@ TEST(Alora, LinearAdaptsFromTheInvocationOnPerRow) {
   at::Tensor A, B;
   for (const auto& [key, t] : lin->adapter_tensors("default")) (key == "lora_A.weight" ? A : B) = t;
   const at::Tensor base = torch::linear(x, lin->weight(), lin->bias());
-  const at::Tensor lora = base + torch::matmul(torch::matmul(x, A.t()), B.t()) * lin->scaling("default");
+  const at::Tensor lora =
+      base + torch::matmul(torch::matmul(x, A.t()), B.t()) * lin->scaling("default");
   ASSERT_GT(max_abs_diff(base, lora), 1e-3);
 
   // Invocation [7, 8] starts at t = 1 (row 0), t = 4 (row 1), nowhere (row 2).
-  at::Tensor ids = torch::tensor({1, 7, 8, 2, 3, 4, 1, 2, 3, 4, 7, 8, 1, 2, 3, 4, 5, 6}, torch::kLong).view({3, 6});
+  at::Tensor ids =
+      torch::tensor({1, 7, 8, 2, 3, 4, 1, 2, 3, 4, 7, 8, 1, 2, 3, 4, 5, 6}, torch::kLong)
+          .view({3, 6});
   at::Tensor y;
   {
     ForwardContextGuard guard(ForwardContext{ids, std::nullopt});
@@ -152,8 +166,10 @@ TEST(Alora, LinearAdaptsFromTheInvocationOnPerRow) {
   const int64_t starts[] = {1, 4, 6};
   for (int64_t row = 0; row < 3; ++row) {
     const int64_t p = starts[row];
-    EXPECT_EQ(compare(y[row].narrow(0, 0, p), base[row].narrow(0, 0, p), 1e-6), "") << "row " << row;
-    EXPECT_EQ(compare(y[row].narrow(0, p, 6 - p), lora[row].narrow(0, p, 6 - p), 1e-5), "") << "row " << row;
+    EXPECT_EQ(compare(y[row].narrow(0, 0, p), base[row].narrow(0, 0, p), 1e-6), "")
+        << "row " << row;
+    EXPECT_EQ(compare(y[row].narrow(0, p, 6 - p), lora[row].narrow(0, p, 6 - p), 1e-5), "")
+        << "row " << row;
   }
   // No context: no offsets, no adaptation (PEFT: alora_offsets None).
   EXPECT_EQ(compare(lin->forward(x), base, 1e-6), "");
@@ -187,7 +203,8 @@ TEST(Alora, LlamaLogitsBeforeTheInvocationAreTheBaseModels) {
     base = full_logits(*model, prompt);
   }
   EXPECT_EQ(compare(adapted.narrow(0, 0, 7), base.narrow(0, 0, 7), 1e-6), "");
-  for (int64_t t = 7; t < 12; ++t) EXPECT_GT(max_abs_diff(adapted[t], base[t]), 1e-4) << "position " << t;
+  for (int64_t t = 7; t < 12; ++t)
+    EXPECT_GT(max_abs_diff(adapted[t], base[t]), 1e-4) << "position " << t;
   // Without the invocation sequence the adapter does not act at all.
   const std::vector<int64_t> plain = random_tokens(9, 4);
   at::Tensor plain_base;
@@ -201,7 +218,8 @@ TEST(Alora, LlamaLogitsBeforeTheInvocationAreTheBaseModels) {
 TEST(Alora, GenerationAdaptsPrefillAndEveryDecodedToken) {
   auto model = tiny_llama();
   auto pm = adapt(model, /*alora=*/true);
-  const Rows prompts = {cat({random_tokens(5, 11), kInvocation, {3}}), cat({random_tokens(2, 12), kInvocation}),
+  const Rows prompts = {cat({random_tokens(5, 11), kInvocation, {3}}),
+                        cat({random_tokens(2, 12), kInvocation}),
                         cat({random_tokens(8, 13), kInvocation, kInvocation, {1, 2}})};
   const Rows batched = peft::generate(*model, prompts, greedy(8));
   for (size_t row = 0; row < prompts.size(); ++row) {
@@ -256,7 +274,8 @@ TEST(Alora, BaseModelPrefixCacheIsReusedByAlora) {
   const Rows prompts = {cat({prefix0, kInvocation, {5, 6}}), cat({prefix1, {3}, kInvocation, {8}})};
   PrefixCache cached;
   {
-    auto off = pm->disable_adapter();  // PEFT: with model.disable_adapter(): model(prefix, past_key_values=cache)
+    auto off = pm->disable_adapter();  // PEFT: with model.disable_adapter(): model(prefix,
+                                       // past_key_values=cache)
     cached = peft::prefill(*model, {prefix0, prefix1});
   }
   ASSERT_EQ(cached.length(), 7);
@@ -272,12 +291,16 @@ TEST(Alora, BaseModelPrefixCacheIsReusedByAlora) {
       const auto end = prompts[row].begin() + (row == 0 ? 7 : 4);
       one = peft::prefill(*model, Rows{std::vector<int64_t>(prompts[row].begin(), end)});
     }
-    EXPECT_EQ(peft::generate(*model, one, {prompts[row]}, greedy(8))[0], full[row]) << "row " << row;
+    EXPECT_EQ(peft::generate(*model, one, {prompts[row]}, greedy(8))[0], full[row])
+        << "row " << row;
     EXPECT_EQ(greedy_without_cache(*model, prompts[row], 8), full[row]) << "row " << row;
     // Next-token logits from the base cache equal the full aLoRA forward's.
-    EXPECT_EQ(compare(next_logits(*model, one, prompts[row]), full_logits(*model, prompts[row])[-1], 1e-5), "");
+    EXPECT_EQ(compare(next_logits(*model, one, prompts[row]), full_logits(*model, prompts[row])[-1],
+                      1e-5),
+              "");
   }
-  // The aLoRA prefill's cache of the prefix IS the base model's (the adapter starts at the invocation).
+  // The aLoRA prefill's cache of the prefix IS the base model's (the adapter starts at the
+  // invocation).
   const PrefixCache adapted = peft::prefill(*model, {prompts[0]});
   PrefixCache base;
   {
@@ -285,15 +308,21 @@ TEST(Alora, BaseModelPrefixCacheIsReusedByAlora) {
     base = peft::prefill(*model, {prompts[0]});
   }
   for (size_t l = 0; l < adapted.cache.keys.size(); ++l) {
-    EXPECT_EQ(compare(adapted.cache.keys[l].narrow(2, 0, 7), base.cache.keys[l].narrow(2, 0, 7), 1e-6), "");
-    EXPECT_EQ(compare(adapted.cache.values[l].narrow(2, 0, 7), base.cache.values[l].narrow(2, 0, 7), 1e-6), "");
-    EXPECT_GT(max_abs_diff(adapted.cache.keys[l].narrow(2, 7, 4), base.cache.keys[l].narrow(2, 7, 4)), 1e-4);
+    EXPECT_EQ(
+        compare(adapted.cache.keys[l].narrow(2, 0, 7), base.cache.keys[l].narrow(2, 0, 7), 1e-6),
+        "");
+    EXPECT_EQ(compare(adapted.cache.values[l].narrow(2, 0, 7), base.cache.values[l].narrow(2, 0, 7),
+                      1e-6),
+              "");
+    EXPECT_GT(
+        max_abs_diff(adapted.cache.keys[l].narrow(2, 7, 4), base.cache.keys[l].narrow(2, 7, 4)),
+        1e-4);
   }
 }
 
 TEST(Alora, PlainLoraPrefixCacheIsNotTheBaseModels) {
-  // The counter-case: a LoRA adapter acts on every position, so its cache of the prefix differs from the
-  // base model's, and a base-model prefix cache changes its output.
+  // The counter-case: a LoRA adapter acts on every position, so its cache of the prefix differs
+  // from the base model's, and a base-model prefix cache changes its output.
   auto model = tiny_llama();
   auto pm = adapt(model, /*alora=*/false);
   const std::vector<int64_t> prefix = random_tokens(7, 21);
@@ -311,15 +340,19 @@ TEST(Alora, PlainLoraPrefixCacheIsNotTheBaseModels) {
   EXPECT_GT(max_abs_diff(next_logits(*model, base, prompt), expected), 1e-3);
   // With its own prefix cache, reuse is exact for LoRA too.
   EXPECT_EQ(compare(next_logits(*model, own, prompt), expected, 1e-5), "");
-  EXPECT_EQ(peft::generate(*model, own, {prompt}, greedy(8)), peft::generate(*model, {prompt}, greedy(8)));
+  EXPECT_EQ(peft::generate(*model, own, {prompt}, greedy(8)),
+            peft::generate(*model, {prompt}, greedy(8)));
 }
 
 TEST(Alora, PrefixCacheMustMatchThePrompts) {
   auto model = tiny_llama();
   const PrefixCache cached = peft::prefill(*model, {{1, 2, 3}, {4, 5}});
-  EXPECT_THROW((void)peft::generate(*model, cached, {{1, 2, 3, 4}}, greedy()), peft::ShapeMismatchError);
-  EXPECT_THROW((void)peft::generate(*model, cached, {{1, 2, 3}, {4, 5, 6}}, greedy()), peft::ShapeMismatchError);
-  EXPECT_THROW((void)peft::generate(*model, cached, {{1, 2, 9, 4}, {4, 5, 6}}, greedy()), peft::ShapeMismatchError);
+  EXPECT_THROW((void)peft::generate(*model, cached, {{1, 2, 3, 4}}, greedy()),
+               peft::ShapeMismatchError);
+  EXPECT_THROW((void)peft::generate(*model, cached, {{1, 2, 3}, {4, 5, 6}}, greedy()),
+               peft::ShapeMismatchError);
+  EXPECT_THROW((void)peft::generate(*model, cached, {{1, 2, 9, 4}, {4, 5, 6}}, greedy()),
+               peft::ShapeMismatchError);
   EXPECT_THROW((void)peft::prefill(*model, {{1, 2}, {}}), peft::ShapeMismatchError);
   EXPECT_EQ(peft::generate(*model, cached, {{1, 2, 3, 4}, {4, 5, 6}}, greedy()),
             peft::generate(*model, {{1, 2, 3, 4}, {4, 5, 6}}, greedy()));
@@ -330,13 +363,14 @@ TEST(Alora, ActiveAdaptersNeedOneInvocationSequence) {
   auto pm = adapt(model, /*alora=*/true);
   pm->add_adapter("other", lora_config(std::vector<int64_t>{92}));
   pm->set_adapters({"default", "other"}, /*inference_mode=*/true);
-  EXPECT_THROW((void)peft::generate(*model, {cat({{1}, kInvocation, {92}})}, greedy()), peft::UnsupportedError);
+  EXPECT_THROW((void)peft::generate(*model, {cat({{1}, kInvocation, {92}})}, greedy()),
+               peft::UnsupportedError);
   pm->set_adapter("other", /*inference_mode=*/true);
   EXPECT_NO_THROW((void)peft::generate(*model, {{1, 2, 92}}, greedy()));
 }
 
-// Gradient checkpointing recomputes each layer in backward, outside the model's forward: the aLoRA mask must be
-// the forward's, so the gradients equal those of a run without checkpointing.
+// Gradient checkpointing recomputes each layer in backward, outside the model's forward: the aLoRA
+// mask must be the forward's, so the gradients equal those of a run without checkpointing.
 TEST(Alora, GradientCheckpointingKeepsTheInvocationMask) {
   std::vector<std::map<std::string, at::Tensor>> grads;
   for (bool checkpointing : {false, true}) {
@@ -373,33 +407,39 @@ TEST(Alora, EmbeddingTargetIsRefused) {
   s.alora_invocation_tokens = std::vector<int64_t>{1};
   EXPECT_THROW(emb->update_layer("default", s), peft::UnsupportedError);
   auto model = tiny_llama();
-  EXPECT_THROW((void)peft::get_peft_model(model, lora_config(kInvocation, {"embed_tokens"})), peft::UnsupportedError);
+  EXPECT_THROW((void)peft::get_peft_model(model, lora_config(kInvocation, {"embed_tokens"})),
+               peft::UnsupportedError);
 }
 
-// `peft generate` with an aLoRA adapter folder: the golden tiny Llama with a byte-level tokenizer and its
-// adapter re-declared as aLoRA, invoked by "##" (byte 35 twice).
+// `peft generate` with an aLoRA adapter folder: the golden tiny Llama with a byte-level tokenizer
+// and its adapter re-declared as aLoRA, invoked by "##" (byte 35 twice).
 TEST(Alora, CliGenerateNeedsTheInvocationInThePrompt) {
   peft::test::TempDir tmp;
   const fs::path case_dir = peft::test::fixture("golden/model-llama");
   const fs::path model = tmp.path() / "model", adapter = tmp.path() / "adapter";
   fs::create_directories(model);
   fs::create_directories(adapter);
-  for (const auto& e : fs::directory_iterator(case_dir / "base")) fs::copy_file(e.path(), model / e.path().filename());
+  for (const auto& e : fs::directory_iterator(case_dir / "base"))
+    fs::copy_file(e.path(), model / e.path().filename());
   for (const auto& e : fs::directory_iterator(case_dir / "adapter")) {
     fs::copy_file(e.path(), adapter / e.path().filename());
   }
-  auto config = nlohmann::json::parse(peft::test::read_file((adapter / "adapter_config.json").string()));
+  auto config =
+      nlohmann::json::parse(peft::test::read_file((adapter / "adapter_config.json").string()));
   config["alora_invocation_tokens"] = {35, 35};
   config["task_type"] = "CAUSAL_LM";
   peft::test::write_file((adapter / "adapter_config.json").string(), config.dump());
-  peft::test::write_file((model / "tokenizer.json").string(), peft::test::byte_level_tokenizer().dump());
-  const std::string common = "generate --model '" + model.string() + "' --adapter '" + adapter.string() + "'";
+  peft::test::write_file((model / "tokenizer.json").string(),
+                         peft::test::byte_level_tokenizer().dump());
+  const std::string common =
+      "generate --model '" + model.string() + "' --adapter '" + adapter.string() + "'";
   auto bad = peft::test::peft_cli(common + " --prompt 'Hello' --max-new-tokens 4 --stop-token 255");
   EXPECT_EQ(bad.code, 2) << bad.output;
   EXPECT_EQ(bad.output.rfind("error: ", 0), 0u) << bad.output;
   EXPECT_NE(bad.output.find("[35, 35]"), std::string::npos) << bad.output;
   EXPECT_NE(bad.output.find("\"##\""), std::string::npos) << bad.output;
-  auto ok = peft::test::peft_cli(common + " --prompt 'Hello ##' --max-new-tokens 4 --stop-token 255");
+  auto ok =
+      peft::test::peft_cli(common + " --prompt 'Hello ##' --max-new-tokens 4 --stop-token 255");
   EXPECT_EQ(ok.code, 0) << ok.output;
   EXPECT_EQ(ok.output.rfind("Hello ##", 0), 0u) << ok.output;
 }

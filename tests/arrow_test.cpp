@@ -39,8 +39,10 @@ struct EmbMLPImpl : torch::nn::Module {
 };
 TORCH_MODULE(EmbMLP);
 
-std::pair<at::Tensor, at::Tensor> factors(const peft::nn::LoraLayerImpl& layer, const std::string& adapter) {
-  return {layer.adapter_tensor(adapter, "lora_A.weight"), layer.adapter_tensor(adapter, "lora_B.weight")};
+std::pair<at::Tensor, at::Tensor> factors(const peft::nn::LoraLayerImpl& layer,
+                                          const std::string& adapter) {
+  return {layer.adapter_tensor(adapter, "lora_A.weight"),
+          layer.adapter_tensor(adapter, "lora_B.weight")};
 }
 
 // Writes adapters into `layers` with a clear spectral gap: dW = B A = U diag(S) V^T with singular
@@ -317,8 +319,8 @@ TEST(Arrow, GenKnowSubChangesTheOutput) {
   EXPECT_FALSE(torch::allclose(a->forward(x), b->forward(x)));
 }
 
-// PEFT's load-adapter-later tests: a "big" Arrow model over every task adapter of a fixture and a "small" one
-// over the first two, both with GenKnowSub over its general adapters.
+// PEFT's load-adapter-later tests: a "big" Arrow model over every task adapter of a fixture and a
+// "small" one over the first two, both with GenKnowSub over its general adapters.
 struct BigAndSmall {
   MLP big_mlp = base_mlp(), small_mlp = base_mlp();
   std::shared_ptr<PeftModel> big, small;

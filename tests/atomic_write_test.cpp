@@ -1,5 +1,5 @@
-// The one atomic, durable write path (peft::io::write_file_atomically): complete replacement, no temporary files
-// left behind, a failing writer keeps the old file, errors name the path.
+// The one atomic, durable write path (peft::io::write_file_atomically): complete replacement, no
+// temporary files left behind, a failing writer keeps the old file, errors name the path.
 #include "peft/io/atomic_write.h"
 
 #include <gtest/gtest.h>
@@ -68,7 +68,8 @@ TEST(AtomicWrite, ErrorsNameThePathAndTheComponent) {
       EXPECT_NE(std::string(e.what()).find("\"" + path + "\""), std::string::npos) << e.what();
     }
   }
-  EXPECT_THROW(peft::io::copy_file_atomically(dir.str("none"), dir.str("y"), "component"), peft::FormatError);
+  EXPECT_THROW(peft::io::copy_file_atomically(dir.str("none"), dir.str("y"), "component"),
+               peft::FormatError);
   EXPECT_EQ(entries(dir.path()), std::vector<std::string>{"sub"});
 }
 

@@ -1,7 +1,8 @@
 // Chat templates render exactly as transformers' tokenizer.apply_chat_template(messages,
 // tokenize=False) does: real templates from tests/fixtures/chat_templates/ and one small template
-// per language feature. The cases and expected strings are tests/fixtures/chat_templates/*_cases.json, the output
-// of render_reference.py there, which renders with jinja2 configured as transformers configures it (see the README).
+// per language feature. The cases and expected strings are
+// tests/fixtures/chat_templates/*_cases.json, the output of render_reference.py there, which
+// renders with jinja2 configured as transformers configures it (see the README).
 #include "peft/chat_template.h"
 
 #include <gtest/gtest.h>
@@ -21,7 +22,8 @@ using peft::ChatTemplateOptions;
 using peft::render_chat_template;
 using peft::render_chat_template_json;
 
-// tests/fixtures/chat_templates/real_template_cases.json: one case per real template and conversation.
+// tests/fixtures/chat_templates/real_template_cases.json: one case per real template and
+// conversation.
 struct RealTemplateCase {
   std::string name;
   std::string file;  // under tests/fixtures/chat_templates/
@@ -48,8 +50,9 @@ Json fixture_json(const std::string& name) {
 std::vector<RealTemplateCase> real_template_cases() {
   std::vector<RealTemplateCase> out;
   for (const auto& j : fixture_json("real_template_cases.json")) {
-    out.push_back({j.at("name"), j.at("file"), j.at("add_generation_prompt"), j.at("bos_token"), j.at("eos_token"),
-                   j.at("messages"), j.at("extra"), j.at("error"), j.at("expected")});
+    out.push_back({j.at("name"), j.at("file"), j.at("add_generation_prompt"), j.at("bos_token"),
+                   j.at("eos_token"), j.at("messages"), j.at("extra"), j.at("error"),
+                   j.at("expected")});
   }
   return out;
 }
@@ -84,8 +87,7 @@ class ChatTemplateReal : public ::testing::TestWithParam<RealTemplateCase> {};
 
 TEST_P(ChatTemplateReal, MatchesTransformers) {
   const RealTemplateCase& c = GetParam();
-  const std::string tmpl =
-      peft::test::read_file(peft::test::fixture("chat_templates/" + c.file));
+  const std::string tmpl = peft::test::read_file(peft::test::fixture("chat_templates/" + c.file));
   ASSERT_FALSE(tmpl.empty()) << c.file;
   ChatTemplateOptions options;
   options.add_generation_prompt = c.add_generation_prompt;

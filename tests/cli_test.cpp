@@ -1,4 +1,5 @@
-// End-to-end tests of the `peft` command on the golden tiny Llama (a transformers checkpoint + PEFT adapter).
+// End-to-end tests of the `peft` command on the golden tiny Llama (a transformers checkpoint + PEFT
+// adapter).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -31,13 +32,16 @@ class PeftCli : public ::testing::Test {
   torch::Tensor expected(const std::string& name) {
     return peft::io::SafetensorsFile((case_dir / "expected.safetensors").string()).get(name);
   }
-  torch::Tensor logits(const fs::path& file) { return peft::io::SafetensorsFile(file.string()).get("logits"); }
+  torch::Tensor logits(const fs::path& file) {
+    return peft::io::SafetensorsFile(file.string()).get("logits");
+  }
 };
 
 TEST_F(PeftCli, HelpListsEveryVerb) {
   auto r = peft_cli("--help");
   EXPECT_EQ(r.code, 0) << r.output;
-  for (const char* verb : {"inspect", "logits", "merge", "generate", "train"}) EXPECT_NE(r.output.find(verb), std::string::npos);
+  for (const char* verb : {"inspect", "logits", "merge", "generate", "train"})
+    EXPECT_NE(r.output.find(verb), std::string::npos);
   auto v = peft_cli("logits --help");
   EXPECT_EQ(v.code, 0);
   EXPECT_NE(v.output.find("--input-ids"), std::string::npos);
@@ -50,33 +54,42 @@ TEST_F(PeftCli, InspectShowsTargetsAndPeftsParameterLine) {
   EXPECT_NE(r.output.find("trainable params: "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find(" || all params: "), std::string::npos) << r.output;
 
-  peft::test::write_file(tmp.str("lora.json"), R"({"r": 8, "lora_alpha": 16, "target_modules": "all-linear"})");
-  auto j = peft_cli("inspect --json --model " + q(base) + " --config " + q(tmp.path() / "lora.json"));
+  peft::test::write_file(tmp.str("lora.json"),
+                         R"({"r": 8, "lora_alpha": 16, "target_modules": "all-linear"})");
+  auto j =
+      peft_cli("inspect --json --model " + q(base) + " --config " + q(tmp.path() / "lora.json"));
   ASSERT_EQ(j.code, 0) << j.output;
   auto out = nlohmann::json::parse(j.output);
   EXPECT_EQ(out["model_type"], "llama");
-  EXPECT_EQ(out["targeted_modules"].size(), 14u);  // 2 layers x 7 linears; lm_head excluded as PEFT does
+  EXPECT_EQ(out["targeted_modules"].size(),
+            14u);  // 2 layers x 7 linears; lm_head excluded as PEFT does
   EXPECT_EQ(out["targeted_modules"][0]["scaling"].get<double>(), 2.0);
 }
 
 TEST_F(PeftCli, LogitsMatchPeftWithAndWithoutMerging) {
-  auto r = peft_cli("logits --model " + q(base) + " --adapter " + q(adapter) + " --input-ids " + q(inputs) +
-                    " --out " + q(tmp.path() / "a.safetensors"));
+  auto r = peft_cli("logits --model " + q(base) + " --adapter " + q(adapter) + " --input-ids " +
+                    q(inputs) + " --out " + q(tmp.path() / "a.safetensors"));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_EQ(compare(logits(tmp.path() / "a.safetensors"), expected("logits_adapter"), 1e-4, 1e-4), "");
-  auto m = peft_cli("logits --merge --model " + q(base) + " --adapter " + q(adapter) + " --input-ids " + q(inputs) +
-                    " --out " + q(tmp.path() / "m.safetensors"));
+  EXPECT_EQ(compare(logits(tmp.path() / "a.safetensors"), expected("logits_adapter"), 1e-4, 1e-4),
+            "");
+  auto m = peft_cli("logits --merge --model " + q(base) + " --adapter " + q(adapter) +
+                    " --input-ids " + q(inputs) + " --out " + q(tmp.path() / "m.safetensors"));
   ASSERT_EQ(m.code, 0) << m.output;
-  EXPECT_EQ(compare(logits(tmp.path() / "m.safetensors"), logits(tmp.path() / "a.safetensors"), 1e-4, 1e-4), "");
-  auto b = peft_cli("logits --model " + q(base) + " --input-ids " + q(inputs) + " --out " + q(tmp.path() / "b.safetensors"));
+  EXPECT_EQ(compare(logits(tmp.path() / "m.safetensors"), logits(tmp.path() / "a.safetensors"),
+                    1e-4, 1e-4),
+            "");
+  auto b = peft_cli("logits --model " + q(base) + " --input-ids " + q(inputs) + " --out " +
+                    q(tmp.path() / "b.safetensors"));
   ASSERT_EQ(b.code, 0) << b.output;
   EXPECT_EQ(compare(logits(tmp.path() / "b.safetensors"), expected("logits_base"), 1e-4, 1e-4), "");
 }
 
 TEST_F(PeftCli, QuantizeGivesTheQuantizedModelsLogits) {
-  // --quantize nf4 --double-quant: the in-process quantized model's logits, with the adapter on top.
-  auto r = peft_cli("logits --quantize nf4 --double-quant --model " + q(base) + " --adapter " + q(adapter) +
-                    " --input-ids " + q(inputs) + " --out " + q(tmp.path() / "q.safetensors"));
+  // --quantize nf4 --double-quant: the in-process quantized model's logits, with the adapter on
+  // top.
+  auto r = peft_cli("logits --quantize nf4 --double-quant --model " + q(base) + " --adapter " +
+                    q(adapter) + " --input-ids " + q(inputs) + " --out " +
+                    q(tmp.path() / "q.safetensors"));
   ASSERT_EQ(r.code, 0) << r.output;
   peft::models::LoadOptions lo;
   peft::quant::QuantizeOptions qo;
@@ -89,24 +102,26 @@ TEST_F(PeftCli, QuantizeGivesTheQuantizedModelsLogits) {
   const at::Tensor expect = model->forward({ids, {}, {}, nullptr});
   const at::Tensor got = logits(tmp.path() / "q.safetensors");
   EXPECT_EQ(compare(got, expect, 1e-5, 1e-5), "");
-  EXPECT_GT((got - expected("logits_adapter")).abs().max().item<double>(), 1e-4);  // it was quantized
+  EXPECT_GT((got - expected("logits_adapter")).abs().max().item<double>(),
+            1e-4);  // it was quantized
   // Bad combinations are usage errors.
-  auto bad = peft_cli("logits --double-quant --model " + q(base) + " --input-ids " + q(inputs) + " --out " +
-                      q(tmp.path() / "x.safetensors"));
+  auto bad = peft_cli("logits --double-quant --model " + q(base) + " --input-ids " + q(inputs) +
+                      " --out " + q(tmp.path() / "x.safetensors"));
   EXPECT_EQ(bad.code, 2) << bad.output;
   EXPECT_NE(bad.output.find("--double-quant"), std::string::npos) << bad.output;
-  auto wrong = peft_cli("logits --quantize nf3 --model " + q(base) + " --input-ids " + q(inputs) + " --out " +
-                        q(tmp.path() / "x.safetensors"));
+  auto wrong = peft_cli("logits --quantize nf3 --model " + q(base) + " --input-ids " + q(inputs) +
+                        " --out " + q(tmp.path() / "x.safetensors"));
   EXPECT_EQ(wrong.code, 2) << wrong.output;
   EXPECT_NE(wrong.output.find("nf4"), std::string::npos) << wrong.output;
 }
 
 TEST_F(PeftCli, InitLoftQShowsTheErrorAndWritesTheQuantizedBase) {
-  peft::test::write_file(tmp.str("loftq.json"),
-                         R"({"peft_type": "LORA", "r": 4, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"],
+  peft::test::write_file(
+      tmp.str("loftq.json"),
+      R"({"peft_type": "LORA", "r": 4, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"],
                              "init_lora_weights": "loftq", "loftq_config": {"loftq_bits": 4, "loftq_iter": 2}})");
-  auto r = peft_cli("init --model " + q(base) + " --config " + q(tmp.path() / "loftq.json") + " --out " +
-                    q(tmp.path() / "loftq"));
+  auto r = peft_cli("init --model " + q(base) + " --config " + q(tmp.path() / "loftq.json") +
+                    " --out " + q(tmp.path() / "loftq"));
   ASSERT_EQ(r.code, 0) << r.output;
   const auto at = r.output.find("||W - Q||_F: ");
   ASSERT_NE(at, std::string::npos) << r.output;
@@ -123,9 +138,11 @@ TEST_F(PeftCli, MergeWritesACheckpointWhoseLogitsEqualTheUnmergedOnes) {
   EXPECT_TRUE(fs::exists(out / "config.json"));
   EXPECT_TRUE(fs::exists(out / "generation_config.json"));
   EXPECT_TRUE(fs::exists(out / "model.safetensors"));
-  auto l = peft_cli("logits --model " + q(out) + " --input-ids " + q(inputs) + " --out " + q(tmp.path() / "l.safetensors"));
+  auto l = peft_cli("logits --model " + q(out) + " --input-ids " + q(inputs) + " --out " +
+                    q(tmp.path() / "l.safetensors"));
   ASSERT_EQ(l.code, 0) << l.output;
-  EXPECT_EQ(compare(logits(tmp.path() / "l.safetensors"), expected("logits_adapter"), 1e-4, 1e-4), "");
+  EXPECT_EQ(compare(logits(tmp.path() / "l.safetensors"), expected("logits_adapter"), 1e-4, 1e-4),
+            "");
   // The merged checkpoint has no LoRA keys, only the base names.
   peft::io::SafetensorsFile f((out / "model.safetensors").string());
   for (const auto& k : f.keys()) EXPECT_EQ(k.find("lora"), std::string::npos) << k;
@@ -135,8 +152,10 @@ TEST_F(PeftCli, GenerateStreamsAContinuation) {
   // The golden model has no tokenizer: give it a byte-level one over its 256-token vocabulary.
   const fs::path model = tmp.path() / "model";
   fs::create_directories(model);
-  for (const auto& e : fs::directory_iterator(base)) fs::copy_file(e.path(), model / e.path().filename());
-peft::test::write_file((model / "tokenizer.json").string(), peft::test::byte_level_tokenizer().dump());
+  for (const auto& e : fs::directory_iterator(base))
+    fs::copy_file(e.path(), model / e.path().filename());
+  peft::test::write_file((model / "tokenizer.json").string(),
+                         peft::test::byte_level_tokenizer().dump());
   auto r = peft_cli("generate --model " + q(model) + " --adapter " + q(adapter) +
                     " --prompt 'Hello' --max-new-tokens 8 --stop-token 255");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -163,12 +182,13 @@ TEST_F(PeftCli, BadInputGivesOneErrorLineAndExitCode) {
   auto arch = peft_cli("inspect --model " + q(unknown));
   EXPECT_EQ(arch.code, 1) << arch.output;
   EXPECT_NE(arch.output.find("\"t5\" is not supported"), std::string::npos) << arch.output;
-  EXPECT_NE(arch.output.find("llama"), std::string::npos) << arch.output;  // lists the supported ones
+  EXPECT_NE(arch.output.find("llama"), std::string::npos)
+      << arch.output;  // lists the supported ones
 
   // An adapter trained for another model (BERT's query/value on Llama).
   auto other = peft_cli("logits --model " + q(base) + " --adapter " +
-                        q(peft::test::fixture("golden/model-bert-seqcls/adapter")) + " --input-ids " + q(inputs) +
-                        " --out " + q(tmp.path() / "x.safetensors"));
+                        q(peft::test::fixture("golden/model-bert-seqcls/adapter")) +
+                        " --input-ids " + q(inputs) + " --out " + q(tmp.path() / "x.safetensors"));
   EXPECT_EQ(other.code, 1) << other.output;
   EXPECT_NE(other.output.find("not found in the base model"), std::string::npos) << other.output;
 

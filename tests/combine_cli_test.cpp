@@ -111,19 +111,23 @@ TEST_F(PeftCombineCli, BadOptionsExitWithCodeTwoBeforeWriting) {
   EXPECT_NE(count.output.find("2 adapters but 1 weights"), std::string::npos) << count.output;
   auto type = peft::test::peft_cli(combine_args("average", "1,1", out));
   EXPECT_EQ(type.code, 2) << type.output;
-  EXPECT_NE(type.output.find("Invalid combination_type: average (expected one of \"svd\", \"linear\", \"cat\""),
+  EXPECT_NE(type.output.find(
+                "Invalid combination_type: average (expected one of \"svd\", \"linear\", \"cat\""),
             std::string::npos)
       << type.output;
   // The type is checked before PEFT's rewrite of a single adapter to "linear".
-  const std::string one = "combine --model " + q(base) + " --adapter math=" + q(a) + " --weights 1 --type average --out " +
-                          q(out);
+  const std::string one = "combine --model " + q(base) + " --adapter math=" + q(a) +
+                          " --weights 1 --type average --out " + q(out);
   auto single = peft::test::peft_cli(one);
   EXPECT_EQ(single.code, 2) << single.output;
-  EXPECT_NE(single.output.find("Invalid combination_type: average"), std::string::npos) << single.output;
-  auto sign = peft::test::peft_cli(combine_args("ties", "1,1", out) + " --density 0.5 --majority-sign most");
+  EXPECT_NE(single.output.find("Invalid combination_type: average"), std::string::npos)
+      << single.output;
+  auto sign = peft::test::peft_cli(combine_args("ties", "1,1", out) +
+                                   " --density 0.5 --majority-sign most");
   EXPECT_EQ(sign.code, 2) << sign.output;
-  EXPECT_NE(sign.output.find("majority_sign_method \"most\" is not one of \"total\", \"frequency\""),
-            std::string::npos)
+  EXPECT_NE(
+      sign.output.find("majority_sign_method \"most\" is not one of \"total\", \"frequency\""),
+      std::string::npos)
       << sign.output;
   auto density = peft::test::peft_cli(combine_args("ties", "1,1", out));
   EXPECT_EQ(density.code, 2) << density.output;

@@ -1,10 +1,12 @@
-// add_weighted_adapter: every type's path reproduces an adapter combined with a zero one, one adapter is combined as
-// "linear" (PEFT's rewrite, announced), cat equals running the adapters together, and PEFT's errors (unknown
-// adapter, mixed ranks for the linear family, missing density, unknown type spelling).
+// add_weighted_adapter: every type's path reproduces an adapter combined with a zero one, one
+// adapter is combined as "linear" (PEFT's rewrite, announced), cat equals running the adapters
+// together, and PEFT's errors (unknown adapter, mixed ranks for the linear family, missing density,
+// unknown type spelling).
+#include "peft/combine.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "peft/combine.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
 #include "peft/lora/linear.h"
@@ -44,10 +46,11 @@ struct Fixture {
   }
 };
 
-// Each type's own path (two adapters, so PEFT's one-adapter rewrite to "linear" does not apply): adding an all-zero
-// adapter of the same rank changes nothing, so the result reproduces the first adapter. alpha = r keeps the SVD
-// family's double scaling at 1, and r = 2 lets the SVD types keep the whole delta of lin1 (20 -> 2); density 1
-// keeps every entry (DARE rescales by 1 / density = 1).
+// Each type's own path (two adapters, so PEFT's one-adapter rewrite to "linear" does not apply):
+// adding an all-zero adapter of the same rank changes nothing, so the result reproduces the first
+// adapter. alpha = r keeps the SVD family's double scaling at 1, and r = 2 lets the SVD types keep
+// the whole delta of lin1 (20 -> 2); density 1 keeps every entry (DARE rescales by 1 / density =
+// 1).
 TEST(AddWeightedAdapter, AnAdapterPlusAZeroAdapterReproducesItForEveryType) {
   for (const std::string& name : peft::combination_type_spellings()) {
     SCOPED_TRACE(name);
@@ -65,8 +68,12 @@ TEST(AddWeightedAdapter, AnAdapterPlusAZeroAdapterReproducesItForEveryType) {
     o.svd_rank = 2;
     peft::ScopedWarningCapture quiet;  // density 1 warns that nothing is pruned
     peft::add_weighted_adapter(*pm, {"default", "zero"}, {1.0, 1.0}, "copy", o);
-    EXPECT_EQ(compare(mlp->lin0->get_delta_weight("copy"), mlp->lin0->get_delta_weight("default"), 1e-5), "");
-    EXPECT_EQ(compare(mlp->lin1->get_delta_weight("copy"), mlp->lin1->get_delta_weight("default"), 1e-5), "");
+    EXPECT_EQ(
+        compare(mlp->lin0->get_delta_weight("copy"), mlp->lin0->get_delta_weight("default"), 1e-5),
+        "");
+    EXPECT_EQ(
+        compare(mlp->lin1->get_delta_weight("copy"), mlp->lin1->get_delta_weight("default"), 1e-5),
+        "");
   }
 }
 
@@ -77,8 +84,11 @@ TEST(AddWeightedAdapter, OneAdapterIsCombinedAsLinearWithAWarning) {
   o.combination_type = peft::CombinationType::kTiesSvd;  // no density: not needed once rewritten
   peft::ScopedWarningCapture warnings;
   peft::add_weighted_adapter(*f.pm, {"default"}, {1.0}, "copy", o);
-  EXPECT_TRUE(warnings.contains("combination_type=\"ties_svd\" is not used")) << warnings.messages().size();
-  EXPECT_EQ(compare(f.mlp->lin0->get_delta_weight("copy"), f.mlp->lin0->get_delta_weight("default"), 1e-5), "");
+  EXPECT_TRUE(warnings.contains("combination_type=\"ties_svd\" is not used"))
+      << warnings.messages().size();
+  EXPECT_EQ(compare(f.mlp->lin0->get_delta_weight("copy"), f.mlp->lin0->get_delta_weight("default"),
+                    1e-5),
+            "");
   EXPECT_EQ(compare(f.out({"copy"}), f.out({"default"}), 1e-5), "");
 }
 
@@ -119,11 +129,14 @@ TEST(AddWeightedAdapter, ErrorsNameTheProblem) {
   Fixture f(2);
   peft::WeightedAdapterOptions o;
   o.combination_type = peft::CombinationType::kLinear;
-  EXPECT_THROW(peft::add_weighted_adapter(*f.pm, {"default", "b"}, {1.0, 1.0}, "x", o), peft::ConfigError);
-  EXPECT_THROW(peft::add_weighted_adapter(*f.pm, {"default", "nope"}, {1.0, 1.0}, "y", o), peft::AdapterNotFoundError);
+  EXPECT_THROW(peft::add_weighted_adapter(*f.pm, {"default", "b"}, {1.0, 1.0}, "x", o),
+               peft::ConfigError);
+  EXPECT_THROW(peft::add_weighted_adapter(*f.pm, {"default", "nope"}, {1.0, 1.0}, "y", o),
+               peft::AdapterNotFoundError);
   Fixture g;
   o.combination_type = peft::CombinationType::kTies;  // no density
-  EXPECT_THROW(peft::add_weighted_adapter(*g.pm, {"default", "b"}, {1.0, 1.0}, "z", o), peft::ConfigError);
+  EXPECT_THROW(peft::add_weighted_adapter(*g.pm, {"default", "b"}, {1.0, 1.0}, "z", o),
+               peft::ConfigError);
   EXPECT_EQ(g.pm->adapter_names().size(), 2u);  // refused before anything was added
 }
 

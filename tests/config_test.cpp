@@ -158,8 +158,10 @@ TEST(LoraConfig, DesignatedInitializerConfigRoundTrips) {
                                                                     {"embed_tokens", {0}}},
       .loftq_config = LoftQConfig{.loftq_bits = 8, .loftq_iter = 2},
       .eva_config = EvaConfig{.rho = 1.5, .whiten = true},
-      .corda_config = CordaConfig{.cache_file = "cache.pt", .corda_method = peft::CordaMethod::kKpm},
-      .lora_ga_config = LoraGAConfig{.direction = peft::LoraGADirection::kArBr, .stable_gamma = 8.5},
+      .corda_config =
+          CordaConfig{.cache_file = "cache.pt", .corda_method = peft::CordaMethod::kKpm},
+      .lora_ga_config =
+          LoraGAConfig{.direction = peft::LoraGADirection::kArBr, .stable_gamma = 8.5},
       .use_dora = true,
       .velora_config = RawJson{R"({"num_groups":32})"},
       .alora_invocation_tokens = std::vector<int64_t>{1, 2, 3},
@@ -338,8 +340,8 @@ TEST(LoraConfig, BadBiasIsConfigError) {
   EXPECT_EQ(to_string(Bias::kLoraOnly), "lora_only");
 }
 
-// The sub-configs' enums are parsed once, where the JSON is read: a bad spelling fails there, naming the key and
-// every accepted spelling (the C++ types cannot hold one).
+// The sub-configs' enums are parsed once, where the JSON is read: a bad spelling fails there,
+// naming the key and every accepted spelling (the C++ types cannot hold one).
 TEST(LoraConfig, BadSubConfigEnumsAreConfigErrorsListingTheSpellings) {
   struct Case {
     const char* json;
@@ -347,13 +349,16 @@ TEST(LoraConfig, BadSubConfigEnumsAreConfigErrorsListingTheSpellings) {
   };
   const std::vector<Case> cases = {
       {R"("lora_ga_config": {"direction": "AB"})",
-       "`lora_ga_config.direction`: lora_ga_config.direction \"AB\" is not supported; expected one of \"ArB2r\", "
+       "`lora_ga_config.direction`: lora_ga_config.direction \"AB\" is not supported; expected one "
+       "of \"ArB2r\", "
        "\"A2rBr\", \"ArBr\", \"random\""},
       {R"("lora_ga_config": {"scale": "big"})",
-       "`lora_ga_config.scale`: lora_ga_config.scale \"big\" is not supported; expected one of \"stable\", "
+       "`lora_ga_config.scale`: lora_ga_config.scale \"big\" is not supported; expected one of "
+       "\"stable\", "
        "\"weight_svd\", \"gd_scale\", \"unit\""},
       {R"("corda_config": {"corda_method": "xyz"})",
-       "`corda_config.corda_method`: Invalid corda_method found: xyz, it should be 'ipm' or 'kpm'."},
+       "`corda_config.corda_method`: Invalid corda_method found: xyz, it should be 'ipm' or "
+       "'kpm'."},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.json);
@@ -362,13 +367,14 @@ TEST(LoraConfig, BadSubConfigEnumsAreConfigErrorsListingTheSpellings) {
     EXPECT_NE(message.find(c.message), std::string::npos) << message;
   }
   EXPECT_THROW(peft::parse_corda_method("IPM"), ConfigError);
-  for (auto m : {peft::CordaMethod::kIpm, peft::CordaMethod::kKpm}) EXPECT_EQ(peft::parse_corda_method(to_string(m)), m);
-  for (auto d : {peft::LoraGADirection::kArB2r, peft::LoraGADirection::kA2rBr, peft::LoraGADirection::kArBr,
-                 peft::LoraGADirection::kRandom}) {
+  for (auto m : {peft::CordaMethod::kIpm, peft::CordaMethod::kKpm})
+    EXPECT_EQ(peft::parse_corda_method(to_string(m)), m);
+  for (auto d : {peft::LoraGADirection::kArB2r, peft::LoraGADirection::kA2rBr,
+                 peft::LoraGADirection::kArBr, peft::LoraGADirection::kRandom}) {
     EXPECT_EQ(peft::parse_lora_ga_direction(to_string(d)), d);
   }
-  for (auto s : {peft::LoraGAScale::kStable, peft::LoraGAScale::kWeightSvd, peft::LoraGAScale::kGdScale,
-                 peft::LoraGAScale::kUnit}) {
+  for (auto s : {peft::LoraGAScale::kStable, peft::LoraGAScale::kWeightSvd,
+                 peft::LoraGAScale::kGdScale, peft::LoraGAScale::kUnit}) {
     EXPECT_EQ(peft::parse_lora_ga_scale(to_string(s)), s);
   }
 }
@@ -620,7 +626,8 @@ TEST(LoraConfig, SaveAndLoadFiles) {
   // Writing goes through the one atomic write path, whose errors are peft::Error naming the path.
   const std::string unwritable = dir.str("no/such/dir/adapter_config.json");
   EXPECT_THROW(save_lora_config(c, unwritable), peft::Error);
-  EXPECT_NE(message_of([&] { save_lora_config(c, unwritable); }).find(unwritable), std::string::npos);
+  EXPECT_NE(message_of([&] { save_lora_config(c, unwritable); }).find(unwritable),
+            std::string::npos);
 
   // load_lora_config validates; from_json_text alone does not.
   const std::string invalid = dir.str("invalid.json");

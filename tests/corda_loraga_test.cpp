@@ -1,5 +1,6 @@
-// The data-driven preprocessing of CorDA (preprocess_corda) and LoRA-GA (preprocess_loraga): what they attach
-// to the targeted layers, the init that get_peft_model builds from it, caches, error paths and restored state.
+// The data-driven preprocessing of CorDA (preprocess_corda) and LoRA-GA (preprocess_loraga): what
+// they attach to the targeted layers, the init that get_peft_model builds from it, caches, error
+// paths and restored state.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -102,13 +103,15 @@ TEST(CordaTest, CovarianceMatchesHandComputation) {
   for (const auto& x : in0) in1.push_back(torch::relu(net->lin0(x)));
   EXPECT_EQ(compare(cov.at("lin0"), hand_covariance(in0), 1e-5), "");
   EXPECT_EQ(compare(cov.at("lin1"), hand_covariance(in1), 1e-5), "");
-  // S: singular values of W (C + damp mean(diag C) I), damp doubled from 0.01 until the inverse is accurate.
+  // S: singular values of W (C + damp mean(diag C) I), damp doubled from 0.01 until the inverse is
+  // accurate.
   at::Tensor C = hand_covariance(in0), eye = torch::eye(6), Cf;
   for (double damp = 0.01;; damp *= 2) {
     Cf = C + eye * (C.diagonal().mean() * damp);
     if (torch::dist(Cf.mm(torch::inverse(Cf)), eye).item<double>() < 0.05) break;
   }
-  at::Tensor S = std::get<1>(torch::linalg_svd(net->lin0->weight().mm(Cf), /*full_matrices=*/false));
+  at::Tensor S =
+      std::get<1>(torch::linalg_svd(net->lin0->weight().mm(Cf), /*full_matrices=*/false));
   EXPECT_EQ(compare(net->lin0->init_data().corda->S, S.slice(0, 0, 2), 1e-4), "");
 }
 
@@ -199,8 +202,11 @@ TEST(CordaTest, CacheFileRoundTripGivesIdenticalAdapters) {
   Net b = make_net();
   peft::preprocess_corda(*b, config);  // no run_model: everything comes from the cache
   auto pb = inject(b, config);
-  for (const auto& [la, lb] : std::vector<std::pair<peft::nn::LoraLayerImpl*, peft::nn::LoraLayerImpl*>>{
-           {a->lin0.get(), b->lin0.get()}, {a->lin1.get(), b->lin1.get()}, {a->proj.get(), b->proj.get()}}) {
+  for (const auto& [la, lb] :
+       std::vector<std::pair<peft::nn::LoraLayerImpl*, peft::nn::LoraLayerImpl*>>{
+           {a->lin0.get(), b->lin0.get()},
+           {a->lin1.get(), b->lin1.get()},
+           {a->proj.get(), b->proj.get()}}) {
     EXPECT_TRUE(adapter_tensor(*la, "lora_A.weight").equal(adapter_tensor(*lb, "lora_A.weight")));
     EXPECT_TRUE(adapter_tensor(*la, "lora_B.weight").equal(adapter_tensor(*lb, "lora_B.weight")));
     EXPECT_TRUE(la->weight().equal(lb->weight()));
@@ -251,7 +257,9 @@ TEST(CordaTest, UnreachedLayerIsNamedAndStateIsRestored) {
   Net net = make_net();
   net->train();
   try {
-    peft::preprocess_corda(*net, make_config("corda", {"lin0", "lin1"}), [&] { net->lin0(torch::randn({4, 6})); });
+    peft::preprocess_corda(*net, make_config("corda", {"lin0", "lin1"}), [&] {
+      net->lin0(torch::randn({4, 6}));
+    });
     FAIL() << "expected peft::Error";
   } catch (const peft::Error& e) {
     EXPECT_NE(std::string(e.what()).find("\"lin1\""), std::string::npos) << e.what();
@@ -263,17 +271,22 @@ TEST(CordaTest, UnreachedLayerIsNamedAndStateIsRestored) {
 TEST(CordaTest, ObserversAreRemovedWhenRunModelThrows) {
   Net net = make_net();
   net->train();
-  EXPECT_THROW(peft::preprocess_corda(*net, make_config("corda", {"lin0"}), [&] {
-                 EXPECT_FALSE(net->is_training());  // calibration runs in eval mode
-                 EXPECT_FALSE(torch::GradMode::is_enabled());
-                 throw std::runtime_error("user failure");
-               }),
-               std::runtime_error);
+  EXPECT_THROW(
+      peft::preprocess_corda(*net, make_config("corda", {"lin0"}),
+                             [&] {
+                               EXPECT_FALSE(net->is_training());  // calibration runs in eval mode
+                               EXPECT_FALSE(torch::GradMode::is_enabled());
+                               throw std::runtime_error("user failure");
+                             }),
+      std::runtime_error);
   EXPECT_TRUE(net->is_training());
   // An all-zero input would make a left-over observer throw (division by max = 0).
   EXPECT_NO_THROW(net->forward(torch::zeros({2, 6})));
   // A zero input during calibration is reported as invalid data.
-  EXPECT_THROW(peft::preprocess_corda(*net, make_config("corda", {"lin0"}), [&] { net->forward(torch::zeros({2, 6})); }),
+  EXPECT_THROW(peft::preprocess_corda(*net, make_config("corda", {"lin0"}),
+                                      [&] {
+                                        net->forward(torch::zeros({2, 6}));
+                                      }),
                peft::Error);
   EXPECT_NO_THROW(net->forward(torch::zeros({2, 6})));
 }
@@ -360,7 +373,8 @@ TEST(LoraGaTest, ArB2rAlignsWithTheGradientAndKeepsTheOutput) {
   EXPECT_EQ(compare(A.mm(A.t()), torch::eye(r), 1e-4), "");
   at::Tensor Vr = Vh.slice(0, 0, r);
   EXPECT_EQ(compare(A.mm(Vr.t()).mm(Vr), A, 1e-4), "");
-  // B's columns: U[:, r:2r] scaled by S[r:2r] (unit scale), orthogonal to the top-r left singular vectors.
+  // B's columns: U[:, r:2r] scaled by S[r:2r] (unit scale), orthogonal to the top-r left singular
+  // vectors.
   EXPECT_EQ(compare(U.slice(1, 0, r).t().mm(B), torch::zeros({r, r}), 1e-4), "");
   at::Tensor Un = U.slice(1, r, 2 * r);
   EXPECT_EQ(compare(Un.mm(Un.t()).mm(B), B, 1e-4), "");
@@ -419,8 +433,10 @@ TEST(LoraGaTest, CacheRoundTripGivesIdenticalGradientsAndAdapters) {
   auto pa = inject(a, config);
   torch::manual_seed(3);
   auto pb = inject(b, config);
-  EXPECT_TRUE(adapter_tensor(*a->lin0, "lora_A.weight").equal(adapter_tensor(*b->lin0, "lora_A.weight")));
-  EXPECT_TRUE(adapter_tensor(*a->proj, "lora_B.weight").equal(adapter_tensor(*b->proj, "lora_B.weight")));
+  EXPECT_TRUE(
+      adapter_tensor(*a->lin0, "lora_A.weight").equal(adapter_tensor(*b->lin0, "lora_A.weight")));
+  EXPECT_TRUE(
+      adapter_tensor(*a->proj, "lora_B.weight").equal(adapter_tensor(*b->proj, "lora_B.weight")));
   EXPECT_TRUE(a->lin0->weight().equal(b->lin0->weight()));
 }
 
@@ -436,8 +452,9 @@ TEST(LoraGaTest, LayerWithoutGradientIsNamedAndStateIsRestored) {
   Net net = make_net();
   net->eval();
   try {
-    peft::preprocess_loraga(*net, make_config("lora_ga", {"lin0", "lin1"}),
-                            [&] { net->lin0(torch::randn({3, 6})).sum().backward(); });
+    peft::preprocess_loraga(*net, make_config("lora_ga", {"lin0", "lin1"}), [&] {
+      net->lin0(torch::randn({3, 6})).sum().backward();
+    });
     FAIL() << "expected peft::Error";
   } catch (const peft::Error& e) {
     EXPECT_NE(std::string(e.what()).find("\"lin1\""), std::string::npos) << e.what();

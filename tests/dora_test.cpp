@@ -1,5 +1,6 @@
-// DoRA (use_dora) on Linear, GPT-2 Conv1D, Embedding and Conv2d: the magnitude at init, DoRA's forward against
-// its closed form, merge / unmerge, save / load, gradients, and the refusals PEFT makes.
+// DoRA (use_dora) on Linear, GPT-2 Conv1D, Embedding and Conv2d: the magnitude at init, DoRA's
+// forward against its closed form, merge / unmerge, save / load, gradients, and the refusals PEFT
+// makes.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -39,7 +40,8 @@ LoraConfig dora_config(bool random_b = true) {
   c.lora_alpha = 8;
   c.use_dora = true;
   c.target_modules = std::vector<std::string>{"emb", "lin", "c1d", "conv"};
-  c.init_lora_weights.kind = random_b ? peft::InitLoraWeights::Kind::kFalse : peft::InitLoraWeights::Kind::kTrue;
+  c.init_lora_weights.kind =
+      random_b ? peft::InitLoraWeights::Kind::kFalse : peft::InitLoraWeights::Kind::kTrue;
   return c;
 }
 
@@ -53,15 +55,24 @@ TEST(Dora, DefaultInitIsANoOpAndTheMagnitudeIsTheWeightNorm) {
   Net net;
   net->eval();
   Inputs in;
-  const at::Tensor base = net->forward(in.ids).detach(), base_img = net->conv_forward(in.img).detach();
+  const at::Tensor base = net->forward(in.ids).detach(),
+                   base_img = net->conv_forward(in.img).detach();
   auto pm = peft::get_peft_model(net.ptr(), dora_config(false));
   EXPECT_EQ(compare(net->forward(in.ids), base, 1e-6), "");
   EXPECT_EQ(compare(net->conv_forward(in.img), base_img, 1e-6), "");
-  // Layouts of PEFT's lora_magnitude_vector: Linear (out,), Conv1D (out,), Embedding (dim,), Conv2d (1, out, 1, 1).
-  EXPECT_EQ(compare(net->lin->adapter_tensor("default", "lora_magnitude_vector"), at::linalg_vector_norm(net->lin->weight(), 2, {1}), 1e-6), "");
-  EXPECT_EQ(compare(net->c1d->adapter_tensor("default", "lora_magnitude_vector"), at::linalg_vector_norm(net->c1d->weight(), 2, {0}), 1e-6), "");
-  EXPECT_EQ(compare(net->emb->adapter_tensor("default", "lora_magnitude_vector"), at::linalg_vector_norm(net->emb->weight(), 2, {0}), 1e-6), "");
-  EXPECT_EQ(net->conv->adapter_tensor("default", "lora_magnitude_vector").sizes(), (std::vector<int64_t>{1, 3, 1, 1}));
+  // Layouts of PEFT's lora_magnitude_vector: Linear (out,), Conv1D (out,), Embedding (dim,), Conv2d
+  // (1, out, 1, 1).
+  EXPECT_EQ(compare(net->lin->adapter_tensor("default", "lora_magnitude_vector"),
+                    at::linalg_vector_norm(net->lin->weight(), 2, {1}), 1e-6),
+            "");
+  EXPECT_EQ(compare(net->c1d->adapter_tensor("default", "lora_magnitude_vector"),
+                    at::linalg_vector_norm(net->c1d->weight(), 2, {0}), 1e-6),
+            "");
+  EXPECT_EQ(compare(net->emb->adapter_tensor("default", "lora_magnitude_vector"),
+                    at::linalg_vector_norm(net->emb->weight(), 2, {0}), 1e-6),
+            "");
+  EXPECT_EQ(net->conv->adapter_tensor("default", "lora_magnitude_vector").sizes(),
+            (std::vector<int64_t>{1, 3, 1, 1}));
 }
 
 TEST(Dora, LinearForwardIsTheClosedForm) {
@@ -76,7 +87,8 @@ TEST(Dora, LinearForwardIsTheClosedForm) {
   }
   at::Tensor x = torch::randn({4, 12});
   at::Tensor W = l.weight() + l.get_delta_weight("default");
-  at::Tensor g = l.adapter_tensor("default", "lora_magnitude_vector") / at::linalg_vector_norm(W, 2, {1});
+  at::Tensor g =
+      l.adapter_tensor("default", "lora_magnitude_vector") / at::linalg_vector_norm(W, 2, {1});
   at::Tensor expected = at::linear(x, W) * g + l.bias();  // b + g * (W + s B A) x
   EXPECT_EQ(compare(net->lin->forward(x), expected, 1e-5), "");
 }
@@ -88,7 +100,8 @@ TEST(Dora, MergeThenUnmergeRestoresEveryWeightAndMergedOutputsMatch) {
   Inputs in;
   auto pm = peft::get_peft_model(net.ptr(), dora_config());
   torch::NoGradGuard no_grad;
-  for (auto& [name, layer] : peft::nn::lora_layers(*net)) layer->adapter_tensor("default", "lora_magnitude_vector").mul_(0.9);
+  for (auto& [name, layer] : peft::nn::lora_layers(*net))
+    layer->adapter_tensor("default", "lora_magnitude_vector").mul_(0.9);
   std::map<std::string, at::Tensor> before;
   for (auto& p : net->named_parameters()) before[p.key()] = p.value().clone();
   const at::Tensor out = net->forward(in.ids).clone(), out_img = net->conv_forward(in.img).clone();
@@ -97,7 +110,8 @@ TEST(Dora, MergeThenUnmergeRestoresEveryWeightAndMergedOutputsMatch) {
   EXPECT_EQ(compare(net->conv_forward(in.img), out_img, 1e-5), "");
   EXPECT_GT((net->lin->weight() - before.at("lin.weight")).abs().max().item<double>(), 1e-3);
   pm->unmerge_adapter();
-  for (auto& p : net->named_parameters()) EXPECT_EQ(compare(p.value(), before.at(p.key()), 1e-5), "") << p.key();
+  for (auto& p : net->named_parameters())
+    EXPECT_EQ(compare(p.value(), before.at(p.key()), 1e-5), "") << p.key();
   pm->merge_and_unload(/*safe_merge=*/true);
   EXPECT_EQ(compare(net->forward(in.ids), out, 1e-5), "");
   EXPECT_EQ(compare(net->conv_forward(in.img), out_img, 1e-5), "");
@@ -117,15 +131,18 @@ TEST(Dora, SaveLoadIsBitExactWithPeftsKeys) {
   const at::Tensor out = net->forward(in.ids).detach();
   pm->save_pretrained(dir.str());
   auto file = peft::io::load_safetensors(dir.str("adapter_model.safetensors"));
-  for (const char* key : {"base_model.model.lin.lora_magnitude_vector", "base_model.model.c1d.lora_magnitude_vector",
-                          "base_model.model.emb.lora_magnitude_vector", "base_model.model.conv.lora_magnitude_vector"}) {
+  for (const char* key :
+       {"base_model.model.lin.lora_magnitude_vector", "base_model.model.c1d.lora_magnitude_vector",
+        "base_model.model.emb.lora_magnitude_vector",
+        "base_model.model.conv.lora_magnitude_vector"}) {
     EXPECT_TRUE(file.count(key)) << key;
   }
   torch::manual_seed(3);
   Net fresh;
   fresh->eval();
   auto loaded = peft::PeftModel::from_pretrained(fresh.ptr(), dir.str());
-  EXPECT_TRUE(at::equal(fresh->lin->adapter_tensor("default", "lora_magnitude_vector"), net->lin->adapter_tensor("default", "lora_magnitude_vector")));
+  EXPECT_TRUE(at::equal(fresh->lin->adapter_tensor("default", "lora_magnitude_vector"),
+                        net->lin->adapter_tensor("default", "lora_magnitude_vector")));
   EXPECT_TRUE(at::equal(fresh->forward(in.ids), out));
 }
 
@@ -163,7 +180,8 @@ TEST(Dora, DropoutRecomputesTheBaseOnTheDroppedInputInTraining) {
   torch::manual_seed(9);
   at::Tensor xd = at::dropout(x, 0.5, true);
   auto& l = *net->lin;
-  at::Tensor g = l.adapter_tensor("default", "lora_magnitude_vector") / at::linalg_vector_norm(l.weight() + l.get_delta_weight("default"), 2, {1});
+  at::Tensor g = l.adapter_tensor("default", "lora_magnitude_vector") /
+                 at::linalg_vector_norm(l.weight() + l.get_delta_weight("default"), 2, {1});
   at::Tensor expected = at::linear(x, l.weight(), l.bias()) + (g - 1) * at::linear(xd, l.weight()) +
                         g * at::linear(xd, l.get_delta_weight("default"));
   EXPECT_EQ(compare(train_out, expected, 1e-5), "");

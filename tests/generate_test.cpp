@@ -1,6 +1,8 @@
-// Text generation (peft::generate) on the golden Llama checkpoint: greedy decoding equals argmax by hand, batched
-// prompts of different lengths equal single runs, stop tokens, seeded sampling, repetition penalty, input checks,
-// and transformers' logits processors.
+// Text generation (peft::generate) on the golden Llama checkpoint: greedy decoding equals argmax by
+// hand, batched prompts of different lengths equal single runs, stop tokens, seeded sampling,
+// repetition penalty, input checks, and transformers' logits processors.
+#include "peft/generate.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -8,7 +10,6 @@
 #include <vector>
 
 #include "peft/error.h"
-#include "peft/generate.h"
 #include "peft/io/safetensors.h"
 #include "peft/models/model.h"
 #include "test_util.h"

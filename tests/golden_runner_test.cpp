@@ -1,6 +1,6 @@
-// The conformance runner must not depend on the public cases' module names or ranks: rewrite public cases
-// with other names and a larger (zero-padded, same-scaling) rank and check they still pass; and check that a
-// wrong adapter makes a case fail.
+// The conformance runner must not depend on the public cases' module names or ranks: rewrite public
+// cases with other names and a larger (zero-padded, same-scaling) rank and check they still pass;
+// and check that a wrong adapter makes a case fail.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -12,8 +12,8 @@
 #include "arch_model.h"
 #include "case.h"
 #include "peft/error.h"
-#include "peft/peft_model.h"
 #include "peft/io/safetensors.h"
+#include "peft/peft_model.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -40,10 +40,10 @@ std::string rename_key(std::string key, const std::map<std::string, std::string>
   return quoted.substr(1, quoted.size() - 2);
 }
 
-// Copies case `src` to `dst`, renaming modules everywhere and padding every LoRA rank by `extra` zero rows
-// (A) / columns (B), with lora_alpha scaled so that alpha / r is unchanged.
-void rewrite_case(const fs::path& src, const fs::path& dst, const std::map<std::string, std::string>& names,
-                  int extra) {
+// Copies case `src` to `dst`, renaming modules everywhere and padding every LoRA rank by `extra`
+// zero rows (A) / columns (B), with lora_alpha scaled so that alpha / r is unchanged.
+void rewrite_case(const fs::path& src, const fs::path& dst,
+                  const std::map<std::string, std::string>& names, int extra) {
   for (const auto& entry : fs::recursive_directory_iterator(src)) {
     const fs::path rel = fs::relative(entry.path(), src);
     const fs::path out = dst / rel;
@@ -68,8 +68,10 @@ void rewrite_case(const fs::path& src, const fs::path& dst, const std::map<std::
       for (auto& [k, v] : peft::io::load_safetensors(entry.path().string())) {
         at::Tensor t = v.clone();
         if (extra > 0 && entry.path().parent_path().filename() == "adapter") {
-          const bool is_a = k.find("lora_A.weight") != std::string::npos || k.find("lora_embedding_A") != std::string::npos;
-          const bool is_b = k.find("lora_B.weight") != std::string::npos || k.find("lora_embedding_B") != std::string::npos;
+          const bool is_a = k.find("lora_A.weight") != std::string::npos ||
+                            k.find("lora_embedding_A") != std::string::npos;
+          const bool is_b = k.find("lora_B.weight") != std::string::npos ||
+                            k.find("lora_embedding_B") != std::string::npos;
           if (is_a || is_b) {
             std::vector<int64_t> pad_shape = t.sizes().vec();
             pad_shape[is_a ? 0 : 1] = extra;
@@ -105,7 +107,8 @@ TEST_P(GoldenRunner, PassesWithOtherModuleNamesAndRanks) {
   const fs::path src = peft::test::fixture("golden/" + GetParam().case_id);
   rewrite_case(src, tmp.path() / "case", GetParam().names, 3);
   auto c = load_case(tmp.path() / "case");
-  const std::string text = peft::test::read_file((tmp.path() / "case" / "adapter" / "adapter_config.json").string());
+  const std::string text =
+      peft::test::read_file((tmp.path() / "case" / "adapter" / "adapter_config.json").string());
   for (const auto& [from, to] : GetParam().names) {
     EXPECT_EQ(text.find("\"" + from + "\""), std::string::npos) << from << " was not renamed";
   }
@@ -119,10 +122,12 @@ TEST_P(GoldenRunner, FailsWhenTheAdapterIsWrong) {
   const fs::path src = peft::test::fixture("golden/" + GetParam().case_id);
   rewrite_case(src, tmp.path() / "case", {}, 0);
   // Scale every lora_B by 1.01: outputs move by about 1% of the LoRA contribution.
-  const std::string weights = (tmp.path() / "case" / "adapter" / "adapter_model.safetensors").string();
+  const std::string weights =
+      (tmp.path() / "case" / "adapter" / "adapter_model.safetensors").string();
   std::map<std::string, at::Tensor> tensors;
   for (auto& [k, v] : peft::io::load_safetensors(weights)) {
-    const bool is_b = k.find("lora_B") != std::string::npos || k.find("lora_embedding_B") != std::string::npos;
+    const bool is_b =
+        k.find("lora_B") != std::string::npos || k.find("lora_embedding_B") != std::string::npos;
     tensors[k] = is_b ? v * 1.01 : v.clone();
   }
   peft::io::save_safetensors(weights, tensors);
@@ -132,8 +137,10 @@ TEST_P(GoldenRunner, FailsWhenTheAdapterIsWrong) {
 
 INSTANTIATE_TEST_SUITE_P(
     RenamedCases, GoldenRunner,
-    ::testing::Values(Rewrite{"layer-linear", {{"lin0", "encoder.blocks.0.fc_in"}, {"lin1", "head.proj"}}},
-                      Rewrite{"layer-gpt2conv1d-fan_in_fan_out", {{"lin0", "h.0.mlp.c_fc"}, {"lin1", "h.0.mlp.c_proj"}}},
+    ::testing::Values(Rewrite{"layer-linear",
+                              {{"lin0", "encoder.blocks.0.fc_in"}, {"lin1", "head.proj"}}},
+                      Rewrite{"layer-gpt2conv1d-fan_in_fan_out",
+                              {{"lin0", "h.0.mlp.c_fc"}, {"lin1", "h.0.mlp.c_proj"}}},
                       Rewrite{"layer-embedding", {{"emb", "wte"}, {"lin0", "lm.head"}}},
                       Rewrite{"layer-conv2d", {{"conv", "backbone.stem.conv"}}},
                       Rewrite{"layer-linear-lora_bias", {{"lin0", "a.b"}, {"lin1", "c.d.e"}}}),
@@ -149,8 +156,9 @@ INSTANTIATE_TEST_SUITE_P(
 
 namespace {
 
-// Files written here are what PEFT writes: load each public layer case's PEFT adapter, save it again and
-// compare with PEFT's own file (same keys, bit-identical tensors, same JSON but for peft_version).
+// Files written here are what PEFT writes: load each public layer case's PEFT adapter, save it
+// again and compare with PEFT's own file (same keys, bit-identical tensors, same JSON but for
+// peft_version).
 class PeftFileRoundTrip : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(PeftFileRoundTrip, ResavedAdapterEqualsPeftsFile) {
@@ -176,7 +184,8 @@ TEST_P(PeftFileRoundTrip, ResavedAdapterEqualsPeftsFile) {
   }
   EXPECT_EQ(ours.metadata(), theirs.metadata());
 
-  auto their_cfg = nlohmann::json::parse(peft::test::read_file((dir / "adapter" / "adapter_config.json").string()));
+  auto their_cfg = nlohmann::json::parse(
+      peft::test::read_file((dir / "adapter" / "adapter_config.json").string()));
   auto our_cfg = nlohmann::json::parse(peft::test::read_file(tmp.str("adapter_config.json")));
   their_cfg.erase("peft_version");
   our_cfg.erase("peft_version");
@@ -188,14 +197,17 @@ TEST_P(PeftFileRoundTrip, ResavedAdapterEqualsPeftsFile) {
       (*cfg)["target_modules"] = v;
     }
   }
-  EXPECT_EQ(our_cfg, their_cfg) << "ours:\n" << our_cfg.dump(2) << "\ntheirs:\n" << their_cfg.dump(2);
+  EXPECT_EQ(our_cfg, their_cfg) << "ours:\n"
+                                << our_cfg.dump(2) << "\ntheirs:\n"
+                                << their_cfg.dump(2);
 }
 
 INSTANTIATE_TEST_SUITE_P(PublicLayerCases, PeftFileRoundTrip,
-                         ::testing::Values("layer-linear", "layer-linear-bias-all", "layer-linear-lora_bias",
-                                           "layer-linear-rslora", "layer-linear-bias-lora_only",
-                                           "layer-gpt2conv1d-fan_in_fan_out",
-                                           "layer-embedding", "layer-conv1d", "layer-conv2d", "layer-conv3d"),
+                         ::testing::Values("layer-linear", "layer-linear-bias-all",
+                                           "layer-linear-lora_bias", "layer-linear-rslora",
+                                           "layer-linear-bias-lora_only",
+                                           "layer-gpt2conv1d-fan_in_fan_out", "layer-embedding",
+                                           "layer-conv1d", "layer-conv2d", "layer-conv3d"),
                          [](const auto& test_info) {
                            std::string n = test_info.param;
                            for (auto& ch : n) {

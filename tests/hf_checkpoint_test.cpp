@@ -1,6 +1,8 @@
-// Loading Hugging Face checkpoint folders: single file, sharded index, half-precision weights, --dtype, and
-// the errors for missing / mis-shaped tensors and unknown architectures; models::save_pretrained as the counterpart
-// of load_pretrained.
+// Loading Hugging Face checkpoint folders: single file, sharded index, half-precision weights,
+// --dtype, and the errors for missing / mis-shaped tensors and unknown architectures;
+// models::save_pretrained as the counterpart of load_pretrained.
+#include "peft/io/hf_checkpoint.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -8,7 +10,6 @@
 #include <nlohmann/json.hpp>
 
 #include "peft/error.h"
-#include "peft/io/hf_checkpoint.h"
 #include "peft/io/safetensors.h"
 #include "peft/models/model.h"
 #include "test_util.h"
@@ -23,13 +24,16 @@ class HfCheckpoint : public ::testing::Test {
   fs::path base = peft::test::fixture("golden/model-llama/base");
   peft::test::TempDir tmp;
 
-  torch::Tensor logits(const std::string& dir, std::optional<c10::ScalarType> dtype = std::nullopt) {
+  torch::Tensor logits(const std::string& dir,
+                       std::optional<c10::ScalarType> dtype = std::nullopt) {
     torch::NoGradGuard no_grad;
     peft::models::LoadOptions o;
     o.dtype = dtype;
     auto model = peft::models::load_pretrained(dir, o);
     peft::models::ForwardInput in;
-    in.input_ids = peft::io::load_safetensors(peft::test::fixture("golden/model-llama/inputs.safetensors")).at("input_ids");
+    in.input_ids =
+        peft::io::load_safetensors(peft::test::fixture("golden/model-llama/inputs.safetensors"))
+            .at("input_ids");
     return model->forward(in).to(torch::kFloat);
   }
   // A copy of the base folder whose weights are replaced by `tensors` (written as one file).
@@ -42,7 +46,8 @@ class HfCheckpoint : public ::testing::Test {
   }
   std::map<std::string, torch::Tensor> weights() {
     std::map<std::string, torch::Tensor> out;
-    for (auto& [k, v] : peft::io::load_safetensors((base / "model.safetensors").string())) out[k] = v.clone();
+    for (auto& [k, v] : peft::io::load_safetensors((base / "model.safetensors").string()))
+      out[k] = v.clone();
     return out;
   }
 
@@ -56,10 +61,12 @@ TEST_F(HfCheckpoint, ShardedIndexGivesTheSameModel) {
   fs::create_directories(dir);
   fs::copy_file(base / "config.json", dir / "config.json");
   std::map<std::string, torch::Tensor> shard1, shard2;
-  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  nlohmann::json index = {{"metadata", {{"total_size", 0}}},
+                          {"weight_map", nlohmann::json::object()}};
   int i = 0;
   for (auto& [k, v] : weights()) {
-    const std::string file = (i++ % 2 == 0) ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+    const std::string file =
+        (i++ % 2 == 0) ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
     (i % 2 ? shard1 : shard2)[k] = v;
     index["weight_map"][k] = file;
   }
@@ -128,8 +135,8 @@ TEST_F(HfCheckpoint, SavePretrainedRoundTripsAndWritesTiedWeightsOnce) {
   EXPECT_EQ(peft::test::read_file((out / "config.json").string()), model->config_json());
   EXPECT_EQ(compare(logits(out.string()), logits(base.string()), 0), "");
 
-  // A tied output head shares the embedding's tensor: written once (transformers does the same), filled from the
-  // embedding on load.
+  // A tied output head shares the embedding's tensor: written once (transformers does the same),
+  // filled from the embedding on load.
   nlohmann::json config = nlohmann::json::parse(model->config_json());
   config["tie_word_embeddings"] = true;
   auto tied = peft::models::from_config(config.dump());
@@ -142,7 +149,8 @@ TEST_F(HfCheckpoint, SavePretrainedRoundTripsAndWritesTiedWeightsOnce) {
   auto reloaded = peft::models::load_pretrained(tied_dir.string());
   const auto params = reloaded->named_parameters();
   EXPECT_TRUE(params["lm_head.weight"].is_same(params["model.embed_tokens.weight"]));
-  EXPECT_TRUE(at::equal(params["model.embed_tokens.weight"], tied->named_parameters()["model.embed_tokens.weight"]));
+  EXPECT_TRUE(at::equal(params["model.embed_tokens.weight"],
+                        tied->named_parameters()["model.embed_tokens.weight"]));
 }
 
 TEST_F(HfCheckpoint, UnknownArchitectureListsTheSupportedOnes) {
@@ -154,7 +162,8 @@ TEST_F(HfCheckpoint, UnknownArchitectureListsTheSupportedOnes) {
     FAIL() << "expected UnsupportedError";
   } catch (const peft::UnsupportedError& e) {
     const std::string msg = e.what();
-    for (const auto& t : peft::models::supported_model_types()) EXPECT_NE(msg.find(t), std::string::npos) << t;
+    for (const auto& t : peft::models::supported_model_types())
+      EXPECT_NE(msg.find(t), std::string::npos) << t;
   }
   EXPECT_THROW(peft::models::load_pretrained((tmp.path() / "nothing").string()), peft::FormatError);
   peft::test::write_file((dir / "config.json").string(), "{not json");

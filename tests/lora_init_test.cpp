@@ -1,5 +1,6 @@
-// Weight-based initialisations: the properties PiSSA, OLoRA and orthogonal promise, the randomized SVD, and the
-// PiSSA -> LoRA conversion round trip (converted LoRA on the original base = PiSSA adapter on the residual base).
+// Weight-based initialisations: the properties PiSSA, OLoRA and orthogonal promise, the randomized
+// SVD, and the PiSSA -> LoRA conversion round trip (converted LoRA on the original base = PiSSA
+// adapter on the residual base).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -20,7 +21,8 @@ namespace {
 
 // This file's MLP: 12 -> 20 -> 6 unless given.
 struct MLP : peft::test::MLP {
-  explicit MLP(int64_t in = 12, int64_t hidden = 20, int64_t out = 6) : peft::test::MLP(in, hidden, out) {}
+  explicit MLP(int64_t in = 12, int64_t hidden = 20, int64_t out = 6)
+      : peft::test::MLP(in, hidden, out) {}
 };
 
 LoraConfig config(const std::string& init, int r = 4, double alpha = 6) {
@@ -32,12 +34,17 @@ LoraConfig config(const std::string& init, int r = 4, double alpha = 6) {
   return c;
 }
 
-at::Tensor A_of(peft::nn::LoraLayerImpl& l) { return l.adapter_tensors("default").at(0).second.detach(); }
-at::Tensor B_of(peft::nn::LoraLayerImpl& l) { return l.adapter_tensors("default").at(1).second.detach(); }
+at::Tensor A_of(peft::nn::LoraLayerImpl& l) {
+  return l.adapter_tensors("default").at(0).second.detach();
+}
+at::Tensor B_of(peft::nn::LoraLayerImpl& l) {
+  return l.adapter_tensors("default").at(1).second.detach();
+}
 
 class InitTest : public ::testing::TestWithParam<std::string> {};
 
-// PiSSA, OLoRA: residual + s B A = W exactly (up to float error), so the model's output is unchanged.
+// PiSSA, OLoRA: residual + s B A = W exactly (up to float error), so the model's output is
+// unchanged.
 TEST_P(InitTest, ResidualPlusAdapterEqualsTheOriginalWeight) {
   torch::manual_seed(0);
   MLP mlp;
@@ -48,7 +55,8 @@ TEST_P(InitTest, ResidualPlusAdapterEqualsTheOriginalWeight) {
   torch::NoGradGuard no_grad;
   auto& l = *mlp->lin0;
   EXPECT_EQ(compare(l.weight() + l.get_delta_weight("default"), w0, 1e-5), "");
-  EXPECT_GT((l.weight() - w0).abs().max().item<double>(), 1e-3) << "the base must hold the residual";
+  EXPECT_GT((l.weight() - w0).abs().max().item<double>(), 1e-3)
+      << "the base must hold the residual";
   EXPECT_EQ(compare(mlp->forward(x), before, 1e-5), "");
   // Disabled adapters now give the residual model, which differs.
   auto guard = pm->disable_adapter();
@@ -113,11 +121,12 @@ TEST(OrthogonalInit, BAIsZeroAndTheBaseIsUntouched) {
   at::Tensor A = A_of(*mlp->lin0), B = B_of(*mlp->lin0);
   EXPECT_LT(at::matmul(B, A).abs().max().item<double>(), 1e-6);
   EXPECT_TRUE(at::equal(mlp->lin0->weight(), w0));
-  // A's rows span an r/2-dimensional space orthogonal to B's (PEFT builds both from the even / odd rows of one
-  // orthogonal matrix), so both factors have rank r / 2 and B^T B A A^T = 0.
+  // A's rows span an r/2-dimensional space orthogonal to B's (PEFT builds both from the even / odd
+  // rows of one orthogonal matrix), so both factors have rank r / 2 and B^T B A A^T = 0.
   EXPECT_EQ(at::linalg_matrix_rank(A).item<int64_t>(), 4);
   EXPECT_EQ(at::linalg_matrix_rank(B).item<int64_t>(), 4);
-  EXPECT_LT(at::matmul(at::matmul(B.t(), B), at::matmul(A, A.t())).abs().max().item<double>(), 1e-5);
+  EXPECT_LT(at::matmul(at::matmul(B.t(), B), at::matmul(A, A.t())).abs().max().item<double>(),
+            1e-5);
   EXPECT_THROW(peft::get_peft_model(MLP().ptr(), config("orthogonal", 3)), peft::ConfigError);
 }
 
@@ -127,14 +136,17 @@ TEST(OloraInit, FactorsAreTheQrFactorsOfTheWeight) {
   const at::Tensor w0 = mlp->lin0->weight().detach().clone();
   auto pm = peft::get_peft_model(mlp.ptr(), config("olora"));
   at::Tensor B = B_of(*mlp->lin0);
-  EXPECT_EQ(compare(at::matmul(B.t(), B), torch::eye(4), 1e-5), "") << "B = Q[:, :r] has orthonormal columns";
+  EXPECT_EQ(compare(at::matmul(B.t(), B), torch::eye(4), 1e-5), "")
+      << "B = Q[:, :r] has orthonormal columns";
   at::Tensor A = A_of(*mlp->lin0);
   EXPECT_EQ(compare(A, at::triu(A), 0.0), "") << "A = R[:r] is upper triangular";
 }
 
 TEST(WeightInits, ConvLayersRefuseThemAsPeftDoes) {
   struct ConvNet : torch::nn::Module {
-    ConvNet() { conv = register_module("conv", peft::nn::Conv2d(3, 4, std::vector<int64_t>{3, 3})); }
+    ConvNet() {
+      conv = register_module("conv", peft::nn::Conv2d(3, 4, std::vector<int64_t>{3, 3}));
+    }
     peft::nn::Conv2d conv{nullptr};
   };
   LoraConfig c = config("pissa");
@@ -157,7 +169,8 @@ TEST(LoraGaInit, WithoutAGradientFallsBackToTheDefaultInit) {
   EXPECT_EQ(B_of(*mlp->lin0).abs().max().item<double>(), 0.0);
 }
 
-// Converted LoRA on the original base gives the same outputs as the trained PiSSA adapter on the residual base.
+// Converted LoRA on the original base gives the same outputs as the trained PiSSA adapter on the
+// residual base.
 TEST(PissaConversion, ConvertedAdapterOnTheOriginalBaseReproducesTheTrainedModel) {
   peft::test::TempDir dir;
   torch::manual_seed(7);
@@ -166,7 +179,8 @@ TEST(PissaConversion, ConvertedAdapterOnTheOriginalBaseReproducesTheTrainedModel
   MLP model;
   {
     torch::NoGradGuard no_grad;
-    for (auto& p : model->named_parameters()) p.value().copy_(original->named_parameters()[p.key()]);
+    for (auto& p : model->named_parameters())
+      p.value().copy_(original->named_parameters()[p.key()]);
   }
   LoraConfig c = config("pissa");
   c.rank_pattern = {{"lin1", 2}};
@@ -197,7 +211,8 @@ TEST(PissaConversion, ConvertedAdapterOnTheOriginalBaseReproducesTheTrainedModel
   MLP plain;
   {
     torch::NoGradGuard no_grad;
-    for (auto& p : plain->named_parameters()) p.value().copy_(original->named_parameters()[p.key()]);
+    for (auto& p : plain->named_parameters())
+      p.value().copy_(original->named_parameters()[p.key()]);
   }
   torch::NoGradGuard no_grad;
   auto state = pm->get_peft_model_state_dict("default");
@@ -214,7 +229,7 @@ TEST(PissaConversion, LoadingAMutatingAdapterWarns) {
   pm->save_pretrained(dir.str());
   peft::ScopedWarningCapture warnings;
   auto loaded = peft::PeftModel::from_pretrained(MLP().ptr(), dir.str());
-  EXPECT_TRUE(warnings.contains("changes the base model's weights")) ;
+  EXPECT_TRUE(warnings.contains("changes the base model's weights"));
 }
 
 }  // namespace

@@ -25,22 +25,55 @@ void PrintTo(const LayerCase& c, std::ostream* os) { *os << c.name; }
 
 std::vector<LayerCase> layer_cases() {
   return {
-      {"Linear", [] { return std::make_shared<peft::nn::LinearImpl>(10, 6); }, [] { return torch::randn({4, 3, 10}); }},
-      {"Conv1D", [] { return std::make_shared<peft::nn::Conv1DImpl>(6, 10); }, [] { return torch::randn({4, 10}); }},
+      {"Linear", [] { return std::make_shared<peft::nn::LinearImpl>(10, 6); },
+       [] {
+         return torch::randn({4, 3, 10});
+       }},
+      {"Conv1D", [] { return std::make_shared<peft::nn::Conv1DImpl>(6, 10); },
+       [] {
+         return torch::randn({4, 10});
+       }},
       {"Embedding", [] { return std::make_shared<peft::nn::EmbeddingImpl>(12, 5, 0); },
-       [] { return torch::randint(0, 12, {3, 7}); }},
+       [] {
+         return torch::randint(0, 12, {3, 7});
+       }},
       {"Conv1d",
-       [] { return std::make_shared<peft::nn::Conv1dImpl>(4, 6, std::vector<int64_t>{3}, peft::nn::ConvOptions{{1}, {1}}); },
-       [] { return torch::randn({2, 4, 9}); }},
+       [] {
+         return std::make_shared<peft::nn::Conv1dImpl>(4, 6, std::vector<int64_t>{3},
+                                                       peft::nn::ConvOptions{{1}, {1}});
+       },
+       [] {
+         return torch::randn({2, 4, 9});
+       }},
       {"Conv2d",
-       [] { return std::make_shared<peft::nn::Conv2dImpl>(3, 6, std::vector<int64_t>{3, 3}, peft::nn::ConvOptions{{2}, {1}}); },
-       [] { return torch::randn({2, 3, 7, 7}); }},
-      {"Conv2d1x1", [] { return std::make_shared<peft::nn::Conv2dImpl>(3, 5, std::vector<int64_t>{1, 1}); },
-       [] { return torch::randn({2, 3, 4, 4}); }},
-      {"Conv3d", [] { return std::make_shared<peft::nn::Conv3dImpl>(2, 4, std::vector<int64_t>{3, 3, 3}); },
-       [] { return torch::randn({2, 2, 5, 5, 5}); }},
-      {"Conv3d11k", [] { return std::make_shared<peft::nn::Conv3dImpl>(2, 4, std::vector<int64_t>{1, 1, 2}); },
-       [] { return torch::randn({2, 2, 3, 3, 3}); }},
+       [] {
+         return std::make_shared<peft::nn::Conv2dImpl>(3, 6, std::vector<int64_t>{3, 3},
+                                                       peft::nn::ConvOptions{{2}, {1}});
+       },
+       [] {
+         return torch::randn({2, 3, 7, 7});
+       }},
+      {"Conv2d1x1",
+       [] {
+         return std::make_shared<peft::nn::Conv2dImpl>(3, 5, std::vector<int64_t>{1, 1});
+       },
+       [] {
+         return torch::randn({2, 3, 4, 4});
+       }},
+      {"Conv3d",
+       [] {
+         return std::make_shared<peft::nn::Conv3dImpl>(2, 4, std::vector<int64_t>{3, 3, 3});
+       },
+       [] {
+         return torch::randn({2, 2, 5, 5, 5});
+       }},
+      {"Conv3d11k",
+       [] {
+         return std::make_shared<peft::nn::Conv3dImpl>(2, 4, std::vector<int64_t>{1, 1, 2});
+       },
+       [] {
+         return torch::randn({2, 2, 3, 3, 3});
+       }},
   };
 }
 
@@ -111,7 +144,8 @@ TEST_P(LayerInvariants, DeleteRemovesEveryParameterOfTheAdapter) {
   EXPECT_EQ(layer->named_parameters().size(), before + 4);
   layer->delete_adapter("other");
   EXPECT_EQ(layer->named_parameters().size(), before + 2);
-  for (const auto& p : layer->named_parameters()) EXPECT_EQ(p.key().find("other"), std::string::npos) << p.key();
+  for (const auto& p : layer->named_parameters())
+    EXPECT_EQ(p.key().find("other"), std::string::npos) << p.key();
   EXPECT_FALSE(layer->has_adapter("other"));
   layer->delete_adapter("default");
   EXPECT_EQ(layer->named_parameters().size(), before);
@@ -138,7 +172,8 @@ TEST_P(LayerInvariants, SafeMergeRejectsNaN) {
   auto w0 = layer->weight().detach().clone();
   {
     torch::NoGradGuard no_grad;
-    for (auto& [k, t] : layer->adapter_tensors("default")) t.fill_(std::numeric_limits<float>::quiet_NaN());
+    for (auto& [k, t] : layer->adapter_tensors("default"))
+      t.fill_(std::numeric_limits<float>::quiet_NaN());
   }
   EXPECT_THROW(layer->merge(std::nullopt, /*safe_merge=*/true), peft::Error);
   EXPECT_FALSE(layer->merged());
@@ -241,7 +276,8 @@ TEST(LoraConv, RankMustBeDivisibleByGroups) {
   peft::nn::Conv2dImpl conv(4, 4, {3, 3}, peft::nn::ConvOptions{{}, {}, {}, 2});
   peft::ScopedWarningCapture warnings;
   EXPECT_NO_THROW(conv.update_layer("a", settings(InitLoraWeights::Kind::kTrue, 2)));
-  EXPECT_THROW(conv.update_layer("b", settings(InitLoraWeights::Kind::kTrue, 1)), peft::ConfigError);
+  EXPECT_THROW(conv.update_layer("b", settings(InitLoraWeights::Kind::kTrue, 1)),
+               peft::ConfigError);
   EXPECT_THROW(conv.merge(std::vector<std::string>{"a"}), peft::UnsupportedError);
 }
 

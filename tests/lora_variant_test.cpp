@@ -1,7 +1,8 @@
-// The LoRA variant seam (PEFT's LoraVariant / resolve_lora_variant): which variant an adapter gets from its settings
-// and layer kind, the combinations that are refused, and that the layer's forward, merge, unmerge, delta and saved
-// tensors go through the variant's hooks. Also the auxiliary modules that are now their own classes
-// (TrainableTokensImpl, ModulesToSaveImpl) and the typed init data.
+// The LoRA variant seam (PEFT's LoraVariant / resolve_lora_variant): which variant an adapter gets
+// from its settings and layer kind, the combinations that are refused, and that the layer's
+// forward, merge, unmerge, delta and saved tensors go through the variant's hooks. Also the
+// auxiliary modules that are now their own classes (TrainableTokensImpl, ModulesToSaveImpl) and the
+// typed init data.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -26,7 +27,8 @@ AdapterSettings plain(int r = 2) {
   AdapterSettings s;
   s.r = r;
   s.lora_alpha = 4;
-  s.init_lora_weights.kind = peft::InitLoraWeights::Kind::kFalse;  // non-zero B: the adapter changes outputs
+  s.init_lora_weights.kind =
+      peft::InitLoraWeights::Kind::kFalse;  // non-zero B: the adapter changes outputs
   return s;
 }
 
@@ -68,8 +70,9 @@ TEST(LoraVariant, UnsupportedCombinationsAreRefusedBeforeAnythingIsCreated) {
     lin.update_layer("x", both);
     FAIL() << "aLoRA + DoRA accepted";
   } catch (const peft::ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("Invalid or unsupported variant combination: ('alora_invocation_tokens', "
-                                         "'use_dora')"),
+    EXPECT_NE(std::string(e.what()).find(
+                  "Invalid or unsupported variant combination: ('alora_invocation_tokens', "
+                  "'use_dora')"),
               std::string::npos)
         << e.what();
   }
@@ -95,8 +98,8 @@ TEST(LoraVariant, UnsupportedCombinationsAreRefusedBeforeAnythingIsCreated) {
   EXPECT_THROW(param.update_layer("d", dora), peft::ConfigError);
 }
 
-// The layer's merge / unmerge / delta call the variant's hooks: DoRA's merged weight is m / ||W + dW|| (W + dW),
-// not W + dW, and unmerge returns W exactly through the cached norm.
+// The layer's merge / unmerge / delta call the variant's hooks: DoRA's merged weight is m / ||W +
+// dW|| (W + dW), not W + dW, and unmerge returns W exactly through the cached norm.
 TEST(LoraVariant, MergeAndUnmergeGoThroughTheVariant) {
   torch::manual_seed(0);
   peft::nn::LinearImpl lin(6, 4);
@@ -119,7 +122,8 @@ TEST(LoraVariant, MergeAndUnmergeGoThroughTheVariant) {
   }
   lin.merge();
   const at::Tensor m = lin.adapter_tensor("d", "lora_magnitude_vector");
-  const at::Tensor expected = (m / at::linalg_vector_norm(W + delta, 2, {1})).unsqueeze(1) * (W + delta);
+  const at::Tensor expected =
+      (m / at::linalg_vector_norm(W + delta, 2, {1})).unsqueeze(1) * (W + delta);
   EXPECT_EQ(compare(lin.weight(), expected, 1e-6), "");
   {
     torch::NoGradGuard no_grad;
@@ -143,10 +147,12 @@ TEST(LoraVariant, VariantTensorsAreSavedWithTheAdapterAndRegisteredUnderPeftsNam
   emb.update_layer("d", dora);
   std::vector<std::string> keys;
   for (const auto& [k, t] : emb.adapter_tensors("d")) keys.push_back(k);
-  EXPECT_EQ(keys, (std::vector<std::string>{"lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}));
+  EXPECT_EQ(keys, (std::vector<std::string>{"lora_embedding_A", "lora_embedding_B",
+                                            "lora_magnitude_vector"}));
   std::vector<std::string> params;
   for (const auto& p : emb.named_parameters()) params.push_back(p.key());
-  EXPECT_NE(std::find(params.begin(), params.end(), "lora_magnitude_vector.d.weight"), params.end());
+  EXPECT_NE(std::find(params.begin(), params.end(), "lora_magnitude_vector.d.weight"),
+            params.end());
   emb.delete_adapter("d");
   EXPECT_EQ(emb.named_parameters().size(), 1u);  // the magnitude went with the adapter
 }
@@ -157,7 +163,8 @@ TEST(LoraVariant, MixedBatchRefusalComesFromTheVariant) {
   dora.use_dora = true;
   lin->update_layer("d", dora);
   lin->eval();
-  EXPECT_EQ(lin->variant("d")->mixed_batch_refusal(), "Cannot pass `adapter_names` when DoRA is enabled");
+  EXPECT_EQ(lin->variant("d")->mixed_batch_refusal(),
+            "Cannot pass `adapter_names` when DoRA is enabled");
   peft::nn::ForwardContext context;
   context.adapter_names = std::vector<std::string>{"d", "__base__"};
   peft::nn::ForwardContextGuard guard(context);
@@ -212,7 +219,8 @@ TEST(LayerInitData, TypedCordaAndLoraGaDataFeedTheirInits) {
   corda.init_lora_weights.kind = peft::InitLoraWeights::Kind::kCorda;
   EXPECT_THROW(lin.update_layer("c", corda), peft::ConfigError);  // no decomposition attached
   auto [U, S, Vh] = at::linalg_svd(lin.weight().detach(), false);
-  lin.init_data().corda = peft::nn::LayerInitData::Corda{U.slice(1, 0, 2), S.slice(0, 0, 2), Vh.slice(0, 0, 2).t()};
+  lin.init_data().corda =
+      peft::nn::LayerInitData::Corda{U.slice(1, 0, 2), S.slice(0, 0, 2), Vh.slice(0, 0, 2).t()};
   const at::Tensor before = lin.weight().detach().clone();
   lin.update_layer("c", corda);
   // CorDA moves the top components into the adapter: residual + s B A = the original weight.
@@ -230,8 +238,10 @@ TEST(InitLoraWeights, OneAnswerForWhichInitsChangeTheBaseAndWhichNeedData) {
   for (K k : {K::kTrue, K::kFalse, K::kGaussian, K::kEva, K::kOrthogonal}) {
     EXPECT_FALSE(peft::InitLoraWeights{.kind = k}.mutates_base()) << static_cast<int>(k);
   }
-  for (K k : {K::kEva, K::kCorda, K::kLoraGa}) EXPECT_TRUE(peft::InitLoraWeights{.kind = k}.needs_data());
-  for (K k : {K::kTrue, K::kPissa, K::kLoftq, K::kOrthogonal}) EXPECT_FALSE(peft::InitLoraWeights{.kind = k}.needs_data());
+  for (K k : {K::kEva, K::kCorda, K::kLoraGa})
+    EXPECT_TRUE(peft::InitLoraWeights{.kind = k}.needs_data());
+  for (K k : {K::kTrue, K::kPissa, K::kLoftq, K::kOrthogonal})
+    EXPECT_FALSE(peft::InitLoraWeights{.kind = k}.needs_data());
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
-// Many adapters in one batch (adapter_names): every row equals the row run alone with its adapter, for Linear
-// (2-D and 3-D inputs, mixed ranks, lora_bias), Embedding, Conv2d, modules_to_save and trainable tokens, with the
-// gathered kernel and PEFT's sub-batch loop; generate() per prompt; PEFT's errors; the kernel's cache follows
-// in-place weight updates.
+// Many adapters in one batch (adapter_names): every row equals the row run alone with its adapter,
+// for Linear (2-D and 3-D inputs, mixed ranks, lora_bias), Embedding, Conv2d, modules_to_save and
+// trainable tokens, with the gathered kernel and PEFT's sub-batch loop; generate() per prompt;
+// PEFT's errors; the kernel's cache follows in-place weight updates.
+#include "peft/lora/mixed_batch.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -14,7 +16,6 @@
 #include "peft/lora/linear.h"
 #include "peft/lora/modules_to_save.h"
 #include "peft/lora/trainable_tokens.h"
-#include "peft/lora/mixed_batch.h"
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
 #include "test_util.h"
@@ -27,7 +28,8 @@ using Names = std::vector<std::string>;
 
 namespace {
 
-// Embedding -> Linear (3-D) -> Conv2d over a (batch, 1, seq, hidden) view -> Linear head (2-D) -> classifier.
+// Embedding -> Linear (3-D) -> Conv2d over a (batch, 1, seq, hidden) view -> Linear head (2-D) ->
+// classifier.
 struct NetImpl : torch::nn::Module {
   NetImpl() {
     emb = register_module("emb", peft::nn::Embedding(30, 12));
@@ -38,10 +40,10 @@ struct NetImpl : torch::nn::Module {
     cls = register_module("cls", peft::nn::Linear(8, 3));
   }
   torch::Tensor forward(const torch::Tensor& ids) {
-    auto h = torch::tanh(lin(emb(ids)));                       // (b, s, 12)
-    auto c = conv(h.unsqueeze(1));                             // (b, 2, s, 12)
-    auto pooled = c.mean(2).flatten(1);                        // (b, 24)
-    return cls(torch::relu(head(pooled)));                     // (b, 3)
+    auto h = torch::tanh(lin(emb(ids)));    // (b, s, 12)
+    auto c = conv(h.unsqueeze(1));          // (b, 2, s, 12)
+    auto pooled = c.mean(2).flatten(1);     // (b, 24)
+    return cls(torch::relu(head(pooled)));  // (b, 3)
   }
   peft::nn::Embedding emb{nullptr};
   peft::nn::Linear lin{nullptr};
@@ -58,7 +60,9 @@ LoraConfig config(int r, double alpha, bool bias = false) {
   c.target_modules = std::vector<std::string>{"emb", "lin", "conv", "head"};
   c.init_lora_weights.kind = peft::InitLoraWeights::Kind::kFalse;
   c.lora_bias = bias;
-  if (bias) c.target_modules = std::vector<std::string>{"lin", "conv", "head"};  // Embedding has no lora_bias
+  if (bias)
+    c.target_modules =
+        std::vector<std::string>{"lin", "conv", "head"};  // Embedding has no lora_bias
   return c;
 }
 
@@ -78,7 +82,8 @@ struct Fixture {
     net->eval();
     torch::NoGradGuard no_grad;
     for (auto& p : net->named_parameters()) {
-      if (p.key().find("modules_to_save") != std::string::npos) p.value().add_(torch::randn_like(p.value()) * 0.1);
+      if (p.key().find("modules_to_save") != std::string::npos)
+        p.value().add_(torch::randn_like(p.value()) * 0.1);
     }
   }
   // Row i run alone with names[i] active (or with the adapters disabled for "__base__").
@@ -111,7 +116,8 @@ TEST(MixedBatch, EveryRowEqualsItsAdapterAloneForEveryLayerKindAndKernel) {
   const at::Tensor expected = f.per_row(names);
   for (auto kernel : {MixedBatchKernel::kGathered, MixedBatchKernel::kLoop}) {
     const at::Tensor got = f.mixed(names, kernel);
-    EXPECT_EQ(compare(got, expected, 1e-5, 1e-5), "") << (kernel == MixedBatchKernel::kLoop ? "loop" : "gathered");
+    EXPECT_EQ(compare(got, expected, 1e-5, 1e-5), "")
+        << (kernel == MixedBatchKernel::kLoop ? "loop" : "gathered");
   }
   // The rows really differ by adapter (the test could fail).
   EXPECT_GT((expected[0] - expected[1]).abs().max().item<double>(), 1e-3);
@@ -120,7 +126,8 @@ TEST(MixedBatch, EveryRowEqualsItsAdapterAloneForEveryLayerKindAndKernel) {
 
 TEST(MixedBatch, OneAdapterForAllRowsEqualsTheActiveAdapter) {
   Fixture f;
-  for (const std::string name : {"b", "default", "c"}) {  // lora_bias; Embedding + Conv; modules_to_save
+  for (const std::string name :
+       {"b", "default", "c"}) {  // lora_bias; Embedding + Conv; modules_to_save
     at::Tensor expected;
     {
       torch::NoGradGuard no_grad;
@@ -128,7 +135,9 @@ TEST(MixedBatch, OneAdapterForAllRowsEqualsTheActiveAdapter) {
       expected = f.net->forward(f.ids);
       f.pm->set_adapter("default");
     }
-    EXPECT_EQ(compare(f.mixed(Names(7, name), MixedBatchKernel::kGathered), expected, 1e-5, 1e-5), "") << name;
+    EXPECT_EQ(compare(f.mixed(Names(7, name), MixedBatchKernel::kGathered), expected, 1e-5, 1e-5),
+              "")
+        << name;
   }
 }
 
@@ -136,13 +145,14 @@ TEST(MixedBatch, TrainableTokensFollowTheirRows) {
   Fixture f;
   auto t = config(2, 2);
   t.target_modules = std::vector<std::string>{"lin"};
-  t.trainable_token_indices =
-      std::vector<std::pair<std::string, std::vector<int64_t>>>{{"emb", std::vector<int64_t>{1, 4, 9}}};
+  t.trainable_token_indices = std::vector<std::pair<std::string, std::vector<int64_t>>>{
+      {"emb", std::vector<int64_t>{1, 4, 9}}};
   f.pm->add_adapter("tok", t);
   {
     torch::NoGradGuard no_grad;
-    f.net->emb->trainable_tokens()->delta("tok").add_(1.0);  // the rows differ from the base embedding
-    for (int64_t i = 0; i < 7; ++i) f.ids[i][0] = 4;     // every row holds a trainable token
+    f.net->emb->trainable_tokens()->delta("tok").add_(
+        1.0);                                         // the rows differ from the base embedding
+    for (int64_t i = 0; i < 7; ++i) f.ids[i][0] = 4;  // every row holds a trainable token
   }
   f.net->eval();
   const Names names = {"tok", "default", "__base__", "tok", "c", "tok", "b"};
@@ -154,7 +164,8 @@ TEST(MixedBatch, TrainableTokensFollowTheirRows) {
 
 TEST(MixedBatch, UnevenGroupsFallBackAndStillMatch) {
   Fixture f;
-  // Six rows of one adapter and single rows of others: padding would triple the rows, so the layer loops.
+  // Six rows of one adapter and single rows of others: padding would triple the rows, so the layer
+  // loops.
   const Names names = {"default", "default", "b", "default", "default", "default", "c"};
   EXPECT_EQ(compare(f.mixed(names, MixedBatchKernel::kGathered), f.per_row(names), 1e-5, 1e-5), "");
 }
@@ -213,7 +224,8 @@ TEST(MixedBatch, PeftErrors) {
     MixedBatchGuard g(*f.net, Names(7, "nope"));
     FAIL() << "expected AdapterNotFoundError";
   } catch (const peft::AdapterNotFoundError& e) {
-    EXPECT_NE(std::string(e.what()).find("Trying to infer with non-existing adapter(s): nope"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("Trying to infer with non-existing adapter(s): nope"),
+              std::string::npos);
   }
   {
     MixedBatchGuard g(*f.net, Names(3, "b"));
@@ -237,11 +249,11 @@ TEST(MixedBatch, PeftErrors) {
 }
 
 std::shared_ptr<peft::models::PretrainedModel> tiny_llama() {
-  const nlohmann::json config = {
-      {"model_type", "llama"},      {"vocab_size", 61},       {"hidden_size", 32},
-      {"intermediate_size", 48},    {"num_hidden_layers", 2}, {"num_attention_heads", 4},
-      {"num_key_value_heads", 2},   {"rms_norm_eps", 1e-6},   {"rope_theta", 10000.0},
-      {"tie_word_embeddings", false}};
+  const nlohmann::json config = {{"model_type", "llama"},    {"vocab_size", 61},
+                                 {"hidden_size", 32},        {"intermediate_size", 48},
+                                 {"num_hidden_layers", 2},   {"num_attention_heads", 4},
+                                 {"num_key_value_heads", 2}, {"rms_norm_eps", 1e-6},
+                                 {"rope_theta", 10000.0},    {"tie_word_embeddings", false}};
   torch::manual_seed(0);
   auto model = peft::models::from_config(config.dump());
   model->eval();
@@ -259,7 +271,8 @@ TEST(MixedBatch, GenerateGivesEachPromptItsAdapter) {
   auto pm = peft::get_peft_model(model, c, "fr");
   torch::manual_seed(2);
   pm->add_adapter("de", c);
-  const std::vector<std::vector<int64_t>> prompts = {{3, 5, 7, 9}, {11, 2}, {4, 4, 8}, {1, 2, 3, 4, 5}};
+  const std::vector<std::vector<int64_t>> prompts = {
+      {3, 5, 7, 9}, {11, 2}, {4, 4, 8}, {1, 2, 3, 4, 5}};
   const Names names = {"de", "fr", "__base__", "fr"};
   peft::GenerationConfig g;
   g.max_new_tokens = 6;

@@ -1,5 +1,7 @@
-// Optimizers: AdamW against LibTorch's torch::optim::AdamW (PyTorch's algorithm), LoRA+ groups, LoRA-FA's
-// projected update, gradient clipping, learning-rate schedules, state save / restore.
+// Optimizers: AdamW against LibTorch's torch::optim::AdamW (PyTorch's algorithm), LoRA+ groups,
+// LoRA-FA's projected update, gradient clipping, learning-rate schedules, state save / restore.
+#include "peft/train/optimizer.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -9,7 +11,6 @@
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
 #include "peft/train/loss.h"
-#include "peft/train/optimizer.h"
 #include "peft/train/schedule.h"
 #include "test_util.h"
 
@@ -27,7 +28,8 @@ peft::LoraConfig lora(std::vector<std::string> targets) {
   c.r = 4;
   c.lora_alpha = 8;
   c.target_modules = std::move(targets);
-  c.init_lora_weights.kind = peft::InitLoraWeights::Kind::kFalse;  // random B too: every factor gets a gradient
+  c.init_lora_weights.kind =
+      peft::InitLoraWeights::Kind::kFalse;  // random B too: every factor gets a gradient
   return c;
 }
 
@@ -49,10 +51,13 @@ std::map<std::string, at::Tensor> snapshot(const torch::nn::Module& m) {
 
 TEST(Optimizer, AdamWMatchesTorchOptimAdamWOverSeveralSteps) {
   torch::manual_seed(0);
-  std::vector<at::Tensor> ours{torch::randn({5, 3}).requires_grad_(), torch::randn({7}).requires_grad_()};
+  std::vector<at::Tensor> ours{torch::randn({5, 3}).requires_grad_(),
+                               torch::randn({7}).requires_grad_()};
   std::vector<at::Tensor> ref;
   for (auto& p : ours) ref.push_back(p.detach().clone().requires_grad_());
-  std::vector<train::ParamGroup> groups{{.name = "default", .params = {{"a", ours[0]}, {"b", ours[1]}}, .lr = 0.01,
+  std::vector<train::ParamGroup> groups{{.name = "default",
+                                         .params = {{"a", ours[0]}, {"b", ours[1]}},
+                                         .lr = 0.01,
                                          .weight_decay = 0.1}};
   train::AdamW opt(std::move(groups), {.lr = 0.01, .eps = 1e-8, .weight_decay = 0.1});
   torch::optim::AdamW torch_opt(ref, torch::optim::AdamWOptions(0.01).weight_decay(0.1).eps(1e-8));
@@ -64,13 +69,15 @@ TEST(Optimizer, AdamWMatchesTorchOptimAdamWOverSeveralSteps) {
     }
     opt.step();
     torch_opt.step();
-    for (size_t i = 0; i < ours.size(); ++i) EXPECT_EQ(compare(ours[i], ref[i], 1e-7), "") << "step " << step;
+    for (size_t i = 0; i < ours.size(); ++i)
+      EXPECT_EQ(compare(ours[i], ref[i], 1e-7), "") << "step " << step;
   }
 }
 
 TEST(Optimizer, ZeroGradSetsGradientsToNoneAndSkipsThem) {
   at::Tensor p = torch::ones({3}).requires_grad_();
-  train::AdamW opt({{.name = "default", .params = {{"p", p}}, .lr = 0.1, .weight_decay = 0.5}}, {.lr = 0.1});
+  train::AdamW opt({{.name = "default", .params = {{"p", p}}, .lr = 0.1, .weight_decay = 0.5}},
+                   {.lr = 0.1});
   p.mutable_grad() = torch::ones({3});
   opt.zero_grad();
   EXPECT_FALSE(p.grad().defined());
@@ -83,8 +90,9 @@ TEST(Optimizer, LoraPlusPutsFactorsInPeftsGroupsWithTheirLearningRates) {
   auto cfg = lora({"q_proj", "v_proj", "embed_tokens"});
   cfg.modules_to_save = std::vector<std::string>{"lm_head"};
   auto pm = std::make_shared<peft::PeftModel>(model, cfg);
-  auto opt = train::create_loraplus_optimizer(*model, {.lr = 1e-3, .weight_decay = 0.0},
-                                              {.loraplus_lr_ratio = 16.0, .loraplus_lr_embedding = 1e-6});
+  auto opt =
+      train::create_loraplus_optimizer(*model, {.lr = 1e-3, .weight_decay = 0.0},
+                                       {.loraplus_lr_ratio = 16.0, .loraplus_lr_embedding = 1e-6});
   const auto& g = opt->param_groups();
   ASSERT_EQ(g.size(), 4u);
   EXPECT_EQ(g[0].name, "groupA");
@@ -106,15 +114,22 @@ TEST(Optimizer, LoraPlusPutsFactorsInPeftsGroupsWithTheirLearningRates) {
   EXPECT_TRUE(b.count("model.layers.1.self_attn.v_proj.lora_B.default.weight"));
   EXPECT_EQ(emb, (std::set<std::string>{"model.embed_tokens.lora_embedding_A.default",
                                         "model.embed_tokens.lora_embedding_B.default"}));
-  EXPECT_EQ(a.size() + emb.size() + b.size() + g[3].params.size(), train::trainable_parameters(*model).size());
+  EXPECT_EQ(a.size() + emb.size() + b.size() + g[3].params.size(),
+            train::trainable_parameters(*model).size());
   // One step: Adam's first update is about lr * sign(g), so B moves ~16x further than A.
   backward_once(*model);
   auto before = snapshot(*model);
   opt->step();
   auto after = snapshot(*model);
   const std::string q = "model.layers.0.self_attn.q_proj.";
-  const double da = (after[q + "lora_A.default.weight"] - before[q + "lora_A.default.weight"]).abs().max().item<double>();
-  const double db = (after[q + "lora_B.default.weight"] - before[q + "lora_B.default.weight"]).abs().max().item<double>();
+  const double da = (after[q + "lora_A.default.weight"] - before[q + "lora_A.default.weight"])
+                        .abs()
+                        .max()
+                        .item<double>();
+  const double db = (after[q + "lora_B.default.weight"] - before[q + "lora_B.default.weight"])
+                        .abs()
+                        .max()
+                        .item<double>();
   EXPECT_NEAR(da, 1e-3, 1e-4);
   EXPECT_NEAR(db, 16e-3, 1.6e-3);
 }
@@ -167,14 +182,20 @@ TEST(Optimizer, LoraFaFreezesAAndAppliesTheProjectedHfAdamWUpdateToB) {
   }
   opt->step();
   auto after = snapshot(*model);
-  for (const std::string layer : {"model.layers.0.self_attn.q_proj.", "model.layers.1.self_attn.v_proj."}) {
+  for (const std::string layer :
+       {"model.layers.0.self_attn.q_proj.", "model.layers.1.self_attn.v_proj."}) {
     const at::Tensor A = before[layer + "lora_A.default.weight"];
     const at::Tensor B = before[layer + "lora_B.default.weight"];
-    EXPECT_TRUE(torch::equal(after[layer + "lora_A.default.weight"], A)) << layer << " A must stay frozen";
-    const double s = layer.find("v_proj") != std::string::npos ? 8.0 / 2 : 8.0 / 4;  // rank_pattern respected
-    // The reference: PEFT's formula step by step (bf16 product as under autocast), first step of HF AdamW.
+    EXPECT_TRUE(torch::equal(after[layer + "lora_A.default.weight"], A))
+        << layer << " A must stay frozen";
+    const double s =
+        layer.find("v_proj") != std::string::npos ? 8.0 / 2 : 8.0 / 4;  // rank_pattern respected
+    // The reference: PEFT's formula step by step (bf16 product as under autocast), first step of HF
+    // AdamW.
     const at::Tensor inv = at::linalg_pinv(A.matmul(A.t()) + 1e-8 * torch::eye(A.size(0)));
-    const at::Tensor g = (grads[layer + "lora_B.default.weight"].to(torch::kBFloat16).matmul(inv.to(torch::kBFloat16)) *
+    const at::Tensor g = (grads[layer + "lora_B.default.weight"]
+                              .to(torch::kBFloat16)
+                              .matmul(inv.to(torch::kBFloat16)) *
                           (1.0 / (s * s)))
                              .to(torch::kFloat);
     const at::Tensor m = 0.1 * g, v = 0.001 * g * g;
@@ -199,7 +220,9 @@ TEST(Optimizer, ClipGradNormScalesLikeTorchNnUtils) {
 
 TEST(Optimizer, StateDictRestoresAnIdenticalContinuation) {
   auto make = [](at::Tensor p) {
-    return train::AdamW({{.name = "default", .params = {{"p", p}}, .lr = 0.05, .weight_decay = 0.01}}, {.lr = 0.05});
+    return train::AdamW(
+        {{.name = "default", .params = {{"p", p}}, .lr = 0.05, .weight_decay = 0.01}},
+        {.lr = 0.05});
   };
   torch::manual_seed(4);
   at::Tensor p1 = torch::randn({4, 4}).requires_grad_();
@@ -231,17 +254,20 @@ TEST(Optimizer, StateDictRestoresAnIdenticalContinuation) {
 }
 
 TEST(Schedule, MatchesTransformersLambdas) {
-  train::LrSchedule linear{.kind = train::ScheduleKind::kLinear, .warmup_steps = 2, .total_steps = 10};
+  train::LrSchedule linear{
+      .kind = train::ScheduleKind::kLinear, .warmup_steps = 2, .total_steps = 10};
   EXPECT_DOUBLE_EQ(linear.factor(0), 0.0);
   EXPECT_DOUBLE_EQ(linear.factor(1), 0.5);
   EXPECT_DOUBLE_EQ(linear.factor(2), 1.0);
   EXPECT_DOUBLE_EQ(linear.factor(6), 0.5);
   EXPECT_DOUBLE_EQ(linear.factor(10), 0.0);
-  train::LrSchedule cosine{.kind = train::ScheduleKind::kCosine, .warmup_steps = 0, .total_steps = 10};
+  train::LrSchedule cosine{
+      .kind = train::ScheduleKind::kCosine, .warmup_steps = 0, .total_steps = 10};
   EXPECT_DOUBLE_EQ(cosine.factor(0), 1.0);
   EXPECT_NEAR(cosine.factor(5), 0.5, 1e-12);
   EXPECT_NEAR(cosine.factor(10), 0.0, 1e-12);
-  train::LrSchedule constant{.kind = train::ScheduleKind::kConstant, .warmup_steps = 4, .total_steps = 10};
+  train::LrSchedule constant{
+      .kind = train::ScheduleKind::kConstant, .warmup_steps = 4, .total_steps = 10};
   EXPECT_DOUBLE_EQ(constant.factor(1), 0.25);
   EXPECT_DOUBLE_EQ(constant.factor(9), 1.0);
   EXPECT_THROW(train::parse_schedule_kind("cosine_with_restarts"), peft::ConfigError);

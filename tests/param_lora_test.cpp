@@ -1,5 +1,5 @@
-// target_parameters (PEFT's ParamWrapper): shapes and layouts, forward through param(), merge / unmerge
-// invariants, save / load, and the documented refusals.
+// target_parameters (PEFT's ParamWrapper): shapes and layouts, forward through param(), merge /
+// unmerge invariants, save / load, and the documented refusals.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -64,7 +64,8 @@ TEST(ParamLora, LayoutsFollowPeft) {
   auto dn = model->experts->param_lora("down_proj");
   ASSERT_TRUE(gu && dn);
   EXPECT_EQ(model->experts->param_lora("scale"), nullptr);
-  // (E, d1, d2) without is_transposed: in = d2, out = d1; A (r E, in), B (out, r E); rank per expert.
+  // (E, d1, d2) without is_transposed: in = d2, out = d1; A (r E, in), B (out, r E); rank per
+  // expert.
   EXPECT_EQ(gu->in_features(), 5);
   EXPECT_EQ(gu->out_features(), 8);
   EXPECT_EQ(gu->adapter_tensor("default", "lora_A.weight").sizes(), (std::vector<int64_t>{6, 5}));
@@ -77,7 +78,8 @@ TEST(ParamLora, LayoutsFollowPeft) {
   EXPECT_DOUBLE_EQ(s, 4.0);
   at::Tensor expect = torch::zeros({3, 8, 5});
   for (int64_t e = 0; e < 3; ++e)
-    for (int64_t k = 0; k < 2; ++k) expect[e] += s * at::outer(B.select(1, k * 3 + e), A[e * 2 + k]);
+    for (int64_t k = 0; k < 2; ++k)
+      expect[e] += s * at::outer(B.select(1, k * 3 + e), A[e * 2 + k]);
   EXPECT_TRUE(at::allclose(gu->get_delta_weight("default"), expect, 1e-5, 1e-6));
   // Per-expert factors agree with the delta.
   for (int64_t e = 0; e < 3; ++e) {
@@ -88,12 +90,12 @@ TEST(ParamLora, LayoutsFollowPeft) {
   // PEFT's keys: the first targeted parameter is the innermost wrapper.
   std::set<std::string> keys;
   for (auto& [k, v] : pm->get_peft_model_state_dict("default")) keys.insert(k);
-  EXPECT_EQ(keys, (std::set<std::string>{"base_model.model.experts.base_layer.lora_A.weight",
-                                         "base_model.model.experts.base_layer.lora_B.weight",
-                                         "base_model.model.experts.lora_A.weight",
-                                         "base_model.model.experts.lora_B.weight",
-                                         "base_model.model.q_proj.lora_A.weight",
-                                         "base_model.model.q_proj.lora_B.weight"}));
+  EXPECT_EQ(keys,
+            (std::set<std::string>{
+                "base_model.model.experts.base_layer.lora_A.weight",
+                "base_model.model.experts.base_layer.lora_B.weight",
+                "base_model.model.experts.lora_A.weight", "base_model.model.experts.lora_B.weight",
+                "base_model.model.q_proj.lora_A.weight", "base_model.model.q_proj.lora_B.weight"}));
 }
 
 TEST(ParamLora, ForwardMergeUnmergeAndDisable) {
@@ -119,7 +121,8 @@ TEST(ParamLora, ForwardMergeUnmergeAndDisable) {
   pm->merge_and_unload();
   EXPECT_TRUE(model->experts->targeted_parameters().empty());
   EXPECT_TRUE(at::allclose(model->forward(x), adapted, 1e-4, 1e-5));
-  for (auto& item : model->named_parameters()) EXPECT_EQ(item.key().find("lora"), std::string::npos) << item.key();
+  for (auto& item : model->named_parameters())
+    EXPECT_EQ(item.key().find("lora"), std::string::npos) << item.key();
 }
 
 TEST(ParamLora, ZeroBIsBaseAndFactorsTrain) {
@@ -171,7 +174,8 @@ TEST(ParamLora, TwoAdaptersWithTargetParametersAreRefused) {
     pm->add_adapter("second", experts_config());
     FAIL() << "expected UnsupportedError";
   } catch (const peft::UnsupportedError& e) {
-    EXPECT_NE(std::string(e.what()).find("two adapters with target_parameters"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("two adapters with target_parameters"), std::string::npos)
+        << e.what();
   }
   EXPECT_FALSE(model->experts->param_lora("gate_up_proj")->has_adapter("second"));  // rolled back
   // An adapter with target_modules only is fine next to it.
@@ -218,7 +222,8 @@ TEST(ParamLora, RefusalsNameTheProblem) {
     auto model = std::make_shared<MoeLike>();
     auto pm = peft::get_peft_model(model, experts_config());
     model->eval();
-    EXPECT_THROW(peft::nn::check_adapter_names(*model, {"default", "__base__"}), peft::UnsupportedError);
+    EXPECT_THROW(peft::nn::check_adapter_names(*model, {"default", "__base__"}),
+                 peft::UnsupportedError);
   }
 }
 
@@ -243,9 +248,11 @@ TEST(ParamLora, TwoDimensionalParameter) {
   const at::Tensor A = slot->adapter_tensor("default", "lora_A.weight");
   const at::Tensor B = slot->adapter_tensor("default", "lora_B.weight");
   EXPECT_EQ(A.sizes(), (std::vector<int64_t>{3, 10}));
-  EXPECT_TRUE(at::allclose(slot->get_delta_weight("default"), at::matmul(B, A) * (5.0 / 3.0), 1e-6, 1e-6));
-  EXPECT_TRUE(at::allclose(model->mixer->param("proj"),
-                           model->mixer->named_parameters(false)["proj"] + at::matmul(B, A) * (5.0 / 3.0)));
+  EXPECT_TRUE(
+      at::allclose(slot->get_delta_weight("default"), at::matmul(B, A) * (5.0 / 3.0), 1e-6, 1e-6));
+  EXPECT_TRUE(
+      at::allclose(model->mixer->param("proj"),
+                   model->mixer->named_parameters(false)["proj"] + at::matmul(B, A) * (5.0 / 3.0)));
 }
 
 }  // namespace

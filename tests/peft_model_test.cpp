@@ -1,5 +1,7 @@
-// PeftModel: injection into a user's own model, adapter management, merging, parameter counts, bias modes,
-// modules_to_save, and PEFT-format save / load.
+// PeftModel: injection into a user's own model, adapter management, merging, parameter counts, bias
+// modes, modules_to_save, and PEFT-format save / load.
+#include "peft/peft_model.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -12,7 +14,6 @@
 #include "peft/lora/linear.h"
 #include "peft/lora/modules_to_save.h"
 #include "peft/lora/trainable_tokens.h"
-#include "peft/peft_model.h"
 #include "test_util.h"
 
 using peft::LoraConfig;
@@ -28,7 +29,8 @@ LoraConfig lin_config(std::vector<std::string> targets, bool init = false, int r
   c.r = r;
   c.lora_alpha = 8;
   c.target_modules = std::move(targets);
-  c.init_lora_weights.kind = init ? peft::InitLoraWeights::Kind::kTrue : peft::InitLoraWeights::Kind::kFalse;
+  c.init_lora_weights.kind =
+      init ? peft::InitLoraWeights::Kind::kTrue : peft::InitLoraWeights::Kind::kFalse;
   return c;
 }
 
@@ -48,7 +50,8 @@ TEST_F(PeftModelTest, TrainableParametersLineMatchesPeft) {
   auto pm = peft::get_peft_model(mlp.ptr(), lin_config({"lin0"}, true));
   // PEFT's own example: lin0 r=8 -> 8*10 + 20*8 = 240 trainable of 262 + 240.
   EXPECT_EQ(pm->get_nb_trainable_parameters(), (std::pair<int64_t, int64_t>{240, 502}));
-  EXPECT_EQ(pm->trainable_parameters_line(), "trainable params: 240 || all params: 502 || trainable%: 47.8088");
+  EXPECT_EQ(pm->trainable_parameters_line(),
+            "trainable params: 240 || all params: 502 || trainable%: 47.8088");
 }
 
 TEST_F(PeftModelTest, OnlyAdapterParametersAreTrainable) {
@@ -97,7 +100,8 @@ TEST_F(PeftModelTest, MergeUnmergeAndMergeAndUnload) {
   auto plain = pm->merge_and_unload();
   EXPECT_EQ(plain.get(), mlp.ptr().get());
   EXPECT_EQ(compare(mlp->forward(x), adapted, 1e-5, 1e-5), "");
-  for (const auto& p : mlp->named_parameters()) EXPECT_EQ(p.key().find("lora_"), std::string::npos) << p.key();
+  for (const auto& p : mlp->named_parameters())
+    EXPECT_EQ(p.key().find("lora_"), std::string::npos) << p.key();
   EXPECT_THROW(pm->merge_adapter(), peft::Error);
 }
 
@@ -130,7 +134,8 @@ TEST_F(PeftModelTest, AddSetAndDeleteAdapters) {
   }
   EXPECT_EQ(pm->active_adapter(), "default");
   EXPECT_EQ(compare(mlp->forward(x), out_default, 1e-6), "");
-  for (const auto& p : mlp->named_parameters()) EXPECT_EQ(p.key().find("other"), std::string::npos) << p.key();
+  for (const auto& p : mlp->named_parameters())
+    EXPECT_EQ(p.key().find("other"), std::string::npos) << p.key();
 }
 
 TEST_F(PeftModelTest, DeleteRefusedWhileMerged) {
@@ -207,7 +212,8 @@ TEST_F(PeftModelTest, UnsupportedFieldsNameTheField) {
 }
 
 TEST_F(PeftModelTest, TargetParametersOnALinearWeightIsModuleLora) {
-  // PEFT wraps a Linear's 2-D weight in a ParamWrapper: same factors, delta and keys as module LoRA.
+  // PEFT wraps a Linear's 2-D weight in a ParamWrapper: same factors, delta and keys as module
+  // LoRA.
   peft::LoraConfig c;
   c.target_modules = std::vector<std::string>{};
   c.target_parameters = std::vector<std::string>{"lin1.weight"};
@@ -217,7 +223,8 @@ TEST_F(PeftModelTest, TargetParametersOnALinearWeightIsModuleLora) {
   EXPECT_EQ(mlp->lin1->adapter_settings("default").r, 3);
   std::set<std::string> keys;
   for (auto& [k, v] : pm->get_peft_model_state_dict("default")) keys.insert(k);
-  EXPECT_EQ(keys, (std::set<std::string>{"base_model.model.lin1.lora_A.weight", "base_model.model.lin1.lora_B.weight"}));
+  EXPECT_EQ(keys, (std::set<std::string>{"base_model.model.lin1.lora_A.weight",
+                                         "base_model.model.lin1.lora_B.weight"}));
 }
 
 TEST_F(PeftModelTest, SaveThenLoadIsBitExact) {
@@ -250,7 +257,8 @@ TEST_F(PeftModelTest, SaveThenLoadIsBitExact) {
   }
   EXPECT_EQ(compare(base2->forward(x), adapted, 0.0), "");
   // Loaded for inference: frozen.
-  for (const auto& p : base2->named_parameters()) EXPECT_FALSE(p.value().requires_grad()) << p.key();
+  for (const auto& p : base2->named_parameters())
+    EXPECT_FALSE(p.value().requires_grad()) << p.key();
   loaded->load_adapter((dir.path() / "other").string(), "other");
   EXPECT_EQ(loaded->adapter_names(), (std::vector<std::string>{"default", "other"}));
 }
@@ -262,7 +270,8 @@ TEST_F(PeftModelTest, SelectedAdaptersOnly) {
   pm->save_pretrained(dir.str(), std::vector<std::string>{"other"});
   EXPECT_FALSE(std::filesystem::exists(dir.path() / "adapter_config.json"));
   EXPECT_TRUE(std::filesystem::exists(dir.path() / "other" / "adapter_config.json"));
-  EXPECT_THROW(pm->save_pretrained(dir.str(), std::vector<std::string>{"nope"}), peft::AdapterNotFoundError);
+  EXPECT_THROW(pm->save_pretrained(dir.str(), std::vector<std::string>{"nope"}),
+               peft::AdapterNotFoundError);
 }
 
 TEST_F(PeftModelTest, ShapeMismatchNamesEveryTensor) {
@@ -286,7 +295,8 @@ TEST_F(PeftModelTest, ShapeMismatchNamesEveryTensor) {
 
 TEST_F(PeftModelTest, MissingKeysWarn) {
   auto pm = peft::get_peft_model(mlp.ptr(), lin_config({"lin0", "lin1"}));
-  std::map<std::string, torch::Tensor> partial{{"base_model.model.lin0.lora_A.weight", torch::zeros({8, 10})}};
+  std::map<std::string, torch::Tensor> partial{
+      {"base_model.model.lin0.lora_A.weight", torch::zeros({8, 10})}};
   peft::ScopedWarningCapture warnings;
   auto r = pm->set_peft_model_state_dict(partial, "default");
   EXPECT_EQ(r.missing_keys.size(), 3u);
@@ -319,8 +329,8 @@ TEST(PeftModelEmbedding, EmbeddingAdapterKeysAreParameterNames) {
 
 namespace {
 
-// modules_to_save naming a container (RoBERTa's classification head: dense + out_proj): every adapter-ready
-// layer inside gets a trainable copy, saved under the container's path as PEFT does.
+// modules_to_save naming a container (RoBERTa's classification head: dense + out_proj): every
+// adapter-ready layer inside gets a trainable copy, saved under the container's path as PEFT does.
 TEST(PeftModelModulesToSave, ContainerModuleGetsCopiesOfEveryLayer) {
   struct HeadImpl : torch::nn::Module {
     HeadImpl() {
@@ -344,16 +354,19 @@ TEST(PeftModelModulesToSave, ContainerModuleGetsCopiesOfEveryLayer) {
   auto net = std::make_shared<NetImpl>();
   auto x = torch::randn({3, 8});
   LoraConfig c = lin_config({"query"});
-  c.task_type = peft::TaskType::kSeqCls;  // adds "classifier" and "score" to modules_to_save, as PEFT does
+  c.task_type =
+      peft::TaskType::kSeqCls;  // adds "classifier" and "score" to modules_to_save, as PEFT does
   auto pm = peft::get_peft_model(net, c);
-  EXPECT_EQ(pm->modules_to_save_names("default"), (std::vector<std::string>{"classifier.dense", "classifier.out_proj"}));
+  EXPECT_EQ(pm->modules_to_save_names("default"),
+            (std::vector<std::string>{"classifier.dense", "classifier.out_proj"}));
   std::set<std::string> keys;
   for (const auto& [k, v] : pm->get_peft_model_state_dict("default")) keys.insert(k);
   EXPECT_TRUE(keys.count("base_model.model.classifier.dense.weight"));
   EXPECT_TRUE(keys.count("base_model.model.classifier.out_proj.bias"));
   {
     torch::NoGradGuard no_grad;
-    for (auto& [k, t] : net->classifier->out_proj->modules_to_save()->tensors("default")) t.add_(0.5);
+    for (auto& [k, t] : net->classifier->out_proj->modules_to_save()->tensors("default"))
+      t.add_(0.5);
   }
   auto adapted = net->forward(x).detach();
   pm->merge_and_unload();

@@ -1,5 +1,6 @@
-// Quantized bases in the model zoo: load_pretrained with LoadOptions.quantize (lm_head stays float), checkpoints
-// saved in bitsandbytes' 4-bit / 8-bit serialisation, and LoRA training on a quantized Llama.
+// Quantized bases in the model zoo: load_pretrained with LoadOptions.quantize (lm_head stays
+// float), checkpoints saved in bitsandbytes' 4-bit / 8-bit serialisation, and LoRA training on a
+// quantized Llama.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -38,7 +39,8 @@ at::Tensor logits(peft::models::PretrainedModel& m, const at::Tensor& ids) {
   return m.forward({ids, {}, {}, nullptr});
 }
 
-std::vector<std::pair<std::string, std::shared_ptr<peft::nn::LinearImpl>>> linears(peft::models::PretrainedModel& m) {
+std::vector<std::pair<std::string, std::shared_ptr<peft::nn::LinearImpl>>> linears(
+    peft::models::PretrainedModel& m) {
   std::vector<std::pair<std::string, std::shared_ptr<peft::nn::LinearImpl>>> out;
   for (auto& [name, layer] : peft::nn::lora_layers(m)) {
     if (auto l = std::dynamic_pointer_cast<peft::nn::LinearImpl>(layer)) out.emplace_back(name, l);
@@ -60,18 +62,20 @@ TEST_P(QuantizedCheckpoint, LoadQuantizesAndBitsandbytesFilesRoundTrip) {
   auto reference = peft::models::load_pretrained(dir.str());
   int quantized = 0;
   for (auto& [name, layer] : linears(*model)) {
-    EXPECT_EQ(layer->is_quantized(), name != "lm_head") << name;  // transformers keeps lm_head in float
+    EXPECT_EQ(layer->is_quantized(), name != "lm_head")
+        << name;  // transformers keeps lm_head in float
     quantized += layer->is_quantized() ? 1 : 0;
   }
   EXPECT_EQ(quantized, 14);  // 7 Linear per layer x 2
   const at::Tensor ids = torch::randint(0, 97, {2, 7});
   const at::Tensor lq = logits(*model, ids);
   const at::Tensor lf = logits(*reference, ids);
-  EXPECT_GT((lq - lf).abs().max().item<double>(), 0.0);                        // quantization changes numbers
-  EXPECT_LT((lq - lf).abs().max().item<double>(), lf.abs().max().item<double>());  // but not the scale
+  EXPECT_GT((lq - lf).abs().max().item<double>(), 0.0);  // quantization changes numbers
+  EXPECT_LT((lq - lf).abs().max().item<double>(),
+            lf.abs().max().item<double>());  // but not the scale
 
-  // The bitsandbytes serialisation of the same model (as a Hub repo saved with load_in_4bit / 8bit holds it):
-  // it loads back without --quantize, bit for bit.
+  // The bitsandbytes serialisation of the same model (as a Hub repo saved with load_in_4bit / 8bit
+  // holds it): it loads back without --quantize, bit for bit.
   std::map<std::string, at::Tensor> tensors;
   std::set<std::string> packed;
   for (auto& [name, layer] : linears(*model)) {
@@ -108,7 +112,8 @@ TEST_P(QuantizedCheckpoint, LoadQuantizesAndBitsandbytesFilesRoundTrip) {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, QuantizedCheckpoint,
-                         ::testing::Values(QuantMethod::kNF4, QuantMethod::kFP4, QuantMethod::kInt8),
+                         ::testing::Values(QuantMethod::kNF4, QuantMethod::kFP4,
+                                           QuantMethod::kInt8),
                          [](const auto& p) { return peft::quant::to_string(p.param); });
 
 TEST(QuantizedCheckpoint, MalformedQuantStateIsAFormatError) {
@@ -120,7 +125,8 @@ TEST(QuantizedCheckpoint, MalformedQuantStateIsAFormatError) {
   std::map<std::string, at::Tensor> tensors;
   for (auto& item : model->named_parameters()) tensors[item.key()] = item.value().detach();
   auto layer = linears(*model).front();
-  for (auto& [k, t] : layer.second->quantized_weight()->bnb_state_dict(layer.first + ".")) tensors[k] = t;
+  for (auto& [k, t] : layer.second->quantized_weight()->bnb_state_dict(layer.first + "."))
+    tensors[k] = t;
   tensors.erase(layer.first + ".weight.absmax");
   peft::io::save_safetensors(bnb.str("model.safetensors"), tensors);
   peft::test::write_file(bnb.str("config.json"), tiny_llama().dump());
@@ -155,7 +161,8 @@ TEST(QuantizedLlama, LoraTrainsOnAnNF4Base) {
   const at::Tensor ids = torch::randint(0, 97, {4, 12});
   auto loss_of = [&]() {
     at::Tensor lg = model->forward({ids, {}, {}, nullptr});
-    return at::cross_entropy_loss(lg.narrow(1, 0, 11).reshape({-1, 97}), ids.narrow(1, 1, 11).reshape({-1}));
+    return at::cross_entropy_loss(lg.narrow(1, 0, 11).reshape({-1, 97}),
+                                  ids.narrow(1, 1, 11).reshape({-1}));
   };
   const double first = loss_of().item<double>();
   for (int step = 0; step < 30; ++step) {

@@ -1,5 +1,6 @@
-// QLoRA: LoRA on a quantized peft::nn::Linear — forward / backward against dequantise-then-matmul, merging onto
-// the quantized base (requantize or keep float), a quantized model's adapter round trip, and LoftQ on it.
+// QLoRA: LoRA on a quantized peft::nn::Linear — forward / backward against dequantise-then-matmul,
+// merging onto the quantized base (requantize or keep float), a quantized model's adapter round
+// trip, and LoftQ on it.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -13,8 +14,8 @@
 
 namespace {
 
-using peft::quant::QuantMethod;
 using peft::quant::QuantizeOptions;
+using peft::quant::QuantMethod;
 
 QuantizeOptions opts(QuantMethod m, bool dq = false) {
   QuantizeOptions o;
@@ -52,7 +53,8 @@ TEST_P(QLoraMethods, ForwardAndBackwardMatchDequantizeThenMatmul) {
   model->lin1->quantize(opts(GetParam()));
   ASSERT_TRUE(model->lin0->is_quantized());
   // The packed data takes the "weight" parameter, as bitsandbytes' Params4bit / Int8Params.
-  EXPECT_EQ(model->lin0->weight().scalar_type(), GetParam() == QuantMethod::kInt8 ? at::kChar : at::kByte);
+  EXPECT_EQ(model->lin0->weight().scalar_type(),
+            GetParam() == QuantMethod::kInt8 ? at::kChar : at::kByte);
   auto ref = dequantized_copy(*model);
   auto pm = peft::get_peft_model(model, lin_config());
   auto pr = peft::get_peft_model(ref, lin_config());
@@ -70,7 +72,8 @@ TEST_P(QLoraMethods, ForwardAndBackwardMatchDequantizeThenMatmul) {
   const at::Tensor xr = x.detach().clone().requires_grad_(true);
   at::Tensor y = model->forward(x);
   at::Tensor yr = ref->forward(xr);
-  // int8 quantizes the activations too (LLM.int8), so it is compared loosely; 4-bit is dequantise-then-matmul.
+  // int8 quantizes the activations too (LLM.int8), so it is compared loosely; 4-bit is
+  // dequantise-then-matmul.
   const double tol = GetParam() == QuantMethod::kInt8 ? 5e-2 : 1e-5;
   EXPECT_EQ(peft::test::compare(y, yr, tol, tol), "");
   (y * y).sum().backward();
@@ -86,7 +89,8 @@ TEST_P(QLoraMethods, ForwardAndBackwardMatchDequantizeThenMatmul) {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, QLoraMethods,
-                         ::testing::Values(QuantMethod::kNF4, QuantMethod::kFP4, QuantMethod::kInt8),
+                         ::testing::Values(QuantMethod::kNF4, QuantMethod::kFP4,
+                                           QuantMethod::kInt8),
                          [](const auto& p) { return peft::quant::to_string(p.param); });
 
 TEST(QLora, BiasFreeLayerTrainsThroughTheQuantizedWeight) {
@@ -121,7 +125,8 @@ TEST(QLora, MergeRequantizesOrKeepsFloat) {
   torch::NoGradGuard no_grad;
   torch::manual_seed(2);
   const at::Tensor x = torch::randn({5, 10});
-  for (auto mode : {peft::PeftModel::QuantizedMerge::kRequantize, peft::PeftModel::QuantizedMerge::kDequantize}) {
+  for (auto mode : {peft::PeftModel::QuantizedMerge::kRequantize,
+                    peft::PeftModel::QuantizedMerge::kDequantize}) {
     auto model = std::make_shared<peft::test::MLPImpl>();
     model->lin0->quantize(opts(QuantMethod::kNF4));
     model->lin1->quantize(opts(QuantMethod::kNF4));
@@ -134,9 +139,11 @@ TEST(QLora, MergeRequantizesOrKeepsFloat) {
     if (mode == peft::PeftModel::QuantizedMerge::kRequantize) {
       EXPECT_TRUE(model->lin0->is_quantized());
       // bitsandbytes' merge: the exact merged weight, quantized again with the layer's settings.
-      const at::Tensor requantized = peft::quant::QuantizedWeight::quantize(exact, opts(QuantMethod::kNF4))->dequantize();
+      const at::Tensor requantized =
+          peft::quant::QuantizedWeight::quantize(exact, opts(QuantMethod::kNF4))->dequantize();
       EXPECT_TRUE(at::equal(model->lin0->float_weight(), requantized));
-      EXPECT_GT((requantized - exact).abs().max().item<double>(), 0.0);  // rounding, hence PEFT's warning
+      EXPECT_GT((requantized - exact).abs().max().item<double>(),
+                0.0);  // rounding, hence PEFT's warning
       EXPECT_TRUE(warnings.contains("rounding errors"));
     } else {
       EXPECT_FALSE(model->lin0->is_quantized());
@@ -162,7 +169,8 @@ TEST(QLora, MergeUnmergeKeepsOutputsClose) {
   pm->merge_adapter();
   EXPECT_TRUE(at::equal(model->lin0->float_weight(), requant(W + d)));
   pm->unmerge_adapter();
-  // Unmerge dequantizes, subtracts and quantizes again: back near, not exactly at, the original quantization.
+  // Unmerge dequantizes, subtracts and quantizes again: back near, not exactly at, the original
+  // quantization.
   EXPECT_TRUE(at::equal(model->lin0->float_weight(), requant(requant(W + d) - d)));
   EXPECT_EQ(peft::test::compare(model->forward(x), adapted, 0.5, 0.0), "");
 }
@@ -196,11 +204,11 @@ TEST(QLora, LoftQReducesTheQuantizationError) {
   c.lora_alpha = 8;  // scaling 1: LoftQ's factors are not divided by the scaling
   auto pm = peft::get_peft_model(model, c);
   std::vector<std::string> seen;
-  auto reports = peft::replace_lora_weights_loftq(*pm, dir.str("model.safetensors"), "default",
-                                                  [&](peft::PeftModel&, const std::string& name) {
-                                                    seen.push_back(name);
-                                                    return name == "lin0";  // keep lin0, roll back lin1
-                                                  });
+  auto reports = peft::replace_lora_weights_loftq(
+      *pm, dir.str("model.safetensors"), "default", [&](peft::PeftModel&, const std::string& name) {
+        seen.push_back(name);
+        return name == "lin0";  // keep lin0, roll back lin1
+      });
   ASSERT_EQ(reports.size(), 2u);
   EXPECT_EQ(seen, (std::vector<std::string>{"lin0", "lin1"}));
   for (const auto& r : reports) {
@@ -214,11 +222,13 @@ TEST(QLora, LoftQReducesTheQuantizationError) {
   EXPECT_NEAR((W0 - approx).to(at::kDouble).norm().item<double>(), reports[0].error_after, 1e-5);
   EXPECT_TRUE(reports[0].kept);
   EXPECT_FALSE(reports[1].kept);
-  EXPECT_EQ(model->lin1->adapter_tensor("default", "lora_B.weight").abs().sum().item<double>(), 0.0);
+  EXPECT_EQ(model->lin1->adapter_tensor("default", "lora_B.weight").abs().sum().item<double>(),
+            0.0);
   // No quantized layer: PEFT's error.
   auto plain = std::make_shared<peft::test::MLPImpl>();
   auto pp = peft::get_peft_model(plain, lin_config());
-  EXPECT_THROW(peft::replace_lora_weights_loftq(*pp, dir.str("model.safetensors")), peft::ConfigError);
+  EXPECT_THROW(peft::replace_lora_weights_loftq(*pp, dir.str("model.safetensors")),
+               peft::ConfigError);
 }
 
 TEST(QLora, LoftQInitOnAFloatModel) {
@@ -237,9 +247,12 @@ TEST(QLora, LoftQInitOnAFloatModel) {
   const at::Tensor Q = model->lin0->weight().clone();
   auto q = peft::quant::QuantizedWeight::quantize(Q, opts(QuantMethod::kNF4));
   const double err_q = (Q - q->dequantize()).norm().item<double>();
-  const double err_lora = (W - (Q + model->lin0->get_delta_weight("default"))).norm().item<double>();
+  const double err_lora =
+      (W - (Q + model->lin0->get_delta_weight("default"))).norm().item<double>();
   const double err_plain =
-      (W - peft::quant::QuantizedWeight::quantize(W, opts(QuantMethod::kNF4))->dequantize()).norm().item<double>();
+      (W - peft::quant::QuantizedWeight::quantize(W, opts(QuantMethod::kNF4))->dequantize())
+          .norm()
+          .item<double>();
   EXPECT_LT(err_q, 1e-5 * Q.norm().item<double>());
   EXPECT_LT(err_lora, err_plain * 0.95);
 }

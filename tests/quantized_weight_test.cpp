@@ -705,7 +705,8 @@ TEST(QuantizedWeightMemory, NF4IsUnderAThirdOfFloat32) {
   const int64_t big = int64_t{4096} * 4096;
   EXPECT_LE(static_cast<double>(bytes_for(big)), 0.3 * static_cast<double>(big * 4));
   EXPECT_LE(static_cast<double>(q->nbytes()), 0.3 * static_cast<double>(n * 4));
-  // Double quantization: uint8 absmax + nested stats only (tiles decode their own scales), less than plain.
+  // Double quantization: uint8 absmax + nested stats only (tiles decode their own scales), less
+  // than plain.
   auto qd = QuantizedWeight::quantize(torch::randn({1024, 1024}), options(QuantMethod::kNF4, true));
   const int64_t nb = n / 64;
   EXPECT_EQ(qd->nbytes(), n / 2 + nb + (nb + 255) / 256 * 4 + 256 * 4 + 16 * 4);

@@ -149,14 +149,18 @@ TEST(SafetensorsTest, MixedDtypesLaidOutByAlignment) {
                                  {"e_f32", torch::ones({1})}});
   SafetensorsFile file(path);
   EXPECT_EQ(file.keys(), (std::vector<std::string>{"d_i64", "c_f32", "e_f32", "b_f16", "a_bool"}));
-  // Each tensor is a view of the mapped file at its data offset (zero-copy), and that address is a multiple of its
-  // element size (the data section starts 8-byte aligned and larger elements come first).
+  // Each tensor is a view of the mapped file at its data offset (zero-copy), and that address is a
+  // multiple of its element size (the data section starts 8-byte aligned and larger elements come
+  // first).
   const char* base = static_cast<const char*>(file.get("d_i64").data_ptr());
   int64_t offset = 0;
   for (const auto& k : file.keys()) {
     const at::Tensor t = file.get(k);
-    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data_ptr()) % static_cast<uintptr_t>(t.element_size()), 0u) << k;
-    EXPECT_EQ(static_cast<const char*>(t.data_ptr()) - base, offset) << k << " was copied or misplaced";
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data_ptr()) % static_cast<uintptr_t>(t.element_size()),
+              0u)
+        << k;
+    EXPECT_EQ(static_cast<const char*>(t.data_ptr()) - base, offset)
+        << k << " was copied or misplaced";
     offset += static_cast<int64_t>(t.nbytes());
   }
   EXPECT_EQ(reinterpret_cast<uintptr_t>(base) % 8, 0u);

@@ -1,8 +1,7 @@
 #include "test_util.h"
 
-#include <torch/torch.h>
-
 #include <sys/wait.h>
+#include <torch/torch.h>
 
 #include <array>
 #include <atomic>
@@ -28,7 +27,8 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
-std::string compare(const at::Tensor& actual, const at::Tensor& expected, double atol, double rtol) {
+std::string compare(const at::Tensor& actual, const at::Tensor& expected, double atol,
+                    double rtol) {
   if (actual.sizes() != expected.sizes()) {
     std::ostringstream os;
     os << "shape " << actual.sizes() << " != expected " << expected.sizes();
@@ -43,10 +43,10 @@ std::string compare(const at::Tensor& actual, const at::Tensor& expected, double
   if (!bad.any().item<bool>()) return "";
   auto flat_index = diff.flatten().nan_to_num(1e300).argmax().item<int64_t>();
   std::ostringstream os;
-  os << "max |diff| " << diff.flatten()[flat_index].item<double>() << " at flat index " << flat_index
-     << " (actual " << a.flatten()[flat_index].item<double>() << ", expected "
-     << e.flatten()[flat_index].item<double>() << "), " << bad.sum().item<int64_t>() << " of " << a.numel()
-     << " elements outside atol " << atol << " rtol " << rtol;
+  os << "max |diff| " << diff.flatten()[flat_index].item<double>() << " at flat index "
+     << flat_index << " (actual " << a.flatten()[flat_index].item<double>() << ", expected "
+     << e.flatten()[flat_index].item<double>() << "), " << bad.sum().item<int64_t>() << " of "
+     << a.numel() << " elements outside atol " << atol << " rtol " << rtol;
   return os.str();
 }
 
@@ -78,7 +78,8 @@ nlohmann::json byte_level_vocab() {
   nlohmann::json vocab = nlohmann::json::object();
   int n = 0;
   for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    const bool printable =
+        (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
     const int cp = printable ? b : 256 + n++;
     std::string s;
     if (cp < 0x80) {
@@ -93,12 +94,18 @@ nlohmann::json byte_level_vocab() {
 }
 
 nlohmann::json byte_level_tokenizer() {
-  const nlohmann::json level = {
-      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
-  return {{"version", "1.0"},         {"added_tokens", nlohmann::json::array()},
-          {"normalizer", nullptr},    {"pre_tokenizer", level},
-          {"post_processor", nullptr}, {"decoder", level},
-          {"model", {{"type", "BPE"}, {"vocab", byte_level_vocab()}, {"merges", nlohmann::json::array()}}}};
+  const nlohmann::json level = {{"type", "ByteLevel"},
+                                {"add_prefix_space", false},
+                                {"trim_offsets", true},
+                                {"use_regex", true}};
+  return {{"version", "1.0"},
+          {"added_tokens", nlohmann::json::array()},
+          {"normalizer", nullptr},
+          {"pre_tokenizer", level},
+          {"post_processor", nullptr},
+          {"decoder", level},
+          {"model",
+           {{"type", "BPE"}, {"vocab", byte_level_vocab()}, {"merges", nlohmann::json::array()}}}};
 }
 
 std::string q(const std::filesystem::path& p) { return "'" + p.string() + "'"; }

@@ -13,8 +13,8 @@
 
 namespace peft::test {
 
-// The model of PEFT's docs and tests: lin0 (in -> hidden), relu, lin1 (hidden -> out), built from peft::nn layers
-// the way a user adapts their own model.
+// The model of PEFT's docs and tests: lin0 (in -> hidden), relu, lin1 (hidden -> out), built from
+// peft::nn layers the way a user adapts their own model.
 struct MLPImpl : torch::nn::Module {
   explicit MLPImpl(int64_t in = 10, int64_t hidden = 20, int64_t out = 2);
   at::Tensor forward(const at::Tensor& x);
@@ -40,9 +40,10 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-// Empty string when allclose(actual, expected, atol, rtol) holds; otherwise a description with the max |diff|
-// and its index. Use as EXPECT_EQ(peft::test::compare(a, b, 1e-6), "").
-std::string compare(const at::Tensor& actual, const at::Tensor& expected, double atol, double rtol = 0.0);
+// Empty string when allclose(actual, expected, atol, rtol) holds; otherwise a description with the
+// max |diff| and its index. Use as EXPECT_EQ(peft::test::compare(a, b, 1e-6), "").
+std::string compare(const at::Tensor& actual, const at::Tensor& expected, double atol,
+                    double rtol = 0.0);
 
 // Writes `text` to `path` (creating parent dirs).
 // Runs the `peft` command with `args` (shell-quoted by the caller); stdout and stderr together.
@@ -54,11 +55,12 @@ CliRun peft_cli(const std::string& args);
 
 void write_file(const std::string& path, const std::string& text);
 
-// GPT-2's byte-to-unicode table as a tokenizer.json vocab: printable bytes map to themselves, the others to
-// code points 256 + n; each byte's token gets id = the byte.
+// GPT-2's byte-to-unicode table as a tokenizer.json vocab: printable bytes map to themselves, the
+// others to code points 256 + n; each byte's token gets id = the byte.
 nlohmann::json byte_level_vocab();
-// A whole tokenizer.json: byte-level BPE (ByteLevel pre-tokenizer and decoder) over byte_level_vocab(), no merges;
-// gives the golden tiny models (256-token vocabularies) a tokenizer for `peft generate`.
+// A whole tokenizer.json: byte-level BPE (ByteLevel pre-tokenizer and decoder) over
+// byte_level_vocab(), no merges; gives the golden tiny models (256-token vocabularies) a tokenizer
+// for `peft generate`.
 nlohmann::json byte_level_tokenizer();
 // `p` in single quotes, for peft_cli's shell command line.
 std::string q(const std::filesystem::path& p);

@@ -14,7 +14,8 @@ namespace train = peft::train;
 namespace {
 
 const peft::Tokenizer& llama3() {
-  static const peft::Tokenizer tok = peft::Tokenizer::from_dir(peft::test::fixture("tokenizers/llama3"));
+  static const peft::Tokenizer tok =
+      peft::Tokenizer::from_dir(peft::test::fixture("tokenizers/llama3"));
   return tok;
 }
 
@@ -28,7 +29,8 @@ std::vector<train::Example> load(const std::string& jsonl, const peft::Tokenizer
 }  // namespace
 
 TEST(TrainData, PromptCompletionPutsTheLossOnTheCompletionOnly) {
-  auto ex = load(R"({"prompt": "Question: what does the cow say?\nAnswer:", "completion": " moo"})" "\n");
+  auto ex = load(R"({"prompt": "Question: what does the cow say?\nAnswer:", "completion": " moo"})"
+                 "\n");
   ASSERT_EQ(ex.size(), 1u);
   const auto& tok = llama3();
   const auto prompt = tok.encode("Question: what does the cow say?\nAnswer:");
@@ -36,7 +38,8 @@ TEST(TrainData, PromptCompletionPutsTheLossOnTheCompletionOnly) {
   full.push_back(*tok.eos_token_id());
   EXPECT_EQ(ex[0].input_ids, full);
   ASSERT_EQ(ex[0].labels.size(), full.size());
-  for (size_t i = 0; i < full.size(); ++i) EXPECT_EQ(ex[0].labels[i], i < prompt.size() ? -100 : full[i]) << i;
+  for (size_t i = 0; i < full.size(); ++i)
+    EXPECT_EQ(ex[0].labels[i], i < prompt.size() ? -100 : full[i]) << i;
   EXPECT_EQ(ex[0].line, 1);
 }
 
@@ -50,31 +53,37 @@ TEST(TrainData, TextLearnsEveryTokenAndEndsWithEos) {
 }
 
 TEST(TrainData, PreTokenizedLinesNeedNoTokenizer) {
-  auto ex = load("{\"input_ids\": [5, 6, 7], \"labels\": [-100, 6, 7]}\n{\"input_ids\": [1, 2]}\n", nullptr);
+  auto ex = load("{\"input_ids\": [5, 6, 7], \"labels\": [-100, 6, 7]}\n{\"input_ids\": [1, 2]}\n",
+                 nullptr);
   ASSERT_EQ(ex.size(), 2u);
   EXPECT_EQ(ex[0].labels, (std::vector<int64_t>{-100, 6, 7}));
   EXPECT_EQ(ex[1].labels, (std::vector<int64_t>{1, 2}));
 }
 
 TEST(TrainData, MessagesUseTheChatTemplateWithLossOnAssistantTurns) {
-  auto ex = load(R"({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},)"
-                 R"( {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},)"
-                 R"( {"role": "assistant", "content": "Goodbye."}]})" "\n");
+  auto ex = load(
+      R"({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},)"
+      R"( {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},)"
+      R"( {"role": "assistant", "content": "Goodbye."}]})"
+      "\n");
   ASSERT_EQ(ex.size(), 1u);
   std::vector<int64_t> learned;
   for (size_t i = 0; i < ex[0].labels.size(); ++i) {
     if (ex[0].labels[i] != -100) learned.push_back(ex[0].labels[i]);
   }
   const std::string text = llama3().decode(learned);
-  // Llama 3's template closes every turn with <|eot_id|>; the assistant turns (and only they) are learned.
+  // Llama 3's template closes every turn with <|eot_id|>; the assistant turns (and only they) are
+  // learned.
   EXPECT_EQ(text, "Hello!<|eot_id|>Goodbye.<|eot_id|>");
   const std::string all = llama3().decode(ex[0].input_ids);
-  EXPECT_NE(all.find("<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"), std::string::npos) << all;
+  EXPECT_NE(all.find("<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"), std::string::npos)
+      << all;
 }
 
 TEST(TrainData, MaxLengthTruncatesAndPackingCutsBlocks) {
-  const std::string lines = "{\"input_ids\": [1, 2, 3, 4, 5], \"labels\": [-100, 2, 3, 4, 5]}\n"
-                            "{\"input_ids\": [6, 7, 8]}\n";
+  const std::string lines =
+      "{\"input_ids\": [1, 2, 3, 4, 5], \"labels\": [-100, 2, 3, 4, 5]}\n"
+      "{\"input_ids\": [6, 7, 8]}\n";
   auto cut = load(lines, nullptr, {.max_length = 4});
   EXPECT_EQ(cut[0].input_ids, (std::vector<int64_t>{1, 2, 3, 4}));
   EXPECT_EQ(cut[0].labels, (std::vector<int64_t>{-100, 2, 3, 4}));
@@ -91,12 +100,15 @@ TEST(TrainData, CollatePadsRightAndCountsShiftedLabels) {
   train::Example a{.input_ids = {1, 2, 3}, .labels = {-100, 2, 3}};
   train::Example b{.input_ids = {4}, .labels = {4}};
   const auto batch = train::collate({&a, &b}, 0);
-  EXPECT_TRUE(torch::equal(batch.input_ids, torch::tensor({1, 2, 3, 4, 0, 0}, torch::kLong).reshape({2, 3})));
-  EXPECT_TRUE(torch::equal(batch.attention_mask, torch::tensor({1, 1, 1, 1, 0, 0}, torch::kLong).reshape({2, 3})));
-  EXPECT_TRUE(
-      torch::equal(batch.labels, torch::tensor({-100, 2, 3, 4, -100, -100}, torch::kLong).reshape({2, 3})));
+  EXPECT_TRUE(torch::equal(batch.input_ids,
+                           torch::tensor({1, 2, 3, 4, 0, 0}, torch::kLong).reshape({2, 3})));
+  EXPECT_TRUE(torch::equal(batch.attention_mask,
+                           torch::tensor({1, 1, 1, 1, 0, 0}, torch::kLong).reshape({2, 3})));
+  EXPECT_TRUE(torch::equal(
+      batch.labels, torch::tensor({-100, 2, 3, 4, -100, -100}, torch::kLong).reshape({2, 3})));
   EXPECT_EQ(batch.num_tokens, 4);
-  EXPECT_EQ(batch.num_label_tokens, 2);  // labels 2, 3; the first position of a row is never predicted
+  EXPECT_EQ(batch.num_label_tokens,
+            2);  // labels 2, 3; the first position of a row is never predicted
 }
 
 TEST(TrainData, EpochOrderIsASeededPermutation) {
@@ -128,15 +140,16 @@ TEST_P(TrainDataBadLine, NamesTheFileLineAndProblem) {
 
 INSTANTIATE_TEST_SUITE_P(
     Lines, TrainDataBadLine,
-    ::testing::Values(std::make_pair("{\"text\": \"unterminated", "not valid JSON"),
-                      std::make_pair("[1, 2]", "expected a JSON object"),
-                      std::make_pair("{\"question\": \"x\"}", "unrecognised example with keys [\"question\"]"),
-                      std::make_pair("{\"input_ids\": [1, \"two\"]}", "\"input_ids\"[1] must be an integer"),
-                      std::make_pair("{\"input_ids\": [1, 2], \"labels\": [1]}", "\"labels\" has 1 entries"),
-                      std::make_pair("{\"prompt\": 3, \"completion\": \"a\"}", "\"prompt\" must be a string"),
-                      std::make_pair("{\"messages\": []}", "\"messages\" must be a non-empty array"),
-                      std::make_pair("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}",
-                                     "no \"assistant\" message")),
+    ::testing::Values(
+        std::make_pair("{\"text\": \"unterminated", "not valid JSON"),
+        std::make_pair("[1, 2]", "expected a JSON object"),
+        std::make_pair("{\"question\": \"x\"}", "unrecognised example with keys [\"question\"]"),
+        std::make_pair("{\"input_ids\": [1, \"two\"]}", "\"input_ids\"[1] must be an integer"),
+        std::make_pair("{\"input_ids\": [1, 2], \"labels\": [1]}", "\"labels\" has 1 entries"),
+        std::make_pair("{\"prompt\": 3, \"completion\": \"a\"}", "\"prompt\" must be a string"),
+        std::make_pair("{\"messages\": []}", "\"messages\" must be a non-empty array"),
+        std::make_pair("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}",
+                       "no \"assistant\" message")),
     [](const auto& test_info) { return "Case" + std::to_string(test_info.index); });
 
 TEST(TrainData, TokenIdsOutsideTheVocabularyNameTheLine) {
@@ -145,6 +158,7 @@ TEST(TrainData, TokenIdsOutsideTheVocabularyNameTheLine) {
     train::check_token_ids(ex, 256, "train.jsonl");
     FAIL();
   } catch (const peft::FormatError& e) {
-    EXPECT_NE(std::string(e.what()).find("train.jsonl:2: token id 300"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("train.jsonl:2: token id 300"), std::string::npos)
+        << e.what();
   }
 }

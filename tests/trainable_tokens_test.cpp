@@ -1,5 +1,7 @@
-// trainable_token_indices (PEFT TrainableTokensLayer) on the model zoo's Llama, and the weight-tying tables of
-// PEFT's LoRA docs for trainable tokens and modules_to_save.
+// trainable_token_indices (PEFT TrainableTokensLayer) on the model zoo's Llama, and the
+// weight-tying tables of PEFT's LoRA docs for trainable tokens and modules_to_save.
+#include "peft/lora/trainable_tokens.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -9,7 +11,6 @@
 #include "peft/io/safetensors.h"
 #include "peft/lora/layer.h"
 #include "peft/lora/modules_to_save.h"
-#include "peft/lora/trainable_tokens.h"
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
 #include "test_util.h"
@@ -20,9 +21,10 @@ using peft::test::compare;
 namespace {
 
 std::shared_ptr<peft::models::PretrainedModel> llama(bool tied, uint64_t seed = 0) {
-  nlohmann::json c = {{"model_type", "llama"},       {"vocab_size", 50},        {"hidden_size", 16},
-                      {"intermediate_size", 24},     {"num_hidden_layers", 1},  {"num_attention_heads", 2},
-                      {"num_key_value_heads", 2},    {"rms_norm_eps", 1e-6},    {"tie_word_embeddings", tied}};
+  nlohmann::json c = {
+      {"model_type", "llama"},    {"vocab_size", 50},       {"hidden_size", 16},
+      {"intermediate_size", 24},  {"num_hidden_layers", 1}, {"num_attention_heads", 2},
+      {"num_key_value_heads", 2}, {"rms_norm_eps", 1e-6},   {"tie_word_embeddings", tied}};
   torch::manual_seed(seed);
   auto m = peft::models::from_config(c.dump());
   m->eval();
@@ -36,7 +38,8 @@ std::shared_ptr<peft::nn::LoraLayerImpl> layer(torch::nn::Module& m, const std::
   return nullptr;
 }
 
-// The layer's trainable-token slot / modules_to_save copy / tied LoRA for `adapter` (PEFT's wrappers).
+// The layer's trainable-token slot / modules_to_save copy / tied LoRA for `adapter` (PEFT's
+// wrappers).
 bool has_tokens(const std::shared_ptr<peft::nn::LoraLayerImpl>& l, const std::string& adapter) {
   return l->trainable_tokens() && l->trainable_tokens()->has(adapter);
 }
@@ -46,10 +49,12 @@ bool tokens_tied(const std::shared_ptr<peft::nn::LoraLayerImpl>& l, const std::s
 bool has_copy(const std::shared_ptr<peft::nn::LoraLayerImpl>& l, const std::string& adapter) {
   return l->modules_to_save() && l->modules_to_save()->contains(adapter);
 }
-at::Tensor copy_weight(const std::shared_ptr<peft::nn::LoraLayerImpl>& l, const std::string& adapter) {
+at::Tensor copy_weight(const std::shared_ptr<peft::nn::LoraLayerImpl>& l,
+                       const std::string& adapter) {
   return l->modules_to_save()->copy(adapter)->weight;
 }
-// A LoRA adapter that uses another layer's factors (the tied output head) has no tensors of its own.
+// A LoRA adapter that uses another layer's factors (the tied output head) has no tensors of its
+// own.
 bool lora_tied(const std::shared_ptr<peft::nn::LoraLayerImpl>& l, const std::string& adapter) {
   return l->has_adapter(adapter) && l->adapter_tensors(adapter).empty();
 }
@@ -88,14 +93,13 @@ TEST(TrainableTokens, OnlyTheChosenRowsChangeAndMergeWritesThem) {
   EXPECT_GT((adapted - base).abs().max().item<double>(), 1e-3);
   // Tokens other than 3 and 5 keep their embedding: a prompt without them gives the base logits.
   const at::Tensor other = torch::tensor({{1, 2, 9}});
-  {
-    auto g = pm->disable_adapter();
-  }
+  { auto g = pm->disable_adapter(); }
   pm->merge_adapter();
   EXPECT_EQ(compare(logits(*m, ids), adapted, 1e-5), "");
   at::Tensor merged = emb->weight().clone();
   EXPECT_TRUE(at::equal(merged.index_select(0, torch::tensor({3, 5})), delta));
-  EXPECT_TRUE(at::equal(merged.index_select(0, torch::tensor({0, 1, 2, 4})), w0.index_select(0, torch::tensor({0, 1, 2, 4}))));
+  EXPECT_TRUE(at::equal(merged.index_select(0, torch::tensor({0, 1, 2, 4})),
+                        w0.index_select(0, torch::tensor({0, 1, 2, 4}))));
   pm->unmerge_adapter();
   EXPECT_TRUE(at::equal(emb->weight(), w0));
   (void)other;
@@ -113,15 +117,18 @@ TEST(TrainableTokens, SavedUnderPeftsKeyAndLoadedBack) {
   const at::Tensor out = logits(*m, ids).detach();
   pm->save_pretrained(dir.str());
   auto file = peft::io::load_safetensors(dir.str("adapter_model.safetensors"));
-  ASSERT_TRUE(file.count("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"));
-  EXPECT_EQ(file.at("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta").sizes(),
-            (std::vector<int64_t>{3, 16}));
+  ASSERT_TRUE(
+      file.count("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"));
+  EXPECT_EQ(
+      file.at("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta").sizes(),
+      (std::vector<int64_t>{3, 16}));
   auto fresh = llama(false);
   auto loaded = peft::PeftModel::from_pretrained(fresh, dir.str());
   EXPECT_TRUE(at::equal(logits(*fresh, ids), out));
 }
 
-// Tied weights: the lm_head shares the embedding's delta (docs table: "Tied trainable tokens"), and it is saved once.
+// Tied weights: the lm_head shares the embedding's delta (docs table: "Tied trainable tokens"), and
+// it is saved once.
 TEST(TrainableTokens, TiedLmHeadSharesTheDelta) {
   peft::test::TempDir dir;
   auto m = llama(true);
@@ -130,7 +137,8 @@ TEST(TrainableTokens, TiedLmHeadSharesTheDelta) {
   auto head = layer(*m, "lm_head");
   ASSERT_TRUE(has_tokens(head, "default"));
   EXPECT_TRUE(tokens_tied(head, "default"));
-  EXPECT_TRUE(head->trainable_tokens()->delta("default").is_same(emb->trainable_tokens()->delta("default")));
+  EXPECT_TRUE(head->trainable_tokens()->delta("default").is_same(
+      emb->trainable_tokens()->delta("default")));
   {
     torch::NoGradGuard no_grad;
     emb->trainable_tokens()->delta("default").add_(1.0);
@@ -160,24 +168,29 @@ TEST(WeightTyingTable, TrainableTokens) {
   }
   {  // untied, dict with both: separate
     auto m = llama(false);
-    auto pm = peft::get_peft_model(m, tokens_config(Dict{{"lm_head", {1, 2}}, {"embed_tokens", {1, 2}}}));
+    auto pm =
+        peft::get_peft_model(m, tokens_config(Dict{{"lm_head", {1, 2}}, {"embed_tokens", {1, 2}}}));
     EXPECT_TRUE(has_tokens(layer(*m, "lm_head"), "default"));
     EXPECT_FALSE(tokens_tied(layer(*m, "lm_head"), "default"));
   }
   {  // tied, same indices: tied
     auto m = llama(true);
-    auto pm = peft::get_peft_model(m, tokens_config(Dict{{"lm_head", {1, 2}}, {"embed_tokens", {1, 2}}}));
+    auto pm =
+        peft::get_peft_model(m, tokens_config(Dict{{"lm_head", {1, 2}}, {"embed_tokens", {1, 2}}}));
     EXPECT_TRUE(tokens_tied(layer(*m, "lm_head"), "default"));
   }
   {  // tied, different indices, no ensure: separate
     auto m = llama(true);
-    auto pm = peft::get_peft_model(m, tokens_config(Dict{{"lm_head", {1, 2}}, {"embed_tokens", {3, 4}}}));
+    auto pm =
+        peft::get_peft_model(m, tokens_config(Dict{{"lm_head", {1, 2}}, {"embed_tokens", {3, 4}}}));
     EXPECT_FALSE(tokens_tied(layer(*m, "lm_head"), "default"));
-    EXPECT_EQ(layer(*m, "lm_head")->trainable_tokens()->indices("default"), (std::vector<int64_t>{1, 2}));
+    EXPECT_EQ(layer(*m, "lm_head")->trainable_tokens()->indices("default"),
+              (std::vector<int64_t>{1, 2}));
   }
   {  // tied, different indices, ensure: error
     auto m = llama(true);
-    EXPECT_THROW(peft::get_peft_model(m, tokens_config(Dict{{"lm_head", {1, 2}}, {"embed_tokens", {3, 4}}}, true)),
+    EXPECT_THROW(peft::get_peft_model(
+                     m, tokens_config(Dict{{"lm_head", {1, 2}}, {"embed_tokens", {3, 4}}}, true)),
                  peft::ConfigError);
   }
 }
@@ -207,7 +220,8 @@ TEST(WeightTyingTable, ModulesToSave) {
     auto m = llama(true);
     auto pm = peft::get_peft_model(m, mts({"embed_tokens", "lm_head"}, false));
     EXPECT_TRUE(w.contains("ensure_weight_tying=False"));
-    EXPECT_FALSE(copy_weight(layer(*m, "lm_head"), "default").is_same(copy_weight(layer(*m, "model.embed_tokens"), "default")));
+    EXPECT_FALSE(copy_weight(layer(*m, "lm_head"), "default")
+                     .is_same(copy_weight(layer(*m, "model.embed_tokens"), "default")));
   }
   {  // untied + ensure: warn
     peft::ScopedWarningCapture w;
@@ -279,9 +293,11 @@ TEST(WeightTyingTable, TargetModules) {
 
 TEST(TrainableTokens, ErrorsNameTheProblem) {
   auto m = llama(false);
-  EXPECT_THROW(peft::get_peft_model(m, tokens_config(Dict{{"no_such_module", {1}}})), peft::ConfigError);
+  EXPECT_THROW(peft::get_peft_model(m, tokens_config(Dict{{"no_such_module", {1}}})),
+               peft::ConfigError);
   auto m2 = llama(false);
-  EXPECT_THROW(peft::get_peft_model(m2, tokens_config(std::vector<int64_t>{50})), peft::ConfigError);
+  EXPECT_THROW(peft::get_peft_model(m2, tokens_config(std::vector<int64_t>{50})),
+               peft::ConfigError);
   auto m3 = llama(false);
   LoraConfig c = tokens_config(std::vector<int64_t>{1});
   c.modules_to_save = std::vector<std::string>{"embed_tokens"};

@@ -1,5 +1,7 @@
-// The trainer: gradient accumulation equals one big batch, resume equals an uninterrupted run, checkpoints,
-// learning, and `peft train` end to end against PEFT + PyTorch's own training run.
+// The trainer: gradient accumulation equals one big batch, resume equals an uninterrupted run,
+// checkpoints, learning, and `peft train` end to end against PEFT + PyTorch's own training run.
+#include "peft/train/trainer.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -12,7 +14,6 @@
 #include "peft/io/safetensors.h"
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
-#include "peft/train/trainer.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -21,7 +22,8 @@ using peft::test::compare;
 
 namespace {
 
-const std::string kBase = "golden/train-llama-qv/base";  // tiny Llama: hidden 64, 2 layers, vocab 256
+const std::string kBase =
+    "golden/train-llama-qv/base";  // tiny Llama: hidden 64, 2 layers, vocab 256
 
 struct TrainSetup {
   std::shared_ptr<peft::models::PretrainedModel> model;
@@ -103,8 +105,10 @@ TEST(Trainer, GradientAccumulationOfKBatchesOfBOverKEqualsOneBatchOfB) {
   }
   for (size_t k = 1; k < losses.size(); ++k) {
     ASSERT_EQ(losses[k].size(), 3u);
-    for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(losses[k][i], losses[0][i], 1e-6) << "run " << k << " step " << i;
-    for (auto& [name, t] : adapters[0]) EXPECT_EQ(compare(adapters[k].at(name), t, 1e-6), "") << name;
+    for (size_t i = 0; i < 3; ++i)
+      EXPECT_NEAR(losses[k][i], losses[0][i], 1e-6) << "run " << k << " step " << i;
+    for (auto& [name, t] : adapters[0])
+      EXPECT_EQ(compare(adapters[k].at(name), t, 1e-6), "") << name;
   }
 }
 
@@ -139,11 +143,14 @@ TEST(Trainer, ResumeFromACheckpointContinuesExactlyLikeAnUninterruptedRun) {
   torch::manual_seed(999);  // a different generator state: the checkpoint's must be restored
   const auto rest = run(resumed, a, examples(5, 6), {}, ckpt.string());
   ASSERT_EQ(rest.losses.size(), 3u);
-  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(first.losses[i], reference.losses[i]) << "step " << i + 1;
-  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(rest.losses[i], reference.losses[i + 4]) << "step " << i + 5;
+  for (size_t i = 0; i < 4; ++i)
+    EXPECT_EQ(first.losses[i], reference.losses[i]) << "step " << i + 1;
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_EQ(rest.losses[i], reference.losses[i + 4]) << "step " << i + 5;
   EXPECT_EQ(rest.steps, 7);
   const auto want = adapter_of(*full.peft);
-  for (auto& [name, t] : adapter_of(*resumed.peft)) EXPECT_EQ(compare(t, want.at(name), 0.0), "") << name;
+  for (auto& [name, t] : adapter_of(*resumed.peft))
+    EXPECT_EQ(compare(t, want.at(name), 0.0), "") << name;
   // The log of the resumed run holds every step once.
   std::istringstream log(peft::test::read_file((tmp.path() / "cut" / "train_log.jsonl").string()));
   std::vector<int64_t> steps;
@@ -179,7 +186,8 @@ TEST(Trainer, ResumeWithOtherOptionsIsRefused) {
   run(s, a, examples(4, 1));
   a.batch_size = 3;
   TrainSetup again = make_setup();
-  EXPECT_THROW(run(again, a, examples(4, 1), {}, (tmp.path() / "checkpoint-2").string()), peft::ConfigError);
+  EXPECT_THROW(run(again, a, examples(4, 1), {}, (tmp.path() / "checkpoint-2").string()),
+               peft::ConfigError);
 }
 
 TEST(Trainer, LearnsARepeatedSequenceAndWritesAdapterLogAndPicture) {
@@ -199,14 +207,16 @@ TEST(Trainer, LearnsARepeatedSequenceAndWritesAdapterLogAndPicture) {
   const auto r = t.train();
   ASSERT_TRUE(r.eval_loss_before && r.eval_loss_after);
   EXPECT_LT(*r.eval_loss_after, 0.5 * *r.eval_loss_before);
-  for (const char* f : {"adapter_config.json", "adapter_model.safetensors", "train_log.jsonl", "loss_curve.svg"}) {
+  for (const char* f :
+       {"adapter_config.json", "adapter_model.safetensors", "train_log.jsonl", "loss_curve.svg"}) {
     EXPECT_TRUE(fs::exists(tmp.path() / f)) << f;
   }
   EXPECT_NE(sink.str().find("eval loss before training"), std::string::npos) << sink.str();
 }
 
 TEST(Trainer, TrainsASequenceClassifierWithItsHeadSaved) {
-  // BERT with 3 labels: LoRA on query / value, the classifier as modules_to_save (added by task_type SEQ_CLS).
+  // BERT with 3 labels: LoRA on query / value, the classifier as modules_to_save (added by
+  // task_type SEQ_CLS).
   peft::test::TempDir tmp;
   auto model = peft::models::load_pretrained(peft::test::fixture("golden/model-bert-seqcls/base"));
   torch::manual_seed(3);  // dropout
@@ -218,7 +228,8 @@ TEST(Trainer, TrainsASequenceClassifierWithItsHeadSaved) {
   auto pm = std::make_shared<peft::PeftModel>(model, c);
   std::vector<train::Example> data;
   for (int64_t i = 0; i < 6; ++i) {
-    data.push_back(train::Example{.input_ids = {2, 100 + 40 * (i % 3), 100 + 40 * (i % 3), 7 + i, 3}, .label = i % 3});
+    data.push_back(train::Example{
+        .input_ids = {2, 100 + 40 * (i % 3), 100 + 40 * (i % 3), 7 + i, 3}, .label = i % 3});
   }
   auto a = args_in(tmp.path());
   a.adamw.lr = 1e-2;
@@ -230,7 +241,8 @@ TEST(Trainer, TrainsASequenceClassifierWithItsHeadSaved) {
   const auto r = t.train();
   ASSERT_TRUE(r.eval_loss_before && r.eval_loss_after);
   EXPECT_LT(*r.eval_loss_after, 0.5 * *r.eval_loss_before);
-  const auto saved = peft::io::load_safetensors((tmp.path() / "adapter_model.safetensors").string());
+  const auto saved =
+      peft::io::load_safetensors((tmp.path() / "adapter_model.safetensors").string());
   bool head = false;
   for (const auto& [key, value] : saved) head = head || key.find("classifier") != std::string::npos;
   EXPECT_TRUE(head) << "the trained head is part of the adapter";
@@ -245,14 +257,16 @@ using peft::test::q;
 
 // The golden case's batch as {"input_ids","labels"} lines.
 fs::path golden_jsonl(const fs::path& dir) {
-  auto inputs = peft::io::load_safetensors(peft::test::fixture("golden/train-llama-qv/inputs.safetensors"));
+  auto inputs =
+      peft::io::load_safetensors(peft::test::fixture("golden/train-llama-qv/inputs.safetensors"));
   const at::Tensor ids = inputs.at("input_ids"), labels = inputs.at("labels");
   std::string text;
   for (int64_t r = 0; r < ids.size(0); ++r) {
     nlohmann::json line;
-    line["input_ids"] = std::vector<int64_t>(ids[r].data_ptr<int64_t>(), ids[r].data_ptr<int64_t>() + ids.size(1));
-    line["labels"] =
-        std::vector<int64_t>(labels[r].data_ptr<int64_t>(), labels[r].data_ptr<int64_t>() + labels.size(1));
+    line["input_ids"] =
+        std::vector<int64_t>(ids[r].data_ptr<int64_t>(), ids[r].data_ptr<int64_t>() + ids.size(1));
+    line["labels"] = std::vector<int64_t>(labels[r].data_ptr<int64_t>(),
+                                          labels[r].data_ptr<int64_t>() + labels.size(1));
     text += line.dump() + "\n";
   }
   peft::test::write_file((dir / "train.jsonl").string(), text);
@@ -265,11 +279,12 @@ TEST(PeftTrainCli, ReproducesPeftAndPyTorchTrainingStepByStep) {
   peft::test::TempDir tmp;
   const fs::path golden = peft::test::fixture("golden/train-llama-qv");
   const fs::path data = golden_jsonl(tmp.path());
-  const int64_t rows = peft::io::load_safetensors((golden / "inputs.safetensors").string()).at("input_ids").size(0);
-  const auto r = peft::test::peft_cli("train --model " + q(golden / "base") + " --adapter " +
-                                      q(golden / "adapter_initial") + " --data " + q(data) + " --out " +
-                                      q(tmp.path() / "out") + " --steps 5 --batch-size " + std::to_string(rows) +
-                                      " --lr 0.01 --weight-decay 0.01 --no-shuffle --lr-scheduler constant");
+  const int64_t rows =
+      peft::io::load_safetensors((golden / "inputs.safetensors").string()).at("input_ids").size(0);
+  const auto r = peft::test::peft_cli(
+      "train --model " + q(golden / "base") + " --adapter " + q(golden / "adapter_initial") +
+      " --data " + q(data) + " --out " + q(tmp.path() / "out") + " --steps 5 --batch-size " +
+      std::to_string(rows) + " --lr 0.01 --weight-decay 0.01 --no-shuffle --lr-scheduler constant");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("trainable params: "), std::string::npos) << r.output;
   const auto expected = peft::io::load_safetensors((golden / "expected.safetensors").string());
@@ -280,19 +295,24 @@ TEST(PeftTrainCli, ReproducesPeftAndPyTorchTrainingStepByStep) {
     if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
   }
   EXPECT_EQ(compare(torch::tensor(losses, torch::kDouble), expected.at("losses"), 2e-5, 1e-5), "");
-  const auto adapter = peft::io::load_safetensors((tmp.path() / "out" / "adapter_model.safetensors").string());
+  const auto adapter =
+      peft::io::load_safetensors((tmp.path() / "out" / "adapter_model.safetensors").string());
   ASSERT_EQ(adapter.size(), 8u);
-  for (const auto& [key, t] : adapter) EXPECT_EQ(compare(t, expected.at("final." + key), 1e-4, 1e-3), "") << key;
+  for (const auto& [key, t] : adapter)
+    EXPECT_EQ(compare(t, expected.at("final." + key), 1e-4, 1e-3), "") << key;
   EXPECT_TRUE(fs::exists(tmp.path() / "out" / "loss_curve.svg"));
 }
 
 TEST(PeftTrainCli, BadDataLineFailsBeforeWritingAnything) {
   peft::test::TempDir tmp;
-  peft::test::write_file(tmp.str("bad.jsonl"), "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, \"x\"]}\n");
-  const auto r = peft::test::peft_cli("train --model " + q(peft::test::fixture(kBase)) + " --data " +
-                                      q(tmp.path() / "bad.jsonl") + " --out " + q(tmp.path() / "out") + " --steps 1");
+  peft::test::write_file(tmp.str("bad.jsonl"),
+                         "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, \"x\"]}\n");
+  const auto r = peft::test::peft_cli("train --model " + q(peft::test::fixture(kBase)) +
+                                      " --data " + q(tmp.path() / "bad.jsonl") + " --out " +
+                                      q(tmp.path() / "out") + " --steps 1");
   EXPECT_EQ(r.code, 1) << r.output;
-  EXPECT_NE(r.output.find("bad.jsonl:2: \"input_ids\"[2] must be an integer"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("bad.jsonl:2: \"input_ids\"[2] must be an integer"), std::string::npos)
+      << r.output;
   EXPECT_FALSE(fs::exists(tmp.path() / "out"));
 }
 
@@ -301,8 +321,9 @@ TEST(PeftTrainCli, LoraPlusAndLoraFaRunAndResume) {
   const fs::path data = golden_jsonl(tmp.path());
   for (const std::string opt : {"loraplus", "lorafa"}) {
     const fs::path out = tmp.path() / opt;
-    const std::string common = "train --model " + q(peft::test::fixture(kBase)) + " --data " + q(data) +
-                               " --batch-size 1 --steps 4 --save-every 2 --optimizer " + opt + " --out " + q(out);
+    const std::string common = "train --model " + q(peft::test::fixture(kBase)) + " --data " +
+                               q(data) + " --batch-size 1 --steps 4 --save-every 2 --optimizer " +
+                               opt + " --out " + q(out);
     const auto r = peft::test::peft_cli(common);
     ASSERT_EQ(r.code, 0) << r.output;
     const auto resumed = peft::test::peft_cli(common + " --resume " + q(out / "checkpoint-2"));
@@ -316,14 +337,16 @@ TEST(PeftTrainCli, MainJobAssetsLoadTrainAndLearn) {
   peft::test::TempDir tmp;
   const fs::path demo = fs::path(PEFT_FIXTURES_DIR) / ".." / ".." / "assets" / "demo";
   const auto r = peft::test::peft_cli(
-      "train --model " + q(demo / "model") + " --data " + q(demo / "data" / "train.jsonl") + " --eval-data " +
-      q(demo / "data" / "eval.jsonl") + " --config " + q(demo / "lora_config.json") + " --out " +
-      q(tmp.path() / "out") + " --steps 20 --batch-size 16 --lr 3e-3 --lr-scheduler cosine --warmup-steps 2");
+      "train --model " + q(demo / "model") + " --data " + q(demo / "data" / "train.jsonl") +
+      " --eval-data " + q(demo / "data" / "eval.jsonl") + " --config " +
+      q(demo / "lora_config.json") + " --out " + q(tmp.path() / "out") +
+      " --steps 20 --batch-size 16 --lr 3e-3 --lr-scheduler cosine --warmup-steps 2");
   ASSERT_EQ(r.code, 0) << r.output;
   const auto at = r.output.find("eval loss: ");
   ASSERT_NE(at, std::string::npos) << r.output;
   double before = 0, after = 0;
-  ASSERT_EQ(std::sscanf(r.output.c_str() + at, "eval loss: %lf -> %lf", &before, &after), 2) << r.output;
+  ASSERT_EQ(std::sscanf(r.output.c_str() + at, "eval loss: %lf -> %lf", &before, &after), 2)
+      << r.output;
   EXPECT_LT(after, 0.5 * before) << r.output;
   EXPECT_NE(r.output.find("sample after training"), std::string::npos);
   EXPECT_TRUE(fs::exists(tmp.path() / "out" / "adapter_model.safetensors"));

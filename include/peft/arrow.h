@@ -1,7 +1,8 @@
 // Arrow: token-wise routing over task-specific LoRA adapters by their SVD prototypes, with optional
-// General Knowledge Subtraction (GenKnowSub) -- setting up a router model. PEFT counterparts: create_arrow_model,
-// check_loaded_lora_compatibility_arrow, ensure_adapters_target_linear_layers_only (tuners/lora/arrow.py). The
-// router itself is a LoRA variant: peft/lora/variants/arrow.h (ArrowLinearVariant).
+// General Knowledge Subtraction (GenKnowSub) -- setting up a router model. PEFT counterparts:
+// create_arrow_model, check_loaded_lora_compatibility_arrow,
+// ensure_adapters_target_linear_layers_only (tuners/lora/arrow.py). The router itself is a LoRA
+// variant: peft/lora/variants/arrow.h (ArrowLinearVariant).
 #pragma once
 
 #include <torch/nn/module.h>
@@ -34,8 +35,8 @@ std::shared_ptr<PeftModel> create_arrow_model(
 // Checks that they share rank, A/B shapes and target-module short names
 // (check_loaded_lora_compatibility_arrow) and sit on Linear-like layers
 // (ensure_adapters_target_linear_layers_only), then adds "arrow_router" = LoraConfig{r,
-// target_modules = the short names, arrow_config = config}, whose layers get the Arrow variant, and activates
-// it.
+// target_modules = the short names, arrow_config = config}, whose layers get the Arrow variant, and
+// activates it.
 void add_arrow_router(PeftModel& model, ArrowConfig config);
 
 // PEFT's check_loaded_lora_compatibility_arrow: the sorted target-module short names and the agreed

@@ -1,5 +1,6 @@
-// Error hierarchy and warning sink of peft.cpp. PEFT raises ValueError/TypeError/KeyError; here every
-// failure is a typed peft::Error whose message reads "[component] what is wrong: observed; expected. hint".
+// Error hierarchy and warning sink of peft.cpp. PEFT raises ValueError/TypeError/KeyError; here
+// every failure is a typed peft::Error whose message reads "[component] what is wrong: observed;
+// expected. hint".
 #pragma once
 
 #include <functional>
@@ -20,11 +21,13 @@ class Error : public std::runtime_error {
   std::string component_;
 };
 
-// A LoraConfig field has an invalid value or an invalid combination (PEFT: ValueError in __post_init__).
+// A LoraConfig field has an invalid value or an invalid combination (PEFT: ValueError in
+// __post_init__).
 class ConfigError : public Error {
   using Error::Error;
 };
-// target_modules / exclude_modules / target_parameters matched nothing (PEFT: NoMatchingPeftModuleError).
+// target_modules / exclude_modules / target_parameters matched nothing (PEFT:
+// NoMatchingPeftModuleError).
 class NoMatchingModuleError : public Error {
   using Error::Error;
 };
@@ -40,7 +43,8 @@ class ShapeMismatchError : public Error {
 class FormatError : public Error {
   using Error::Error;
 };
-// A feature that exists in PEFT but not (yet) here, or that PEFT itself refuses (merging a grouped conv...).
+// A feature that exists in PEFT but not (yet) here, or that PEFT itself refuses (merging a grouped
+// conv...).
 class UnsupportedError : public Error {
   using Error::Error;
 };
@@ -69,11 +73,11 @@ class ScopedWarningCapture {
 }  // namespace peft
 
 // PEFT_CHECK(cond, ErrorType, component, streamed message) throws ErrorType when cond is false.
-#define PEFT_CHECK(cond, ErrorType, component, msg) \
-  do {                                              \
-    if (!(cond)) {                                  \
-      std::ostringstream peft_check_os_;            \
-      peft_check_os_ << msg;                        \
+#define PEFT_CHECK(cond, ErrorType, component, msg)     \
+  do {                                                  \
+    if (!(cond)) {                                      \
+      std::ostringstream peft_check_os_;                \
+      peft_check_os_ << msg;                            \
       throw ErrorType(component, peft_check_os_.str()); \
-    }                                               \
+    }                                                   \
   } while (false)

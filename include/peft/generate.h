@@ -43,17 +43,18 @@ struct GenerationConfig {
   std::optional<int64_t> pad_token_id;
   // Seeds the sampler's std::mt19937_64 (see generate()).
   uint64_t seed = 0;
-  // PEFT's generate(..., adapter_names=[...]): one adapter per prompt ("__base__": the base model), run as one
-  // mixed batch (peft/lora/mixed_batch.h). Empty: the model's active adapters for every row.
+  // PEFT's generate(..., adapter_names=[...]): one adapter per prompt ("__base__": the base model),
+  // run as one mixed batch (peft/lora/mixed_batch.h). Empty: the model's active adapters for every
+  // row.
   std::vector<std::string> adapter_names;
 };
 
 // The KV cache of the first tokens of each prompt ("prefix"), computed once by prefill() and reused
 // by any number of generate() calls (the cache is copied, never modified). aLoRA's point: the cache
 // of the tokens before the invocation sequence is the base model's, so a prefix prefilled with the
-// adapters disabled (or by another aLoRA adapter) serves an aLoRA generation unchanged. A plain LoRA
-// adapter acts on every position, so its prefix cache differs from the base model's and must be
-// computed with that adapter active.
+// adapters disabled (or by another aLoRA adapter) serves an aLoRA generation unchanged. A plain
+// LoRA adapter acts on every position, so its prefix cache differs from the base model's and must
+// be computed with that adapter active.
 struct PrefixCache {
   // The cached prompt prefix of every row (each at least one token).
   std::vector<std::vector<int64_t>> tokens;
@@ -64,11 +65,12 @@ struct PrefixCache {
   int64_t length() const { return cache.length(); }
 };
 
-// Runs `model` over `prefixes` (token ids, at least one each; left-padded batch) and returns their KV
-// cache, with the model as it is: call it inside PeftModel::disable_adapter() for the base model's
-// cache (an active aLoRA adapter whose invocation sequence is not in the prefixes gives the same).
-// Throws like generate() (no GenerationConfig is involved).
-PrefixCache prefill(models::PretrainedModel& model, const std::vector<std::vector<int64_t>>& prefixes);
+// Runs `model` over `prefixes` (token ids, at least one each; left-padded batch) and returns their
+// KV cache, with the model as it is: call it inside PeftModel::disable_adapter() for the base
+// model's cache (an active aLoRA adapter whose invocation sequence is not in the prefixes gives the
+// same). Throws like generate() (no GenerationConfig is involved).
+PrefixCache prefill(models::PretrainedModel& model,
+                    const std::vector<std::vector<int64_t>>& prefixes);
 
 // Generates continuations of `prompts` (token ids, at least one each) as one batch and returns the
 // new tokens of every row (stop token included, no padding). Prompts are left-padded with an
@@ -77,15 +79,15 @@ PrefixCache prefill(models::PretrainedModel& model, const std::vector<std::vecto
 // independently; decoding ends when all have finished or after max_new_tokens steps. `on_token(row,
 // token)` is called for each new token as soon as it is chosen.
 //
-// aLoRA: when an adapter with alora_invocation_tokens is active (enabled) in the model's LoRA layers,
-// every row's offset (PEFT's calculate_alora_offsets: prompt length minus the start of the last
-// occurrence of the invocation sequence, so left padding does not change it) is computed once from
-// the prompt and kept for the whole call: the prefill adapts the invocation sequence and what
+// aLoRA: when an adapter with alora_invocation_tokens is active (enabled) in the model's LoRA
+// layers, every row's offset (PEFT's calculate_alora_offsets: prompt length minus the start of the
+// last occurrence of the invocation sequence, so left padding does not change it) is computed once
+// from the prompt and kept for the whole call: the prefill adapts the invocation sequence and what
 // follows, each decoded token is adapted (PEFT: o = min(offset, T) with T = 1). Throws ConfigError
-// naming the rows whose prompt lacks the invocation sequence, and UnsupportedError when active aLoRA
-// adapters have different invocation sequences. Offsets the caller already installed with an
-// nn::ForwardContextGuard (PEFT's alora_offsets argument) are used as given. Without an active aLoRA
-// adapter nothing changes.
+// naming the rows whose prompt lacks the invocation sequence, and UnsupportedError when active
+// aLoRA adapters have different invocation sequences. Offsets the caller already installed with an
+// nn::ForwardContextGuard (PEFT's alora_offsets argument) are used as given. Without an active
+// aLoRA adapter nothing changes.
 //
 // Sampling is reproducible without touching LibTorch's global generator: a local std::mt19937_64
 // seeded with `seed` draws one uniform u in [0, 1) per unfinished row per step, in row order, and

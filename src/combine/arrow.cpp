@@ -179,9 +179,9 @@ void add_arrow_router(PeftModel& model, ArrowConfig config) {
              "Invalid or unsupported variant combination: arrow_config on ["
                  << detail::join(bad) << "]; only Linear layers support Arrow");
 
-  // add_adapter gives each of the router's layers the Arrow variant (PEFT's lora_arrow["arrow_router"]) and runs
-  // PEFT's end-of-update_layer on_adapter_change, which takes every non-router, non-gks adapter of the layer as a
-  // task adapter.
+  // add_adapter gives each of the router's layers the Arrow variant (PEFT's
+  // lora_arrow["arrow_router"]) and runs PEFT's end-of-update_layer on_adapter_change, which takes
+  // every non-router, non-gks adapter of the layer as a task adapter.
   model.add_adapter(kArrowRouterName, router);
   model.set_adapter(kArrowRouterName);
 }

@@ -1,4 +1,5 @@
-// add_weighted_adapter's combination types at their string edge (PEFT's spellings) and what each one implies.
+// add_weighted_adapter's combination types at their string edge (PEFT's spellings) and what each
+// one implies.
 #include "../spellings.h"
 #include "peft/combine.h"
 #include "peft/error.h"
@@ -27,10 +28,11 @@ constexpr detail::Spellings<CombinationType, 11> kCombinationTypes{{
 CombinationType parse_combination_type(const std::string& s) {
   const auto t = detail::find_spelling(kCombinationTypes, s);
   if (!t) {
-    throw ConfigError("add_weighted_adapter", "Invalid combination_type: " + s + " (expected one of " +
-                                                  detail::accepted_spellings(kCombinationTypes) +
-                                                  "; hint: \"cat\" is exact, \"linear\" needs equal ranks, "
-                                                  "\"svd\" is PEFT's default)");
+    throw ConfigError("add_weighted_adapter",
+                      "Invalid combination_type: " + s + " (expected one of " +
+                          detail::accepted_spellings(kCombinationTypes) +
+                          "; hint: \"cat\" is exact, \"linear\" needs equal ranks, "
+                          "\"svd\" is PEFT's default)");
   }
   return *t;
 }
@@ -58,12 +60,18 @@ bool is_svd_type(CombinationType type) {
 
 CombinationType merge_of(CombinationType type) {
   switch (type) {
-    case T::kSvd: return T::kLinear;
-    case T::kTiesSvd: return T::kTies;
-    case T::kDareTiesSvd: return T::kDareTies;
-    case T::kDareLinearSvd: return T::kDareLinear;
-    case T::kMagnitudePruneSvd: return T::kMagnitudePrune;
-    default: return type;
+    case T::kSvd:
+      return T::kLinear;
+    case T::kTiesSvd:
+      return T::kTies;
+    case T::kDareTiesSvd:
+      return T::kDareTies;
+    case T::kDareLinearSvd:
+      return T::kDareLinear;
+    case T::kMagnitudePruneSvd:
+      return T::kMagnitudePrune;
+    default:
+      return type;
   }
 }
 

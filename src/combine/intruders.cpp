@@ -18,7 +18,6 @@
 namespace peft {
 namespace {
 
-
 bool is_conv(nn::LayerKind kind) {
   return kind == nn::LayerKind::kConv1d || kind == nn::LayerKind::kConv2d ||
          kind == nn::LayerKind::kConv3d;

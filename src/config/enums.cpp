@@ -1,5 +1,6 @@
-// The enums of LoraConfig at their string edge: one spelling table per enum (PEFT's spellings), the JSON readers
-// and writers of those fields, and the public parse_* / to_string functions that the CLI shares.
+// The enums of LoraConfig at their string edge: one spelling table per enum (PEFT's spellings), the
+// JSON readers and writers of those fields, and the public parse_* / to_string functions that the
+// CLI shares.
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -119,7 +120,8 @@ std::string bias_error(const std::string& s) {
          ", is not implemented; expected one of \"none\", \"all\", \"lora_only\"";
 }
 
-constexpr Spellings<CordaMethod, 2> kCordaMethods{{{CordaMethod::kIpm, "ipm"}, {CordaMethod::kKpm, "kpm"}}};
+constexpr Spellings<CordaMethod, 2> kCordaMethods{
+    {{CordaMethod::kIpm, "ipm"}, {CordaMethod::kKpm, "kpm"}}};
 
 constexpr Spellings<LoraGADirection, 4> kLoraGaDirections{{
     {LoraGADirection::kArB2r, "ArB2r"},
@@ -135,18 +137,22 @@ constexpr Spellings<LoraGAScale, 4> kLoraGaScales{{
     {LoraGAScale::kUnit, "unit"},
 }};
 
-// PEFT's own message (preprocess_corda raises it; the value is refused here when the config is read).
+// PEFT's own message (preprocess_corda raises it; the value is refused here when the config is
+// read).
 std::string corda_method_error(const std::string& s) {
   return "Invalid corda_method found: " + s + ", it should be 'ipm' or 'kpm'.";
 }
 
 std::string lora_ga_error(const char* field, const std::string& s, const std::string& accepted) {
-  return std::string("lora_ga_config.") + field + " \"" + s + "\" is not supported; expected one of " + accepted;
+  return std::string("lora_ga_config.") + field + " \"" + s +
+         "\" is not supported; expected one of " + accepted;
 }
 
-// Reads a string-valued enum through `parse` (which returns nullopt for an unknown spelling) and reports `error(s)`.
+// Reads a string-valued enum through `parse` (which returns nullopt for an unknown spelling) and
+// reports `error(s)`.
 template <class E, class Parse, class Message>
-void read_enum(Reader& rd, const OJson& v, const std::string& key, E& out, Parse parse, Message error) {
+void read_enum(Reader& rd, const OJson& v, const std::string& key, E& out, Parse parse,
+               Message error) {
   if (!v.is_string()) return rd.mismatch(key, v, "a string");
   const std::string s = v.get<std::string>();
   const std::optional<E> e = parse(s);
@@ -157,11 +163,14 @@ void read_enum(Reader& rd, const OJson& v, const std::string& key, E& out, Parse
 }  // namespace
 
 void read_value(Reader& rd, const OJson& v, const std::string& key, TaskType& out) {
-  read_enum(rd, v, key, out, [](const std::string& s) { return find_spelling(kTaskTypes, s); }, task_type_error);
+  read_enum(
+      rd, v, key, out, [](const std::string& s) { return find_spelling(kTaskTypes, s); },
+      task_type_error);
 }
 
 void read_value(Reader& rd, const OJson& v, const std::string& key, Bias& out) {
-  read_enum(rd, v, key, out, [](const std::string& s) { return find_spelling(kBiases, s); }, bias_error);
+  read_enum(
+      rd, v, key, out, [](const std::string& s) { return find_spelling(kBiases, s); }, bias_error);
 }
 
 void read_value(Reader& rd, const OJson& v, const std::string& key, InitLoraWeights& out) {
@@ -178,18 +187,25 @@ void read_value(Reader& rd, const OJson& v, const std::string& key, InitLoraWeig
 }
 
 void read_value(Reader& rd, const OJson& v, const std::string& key, CordaMethod& out) {
-  read_enum(rd, v, key, out, [](const std::string& s) { return find_spelling(kCordaMethods, s); },
-            corda_method_error);
+  read_enum(
+      rd, v, key, out, [](const std::string& s) { return find_spelling(kCordaMethods, s); },
+      corda_method_error);
 }
 
 void read_value(Reader& rd, const OJson& v, const std::string& key, LoraGADirection& out) {
-  read_enum(rd, v, key, out, [](const std::string& s) { return find_spelling(kLoraGaDirections, s); },
-            [](const std::string& s) { return lora_ga_error("direction", s, accepted_spellings(kLoraGaDirections)); });
+  read_enum(
+      rd, v, key, out, [](const std::string& s) { return find_spelling(kLoraGaDirections, s); },
+      [](const std::string& s) {
+        return lora_ga_error("direction", s, accepted_spellings(kLoraGaDirections));
+      });
 }
 
 void read_value(Reader& rd, const OJson& v, const std::string& key, LoraGAScale& out) {
-  read_enum(rd, v, key, out, [](const std::string& s) { return find_spelling(kLoraGaScales, s); },
-            [](const std::string& s) { return lora_ga_error("scale", s, accepted_spellings(kLoraGaScales)); });
+  read_enum(
+      rd, v, key, out, [](const std::string& s) { return find_spelling(kLoraGaScales, s); },
+      [](const std::string& s) {
+        return lora_ga_error("scale", s, accepted_spellings(kLoraGaScales));
+      });
 }
 
 OJson write_value(TaskType t) { return to_string(t); }
@@ -215,8 +231,8 @@ std::string to_string(LoraGADirection d) { return spelling_of(kLoraGaDirections,
 std::string to_string(LoraGAScale s) { return spelling_of(kLoraGaScales, s); }
 
 bool InitLoraWeights::mutates_base() const {
-  return kind == Kind::kPissa || kind == Kind::kOlora || kind == Kind::kCorda || kind == Kind::kLoraGa ||
-         kind == Kind::kLoftq;
+  return kind == Kind::kPissa || kind == Kind::kOlora || kind == Kind::kCorda ||
+         kind == Kind::kLoraGa || kind == Kind::kLoftq;
 }
 
 bool InitLoraWeights::needs_data() const {
@@ -228,7 +244,6 @@ std::string to_string(const InitLoraWeights& w) {
     return w.spelling;
   return canonical_init_spelling(w.kind, w.niter);
 }
-
 
 TaskType parse_task_type(const std::string& s) {
   const auto t = find_spelling(kTaskTypes, s);
@@ -244,7 +259,8 @@ Bias parse_bias(const std::string& s) {
 
 InitLoraWeights parse_init_lora_weights(const std::string& s) {
   auto parsed = init_from_string(s);
-  if (auto* message = std::get_if<std::string>(&parsed)) throw ConfigError(kConfigComponent, *message);
+  if (auto* message = std::get_if<std::string>(&parsed))
+    throw ConfigError(kConfigComponent, *message);
   return std::get<InitLoraWeights>(parsed);
 }
 
@@ -256,13 +272,17 @@ CordaMethod parse_corda_method(const std::string& s) {
 
 LoraGADirection parse_lora_ga_direction(const std::string& s) {
   const auto d = find_spelling(kLoraGaDirections, s);
-  if (!d) throw ConfigError(kConfigComponent, lora_ga_error("direction", s, accepted_spellings(kLoraGaDirections)));
+  if (!d)
+    throw ConfigError(kConfigComponent,
+                      lora_ga_error("direction", s, accepted_spellings(kLoraGaDirections)));
   return *d;
 }
 
 LoraGAScale parse_lora_ga_scale(const std::string& s) {
   const auto v = find_spelling(kLoraGaScales, s);
-  if (!v) throw ConfigError(kConfigComponent, lora_ga_error("scale", s, accepted_spellings(kLoraGaScales)));
+  if (!v)
+    throw ConfigError(kConfigComponent,
+                      lora_ga_error("scale", s, accepted_spellings(kLoraGaScales)));
   return *v;
 }
 

@@ -1,9 +1,10 @@
-// The JSON value readers and writers of LoraConfig's field types (PEFT's Python types: bool, int, float, str,
-// lists, dicts of patterns, Optional[...]); every problem goes to the Reader, which reports them all at once.
+// The JSON value readers and writers of LoraConfig's field types (PEFT's Python types: bool, int,
+// float, str, lists, dicts of patterns, Optional[...]); every problem goes to the Reader, which
+// reports them all at once.
+#include "json_io.h"
+
 #include <cmath>
 #include <limits>
-
-#include "json_io.h"
 
 namespace peft::detail {
 namespace {
@@ -29,7 +30,6 @@ std::string json_type(const OJson& v) {
       return "value";
   }
 }
-
 
 std::optional<int64_t> as_int64(const OJson& v) {
   if (v.is_number_unsigned()) {
@@ -76,7 +76,6 @@ std::string python_list(const std::vector<std::string>& items) {
   for (size_t i = 0; i < items.size(); ++i) out += (i ? ", '" : "'") + items[i] + "'";
   return out + "]";
 }
-
 
 void read_value(Reader& rd, const OJson& v, const std::string& key, bool& out) {
   if (!v.is_boolean()) return rd.mismatch(key, v, "a boolean");
@@ -156,7 +155,6 @@ void read_value(Reader& rd, const OJson& v, const std::string& key,
 void read_value(Reader& /*rd*/, const OJson& v, const std::string& /*key*/, RawJson& out) {
   out.text = v.dump();
 }
-
 
 void read_value(Reader& rd, const OJson& v, const std::string& key,
                 std::vector<std::pair<std::string, int>>& out) {

@@ -1,6 +1,7 @@
-// The JSON edge of LoraConfig (private to src/config): a Reader that collects every problem of a document, one
-// read_value / write_value overload per C++ field type, and the key tables (FieldSpec) that map a struct to its JSON
-// keys. lora_config_json.cpp holds the tables; enums.cpp the enum spellings.
+// The JSON edge of LoraConfig (private to src/config): a Reader that collects every problem of a
+// document, one read_value / write_value overload per C++ field type, and the key tables
+// (FieldSpec) that map a struct to its JSON keys. lora_config_json.cpp holds the tables; enums.cpp
+// the enum spellings.
 #pragma once
 
 #include <algorithm>
@@ -58,7 +59,8 @@ class Reader {
   std::vector<std::string> errors_;
 };
 
-// --- reading values (one overload per C++ field type; json_io.cpp, enums in enums.cpp) ------------
+// --- reading values (one overload per C++ field type; json_io.cpp, enums in enums.cpp)
+// ------------
 
 void read_value(Reader& rd, const OJson& v, const std::string& key, bool& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, int64_t& out);
@@ -68,12 +70,16 @@ void read_value(Reader& rd, const OJson& v, const std::string& key, std::string&
 void read_value(Reader& rd, const OJson& v, const std::string& key, std::vector<std::string>& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, std::vector<int64_t>& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, StrOrList& out);
-void read_value(Reader& rd, const OJson& v, const std::string& key, std::variant<int64_t, std::vector<int64_t>>& out);
+void read_value(Reader& rd, const OJson& v, const std::string& key,
+                std::variant<int64_t, std::vector<int64_t>>& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, RawJson& out);
-void read_value(Reader& rd, const OJson& v, const std::string& key, std::vector<std::pair<std::string, int>>& out);
-void read_value(Reader& rd, const OJson& v, const std::string& key, std::vector<std::pair<std::string, double>>& out);
+void read_value(Reader& rd, const OJson& v, const std::string& key,
+                std::vector<std::pair<std::string, int>>& out);
+void read_value(Reader& rd, const OJson& v, const std::string& key,
+                std::vector<std::pair<std::string, double>>& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, TrainableTokenIndices& out);
-void read_value(Reader& rd, const OJson& v, const std::string& key, std::vector<std::pair<int64_t, int64_t>>& out);
+void read_value(Reader& rd, const OJson& v, const std::string& key,
+                std::vector<std::pair<int64_t, int64_t>>& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, TaskType& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, Bias& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, InitLoraWeights& out);
@@ -126,8 +132,8 @@ OJson write_value(const CordaConfig& c);
 OJson write_value(const LoraGAConfig& c);
 OJson write_value(const ArrowConfig& c);
 
-// PEFT declares lora_alpha (and the alpha_pattern values, stable_gamma) as int: integral values are written as
-// integers, so "lora_alpha": 16 round-trips as 16 and 16.5 stays 16.5.
+// PEFT declares lora_alpha (and the alpha_pattern values, stable_gamma) as int: integral values are
+// written as integers, so "lora_alpha": 16 round-trips as 16 and 16.5 stays 16.5.
 OJson int_if_integral(double d);
 
 template <class T>
@@ -184,8 +190,8 @@ void read_struct(Reader& rd, const OJson& v, const std::string& key,
     }
   }
   if (!unknown.empty()) {
-    warn(kConfigComponent, rd.source() + ": unexpected keys " + python_list(unknown) + " in `" + key +
-                         "` are ignored");
+    warn(kConfigComponent, rd.source() + ": unexpected keys " + python_list(unknown) + " in `" +
+                               key + "` are ignored");
   }
 }
 

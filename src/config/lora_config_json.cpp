@@ -1,6 +1,6 @@
-// adapter_config.json <-> LoraConfig: every key PEFT writes is mapped in one table (kLoraFields below); the
-// sub-configs have their own small tables built the same way. The value readers / writers are json_io.cpp, the enum
-// spellings enums.cpp, validation validate.cpp.
+// adapter_config.json <-> LoraConfig: every key PEFT writes is mapped in one table (kLoraFields
+// below); the sub-configs have their own small tables built the same way. The value readers /
+// writers are json_io.cpp, the enum spellings enums.cpp, validation validate.cpp.
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -215,7 +215,8 @@ LoraConfig lora_config_from_json_text(const std::string& json_text, const std::s
     throw FormatError(kConfigComponent, source + ": invalid JSON: " + e.what());
   }
   if (!root.is_object()) {
-    throw FormatError(kConfigComponent, source + ": expected a JSON object, found " + describe(root));
+    throw FormatError(kConfigComponent,
+                      source + ": expected a JSON object, found " + describe(root));
   }
 
   const auto peft_type = root.find("peft_type");

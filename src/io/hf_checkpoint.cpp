@@ -1,4 +1,5 @@
-// Hugging Face checkpoint folders (config.json, model.safetensors / sharded index) <-> module state.
+// Hugging Face checkpoint folders (config.json, model.safetensors / sharded index) <-> module
+// state.
 #include "peft/io/hf_checkpoint.h"
 
 #include <ATen/ATen.h>
@@ -28,7 +29,6 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
-
 }  // namespace
 
 std::string read_config_json(const std::string& dir) {
@@ -38,7 +38,8 @@ std::string read_config_json(const std::string& dir) {
   PEFT_CHECK(fs::exists(p), FormatError, "checkpoint",
              "\"" << dir << "\" has no config.json (hint: is this a Hugging Face model folder?)");
   std::string text = read_text(p);
-  PEFT_CHECK(nlohmann::json::accept(text), FormatError, "checkpoint", "\"" << p.string() << "\" is not valid JSON");
+  PEFT_CHECK(nlohmann::json::accept(text), FormatError, "checkpoint",
+             "\"" << p.string() << "\" is not valid JSON");
   return text;
 }
 
@@ -48,10 +49,12 @@ std::map<std::string, at::Tensor> load_checkpoint_tensors(const std::string& dir
   const fs::path index = fs::path(dir) / "model.safetensors.index.json";
   if (!fs::exists(index)) {
     PEFT_CHECK(!fs::exists(fs::path(dir) / "pytorch_model.bin"), UnsupportedError, "checkpoint",
-               "\"" << dir << "\" holds pytorch_model.bin (a Python pickle), which peft.cpp does not read "
+               "\"" << dir
+                    << "\" holds pytorch_model.bin (a Python pickle), which peft.cpp does not read "
                     << "(hint: re-save with save_pretrained(..., safe_serialization=True))");
-    throw FormatError("checkpoint",
-                      "\"" + dir + "\" has neither model.safetensors nor model.safetensors.index.json");
+    throw FormatError(
+        "checkpoint",
+        "\"" + dir + "\" has neither model.safetensors nor model.safetensors.index.json");
   }
   nlohmann::json j;
   try {
@@ -63,8 +66,8 @@ std::map<std::string, at::Tensor> load_checkpoint_tensors(const std::string& dir
              "\"" << index.string() << "\" has no \"weight_map\" object");
   std::map<std::string, std::set<std::string>> shards;  // file -> keys it should hold
   for (const auto& [key, file] : j["weight_map"].items()) {
-    PEFT_CHECK(file.is_string(), FormatError, "checkpoint", "\"" << index.string() << "\": weight_map[\"" << key
-                                                                  << "\"] is not a file name");
+    PEFT_CHECK(file.is_string(), FormatError, "checkpoint",
+               "\"" << index.string() << "\": weight_map[\"" << key << "\"] is not a file name");
     shards[file.get<std::string>()].insert(key);
   }
   std::map<std::string, at::Tensor> out;
@@ -84,11 +87,13 @@ std::map<std::string, at::Tensor> load_checkpoint_tensors(const std::string& dir
       out[key] = shard.get(key);
     }
   }
-  PEFT_CHECK(problems.empty(), FormatError, "checkpoint", "\"" << index.string() << "\": " << detail::join(problems, "; "));
+  PEFT_CHECK(problems.empty(), FormatError, "checkpoint",
+             "\"" << index.string() << "\": " << detail::join(problems, "; "));
   return out;
 }
 
-CheckpointLoadReport load_state_into(torch::nn::Module& module, const std::map<std::string, at::Tensor>& tensors,
+CheckpointLoadReport load_state_into(torch::nn::Module& module,
+                                     const std::map<std::string, at::Tensor>& tensors,
                                      const std::string& source,
                                      const std::vector<std::pair<std::string, std::string>>& tied) {
   CheckpointLoadReport report;
@@ -111,22 +116,26 @@ CheckpointLoadReport load_state_into(torch::nn::Module& module, const std::map<s
       used.insert(name);
     }
     if (it->second.sizes() != target.sizes()) {
-      mismatched.push_back("\"" + name + "\": " + detail::shape_string(it->second.sizes()) + " in the checkpoint, " +
-                           detail::shape_string(target.sizes()) + " in the model");
+      mismatched.push_back("\"" + name + "\": " + detail::shape_string(it->second.sizes()) +
+                           " in the checkpoint, " + detail::shape_string(target.sizes()) +
+                           " in the model");
       return;
     }
     copies.emplace_back(target, it->second);
   };
   for (auto& item : module.named_parameters()) visit(item.key(), item.value());
   for (auto& item : module.named_buffers()) {
-    if (tensors.count(item.key())) visit(item.key(), item.value());  // buffers are optional in checkpoints
+    if (tensors.count(item.key()))
+      visit(item.key(), item.value());  // buffers are optional in checkpoints
   }
   PEFT_CHECK(mismatched.empty(), ShapeMismatchError, "load_pretrained",
-             "\"" << source << "\": " << mismatched.size() << " tensor(s) have the wrong shape: "
-                  << detail::join(mismatched, "; ") << " (hint: does config.json belong to these weights?)");
+             "\"" << source << "\": " << mismatched.size()
+                  << " tensor(s) have the wrong shape: " << detail::join(mismatched, "; ")
+                  << " (hint: does config.json belong to these weights?)");
   PEFT_CHECK(missing.empty(), FormatError, "load_pretrained",
-             "\"" << source << "\": " << missing.size() << " tensor(s) missing from the checkpoint: "
-                  << detail::join(missing, ", ") << " (hint: does config.json belong to these weights?)");
+             "\"" << source << "\": " << missing.size()
+                  << " tensor(s) missing from the checkpoint: " << detail::join(missing, ", ")
+                  << " (hint: does config.json belong to these weights?)");
   {
     torch::NoGradGuard no_grad;
     for (auto& [dst, src] : copies) dst.copy_(src.to(dst.device(), dst.scalar_type()));
@@ -139,14 +148,17 @@ CheckpointLoadReport load_state_into(torch::nn::Module& module, const std::map<s
     }
   }
   if (!report.unexpected.empty()) {
-    warn("load_pretrained", "\"" + source + "\": ignored " + std::to_string(report.unexpected.size()) +
-                                " checkpoint tensor(s) the model does not use: " + detail::join(report.unexpected, ", "));
+    warn("load_pretrained", "\"" + source + "\": ignored " +
+                                std::to_string(report.unexpected.size()) +
+                                " checkpoint tensor(s) the model does not use: " +
+                                detail::join(report.unexpected, ", "));
   }
   return report;
 }
 
 void save_checkpoint_tensors(const torch::nn::Module& module, const std::string& dir,
-                             const std::vector<std::string>& skip, std::optional<c10::ScalarType> dtype) {
+                             const std::vector<std::string>& skip,
+                             std::optional<c10::ScalarType> dtype) {
   std::set<std::string> skipped(skip.begin(), skip.end());
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const auto& item : module.named_parameters()) {

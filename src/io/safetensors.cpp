@@ -393,7 +393,8 @@ void save_safetensors(const std::string& path,
       path,
       [&](const ByteSink& sink) {
         uint8_t len_bytes[8];
-        for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<uint8_t>(header_text.size() >> (8 * i));
+        for (int i = 0; i < 8; ++i)
+          len_bytes[i] = static_cast<uint8_t>(header_text.size() >> (8 * i));
         sink(len_bytes, 8);
         sink(header_text.data(), header_text.size());
         for (const auto& [name, t] : sorted) {

@@ -10,7 +10,8 @@ FactorImpl::FactorImpl(at::Tensor w, at::Tensor b) {
   if (b.defined()) bias = register_parameter("bias", std::move(b));
 }
 
-void AdapterDictImpl::insert(const std::string& adapter, std::shared_ptr<torch::nn::Module> module) {
+void AdapterDictImpl::insert(const std::string& adapter,
+                             std::shared_ptr<torch::nn::Module> module) {
   if (items_.count(adapter)) erase(adapter);
   items_[adapter] = register_module(adapter, std::move(module));
 }
@@ -21,7 +22,9 @@ void AdapterDictImpl::erase(const std::string& adapter) {
   unregister_module(adapter);
 }
 
-bool AdapterDictImpl::contains(const std::string& adapter) const { return items_.count(adapter) != 0; }
+bool AdapterDictImpl::contains(const std::string& adapter) const {
+  return items_.count(adapter) != 0;
+}
 
 std::shared_ptr<torch::nn::Module> AdapterDictImpl::at(const std::string& adapter) const {
   auto it = items_.find(adapter);

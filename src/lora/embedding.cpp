@@ -9,10 +9,14 @@
 
 namespace peft::nn {
 
-EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim, std::optional<int64_t> padding_idx)
-    : LoraLayerImpl(LayerKind::kEmbedding), num_embeddings_(num_embeddings), embedding_dim_(embedding_dim) {
+EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim,
+                             std::optional<int64_t> padding_idx)
+    : LoraLayerImpl(LayerKind::kEmbedding),
+      num_embeddings_(num_embeddings),
+      embedding_dim_(embedding_dim) {
   PEFT_CHECK(num_embeddings > 0 && embedding_dim > 0, ConfigError, "nn::Embedding",
-             "sizes must be positive: num_embeddings " << num_embeddings << ", embedding_dim " << embedding_dim);
+             "sizes must be positive: num_embeddings " << num_embeddings << ", embedding_dim "
+                                                       << embedding_dim);
   if (padding_idx) {
     int64_t p = *padding_idx < 0 ? *padding_idx + num_embeddings : *padding_idx;
     PEFT_CHECK(p >= 0 && p < num_embeddings, ConfigError, "nn::Embedding",
@@ -36,8 +40,8 @@ void EmbeddingImpl::create_adapter(const std::string& adapter, const AdapterSett
   }
   auto opts = weight().options().requires_grad(false);
   torch::NoGradGuard no_grad;
-  // PEFT creates both with torch.randn; init False keeps that, every other init (true, "gaussian" and
-  // strings Embedding does not handle) sets A = 0 and B ~ N(0, 1): the opposite of Linear.
+  // PEFT creates both with torch.randn; init False keeps that, every other init (true, "gaussian"
+  // and strings Embedding does not handle) sets A = 0 and B ~ N(0, 1): the opposite of Linear.
   at::Tensor A = torch::randn({s.r, num_embeddings_}, opts);
   at::Tensor B = torch::randn({embedding_dim_, s.r}, opts);
   if (s.init_lora_weights.kind != K::kFalse) {
@@ -55,7 +59,8 @@ void EmbeddingImpl::destroy_adapter(const std::string& adapter) {
   }
 }
 
-std::vector<std::pair<std::string, at::Tensor>> EmbeddingImpl::factor_tensors(const std::string& adapter) const {
+std::vector<std::pair<std::string, at::Tensor>> EmbeddingImpl::factor_tensors(
+    const std::string& adapter) const {
   std::vector<std::pair<std::string, at::Tensor>> out;
   if (lora_embedding_A_ && lora_embedding_A_->contains(adapter)) {
     out.emplace_back("lora_embedding_A", lora_embedding_A_->get(adapter));
@@ -64,13 +69,14 @@ std::vector<std::pair<std::string, at::Tensor>> EmbeddingImpl::factor_tensors(co
   return out;
 }
 
-at::Tensor EmbeddingImpl::base_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor&) const {
+at::Tensor EmbeddingImpl::base_forward(const at::Tensor& x, const at::Tensor& w,
+                                       const at::Tensor&) const {
   return at::embedding(w, x, padding_idx_.value_or(-1));
 }
 
 at::Tensor EmbeddingImpl::lora_forward(const at::Tensor& x, const std::string& adapter) const {
-  const at::Tensor& A = lora_embedding_A_->get(adapter);  // (r, num_embeddings)
-  const at::Tensor& B = lora_embedding_B_->get(adapter);  // (embedding_dim, r)
+  const at::Tensor& A = lora_embedding_A_->get(adapter);                    // (r, num_embeddings)
+  const at::Tensor& B = lora_embedding_B_->get(adapter);                    // (embedding_dim, r)
   const at::Tensor h = at::embedding(A.t(), x, padding_idx_.value_or(-1));  // (..., r)
   return at::matmul(h, B.t()) * scaling(adapter);
 }
@@ -83,7 +89,9 @@ at::Tensor EmbeddingImpl::add_adapter_output(at::Tensor result, const at::Tensor
 
 at::Tensor EmbeddingImpl::lora_delta_weight(const std::string& adapter) const {
   // (num_embeddings, embedding_dim) = ((B @ A) * scaling)^T
-  return scaled_product(lora_embedding_B_->get(adapter), lora_embedding_A_->get(adapter), adapter).t().contiguous();
+  return scaled_product(lora_embedding_B_->get(adapter), lora_embedding_A_->get(adapter), adapter)
+      .t()
+      .contiguous();
 }
 
 }  // namespace peft::nn

@@ -1,4 +1,5 @@
-// Thread-local forward context (PEFT passes the same data through forward pre-hooks) and aLoRA's offsets / mask.
+// Thread-local forward context (PEFT passes the same data through forward pre-hooks) and aLoRA's
+// offsets / mask.
 #include "peft/lora/forward_context.h"
 
 #include <ATen/ATen.h>
@@ -33,8 +34,8 @@ ForwardInputIdsGuard::~ForwardInputIdsGuard() {
   if (installed_) g_context.input_ids = at::Tensor();
 }
 
-std::vector<std::optional<int64_t>> calculate_alora_offsets(const at::Tensor& input_ids,
-                                                             const std::vector<int64_t>& invocation_tokens) {
+std::vector<std::optional<int64_t>> calculate_alora_offsets(
+    const at::Tensor& input_ids, const std::vector<int64_t>& invocation_tokens) {
   PEFT_CHECK(input_ids.defined() && input_ids.dim() == 2, ShapeMismatchError, "alora",
              "input_ids must be (batch, seq) to find the aLoRA invocation sequence");
   PEFT_CHECK(!invocation_tokens.empty(), ConfigError, "alora", "alora_invocation_tokens is empty");
@@ -56,7 +57,8 @@ std::vector<std::optional<int64_t>> calculate_alora_offsets(const at::Tensor& in
   return out;
 }
 
-at::Tensor alora_position_mask(const at::Tensor& like, const std::vector<int64_t>& invocation_tokens) {
+at::Tensor alora_position_mask(const at::Tensor& like,
+                               const std::vector<int64_t>& invocation_tokens) {
   const int64_t batch = like.size(0);
   const int64_t T = like.dim() >= 3 ? like.size(1) : 1;
   std::vector<std::optional<int64_t>> offsets;
@@ -65,15 +67,17 @@ at::Tensor alora_position_mask(const at::Tensor& like, const std::vector<int64_t
   } else if (g_context.input_ids.defined()) {
     offsets = calculate_alora_offsets(g_context.input_ids, invocation_tokens);
   }
-  PEFT_CHECK(offsets.empty() || static_cast<int64_t>(offsets.size()) == batch, ShapeMismatchError, "alora",
-             "aLoRA offsets were given for " << offsets.size() << " rows but the batch has " << batch);
+  PEFT_CHECK(
+      offsets.empty() || static_cast<int64_t>(offsets.size()) == batch, ShapeMismatchError, "alora",
+      "aLoRA offsets were given for " << offsets.size() << " rows but the batch has " << batch);
   std::vector<float> mask(static_cast<size_t>(batch * T), 0.0f);
   for (int64_t b = 0; b < static_cast<int64_t>(offsets.size()); ++b) {
     if (!offsets[static_cast<size_t>(b)]) continue;
     const int64_t o = std::min(*offsets[static_cast<size_t>(b)], T);
     for (int64_t t = T - o; t < T; ++t) mask[static_cast<size_t>(b * T + t)] = 1.0f;
   }
-  at::Tensor m = torch::tensor(mask).view(like.dim() >= 3 ? std::vector<int64_t>{batch, T, 1} : std::vector<int64_t>{batch, 1});
+  at::Tensor m = torch::tensor(mask).view(like.dim() >= 3 ? std::vector<int64_t>{batch, T, 1}
+                                                          : std::vector<int64_t>{batch, 1});
   return m.to(like.device(), like.scalar_type());
 }
 

@@ -1,8 +1,6 @@
 // LoftQ initialisation: PEFT's loftq_init / _loftq_init_new / _low_rank_decomposition
 // (src/peft/utils/loftq_utils.py) on top of the bitsandbytes-compatible quantizers of
 // peft/quant/quantize.h.
-#include "peft/lora/loftq.h"
-
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -10,6 +8,7 @@
 #include <tuple>
 
 #include "peft/error.h"
+#include "peft/lora/loftq.h"
 #include "peft/quant/quantize.h"
 
 namespace peft::init {

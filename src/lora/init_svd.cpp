@@ -1,5 +1,5 @@
-// Weight-based LoRA initialisations (PEFT LoraLayer.pissa_init, olora_init, orthogonal_init, corda_init,
-// lora_ga_init) and torch.svd_lowrank, which LibTorch's C++ API lacks.
+// Weight-based LoRA initialisations (PEFT LoraLayer.pissa_init, olora_init, orthogonal_init,
+// corda_init, lora_ga_init) and torch.svd_lowrank, which LibTorch's C++ API lacks.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -13,7 +13,8 @@
 namespace peft::detail {
 
 LowRankSvd svd_lowrank(const at::Tensor& M, int64_t q, int niter) {
-  PEFT_CHECK(M.dim() == 2, ShapeMismatchError, "svd_lowrank", "expected a matrix; got " << M.dim() << " dimensions");
+  PEFT_CHECK(M.dim() == 2, ShapeMismatchError, "svd_lowrank",
+             "expected a matrix; got " << M.dim() << " dimensions");
   const int64_t m = M.size(0);
   const int64_t n = M.size(1);
   PEFT_CHECK(q > 0 && q <= std::min(m, n), ConfigError, "svd_lowrank",
@@ -21,7 +22,8 @@ LowRankSvd svd_lowrank(const at::Tensor& M, int64_t q, int niter) {
   // Work on the tall orientation: A (rows >= cols), as torch does by factoring A^T when m < n.
   const bool wide = m < n;
   at::Tensor A = wide ? M.t() : M;
-  // Randomized range finder with niter power iterations, re-orthonormalised each time (Halko et al., 4.4).
+  // Randomized range finder with niter power iterations, re-orthonormalised each time (Halko et
+  // al., 4.4).
   at::Tensor X = torch::randn({A.size(1), q}, A.options());
   at::Tensor Q = std::get<0>(at::linalg_qr(at::matmul(A, X)));
   for (int i = 0; i < niter; ++i) {
@@ -69,8 +71,9 @@ WeightInit olora_init(const at::Tensor& W_stored, int r, double scaling) {
 }
 
 WeightInit orthogonal_init(int64_t in_features, int64_t out_features, int r) {
-  PEFT_CHECK(r % 2 == 0, ConfigError, "lora",
-             "Orthogonal initialization requires the LoRA rank to be even, got " << r << " instead.");
+  PEFT_CHECK(
+      r % 2 == 0, ConfigError, "lora",
+      "Orthogonal initialization requires the LoRA rank to be even, got " << r << " instead.");
   // PEFT draws on the CPU generator in this order: X (r, r), then A's and B's Gaussian factors.
   at::Tensor X = torch::randn({r, r});
   at::Tensor Q = std::get<0>(at::linalg_qr(X));
@@ -78,12 +81,13 @@ WeightInit orthogonal_init(int64_t in_features, int64_t out_features, int r) {
   at::Tensor q_even = Q.slice(0, 1, r, 2);  // rows 1, 3, 5, ...
   WeightInit out;
   out.A = (at::mm(torch::randn({in_features, r / 2}), q_odd).t() / 10.0).contiguous();  // (r, in)
-  out.B = (at::mm(torch::randn({r / 2, out_features}).t(), q_even) / 10.0).contiguous();  // (out, r)
+  out.B =
+      (at::mm(torch::randn({r / 2, out_features}).t(), q_even) / 10.0).contiguous();  // (out, r)
   return out;  // base untouched: B A = 0 because even and odd rows of Q are orthogonal
 }
 
-WeightInit corda_init(const at::Tensor& W, int r, double scaling, const at::Tensor& U, const at::Tensor& S,
-                      const at::Tensor& V) {
+WeightInit corda_init(const at::Tensor& W, int r, double scaling, const at::Tensor& U,
+                      const at::Tensor& S, const at::Tensor& V) {
   PEFT_CHECK(U.size(1) == r && S.size(0) == r && V.size(1) == r, ShapeMismatchError, "corda",
              "CorDA decomposition has rank " << S.size(0) << " but the adapter's r is " << r);
   at::Tensor sq = at::sqrt(S / scaling);
@@ -94,12 +98,14 @@ WeightInit corda_init(const at::Tensor& W, int r, double scaling, const at::Tens
   return out;
 }
 
-WeightInit loraga_init(const at::Tensor& W, const at::Tensor& G, int r, double scaling, const LoraGAConfig& c) {
+WeightInit loraga_init(const at::Tensor& W, const at::Tensor& G, int r, double scaling,
+                       const LoraGAConfig& c) {
   PEFT_CHECK(G.sizes() == W.sizes(), ShapeMismatchError, "lora_ga",
              "stored gradient has shape " << G.sizes() << " but the weight is " << W.sizes());
   const int64_t q = std::min<int64_t>(4 * r, std::min(G.size(0), G.size(1)));
-  PEFT_CHECK(2 * r <= q, ConfigError, "lora_ga",
-             "LoRA-GA needs 2r = " << 2 * r << " singular directions but the weight allows only " << q);
+  PEFT_CHECK(
+      2 * r <= q, ConfigError, "lora_ga",
+      "LoRA-GA needs 2r = " << 2 * r << " singular directions but the weight allows only " << q);
   LowRankSvd l = svd_lowrank(G, q, 4);
   at::Tensor U = l.U.slice(1, 0, 2 * r);
   at::Tensor S = l.S.slice(0, 0, 2 * r);
@@ -122,7 +128,9 @@ WeightInit loraga_init(const at::Tensor& W, const at::Tensor& G, int r, double s
       SB = S.slice(0, r, 2 * r);
       break;
     case LoraGADirection::kRandom: {
-      at::Tensor idx = torch::randperm(2 * r, at::TensorOptions().dtype(at::kLong)).slice(0, 0, r).to(U.device());
+      at::Tensor idx = torch::randperm(2 * r, at::TensorOptions().dtype(at::kLong))
+                           .slice(0, 0, r)
+                           .to(U.device());
       A = Vh.index_select(0, idx);
       B = U.index_select(1, idx);
       SB = S.index_select(0, idx);

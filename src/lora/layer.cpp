@@ -1,5 +1,6 @@
-// Adapter bookkeeping of every adapter-ready layer (PEFT LoraLayer.update_layer, delete_adapter, set_adapter,
-// enable_adapters, set_scale): settings, scaling, variants, active set, and the auxiliary child modules.
+// Adapter bookkeeping of every adapter-ready layer (PEFT LoraLayer.update_layer, delete_adapter,
+// set_adapter, enable_adapters, set_scale): settings, scaling, variants, active set, and the
+// auxiliary child modules.
 #include "peft/lora/layer.h"
 
 #include <ATen/ATen.h>
@@ -22,13 +23,20 @@ namespace peft::nn {
 
 std::string to_string(LayerKind kind) {
   switch (kind) {
-    case LayerKind::kLinear: return "Linear";
-    case LayerKind::kConv1D: return "Conv1D";
-    case LayerKind::kEmbedding: return "Embedding";
-    case LayerKind::kConv1d: return "Conv1d";
-    case LayerKind::kConv2d: return "Conv2d";
-    case LayerKind::kConv3d: return "Conv3d";
-    case LayerKind::kParam: return "Parameter";
+    case LayerKind::kLinear:
+      return "Linear";
+    case LayerKind::kConv1D:
+      return "Conv1D";
+    case LayerKind::kEmbedding:
+      return "Embedding";
+    case LayerKind::kConv1d:
+      return "Conv1d";
+    case LayerKind::kConv2d:
+      return "Conv2d";
+    case LayerKind::kConv3d:
+      return "Conv3d";
+    case LayerKind::kParam:
+      return "Parameter";
   }
   return "?";
 }
@@ -37,7 +45,8 @@ double AdapterSettings::base_scaling() const {
   return use_rslora ? lora_alpha / std::sqrt(static_cast<double>(r)) : lora_alpha / r;
 }
 
-LoraLayerImpl::LoraLayerImpl(LayerKind kind) : mixed_cache_(std::make_shared<mixed::MixedCache>()), kind_(kind) {}
+LoraLayerImpl::LoraLayerImpl(LayerKind kind)
+    : mixed_cache_(std::make_shared<mixed::MixedCache>()), kind_(kind) {}
 LoraLayerImpl::~LoraLayerImpl() = default;
 
 void LoraLayerImpl::register_base(at::Tensor weight, at::Tensor bias) {
@@ -56,7 +65,8 @@ void LoraLayerImpl::set_base_weights(const at::Tensor& weight, const at::Tensor&
 }
 
 void LoraLayerImpl::add_factors(const std::string& adapter, const AdapterSettings& s,
-                                const std::vector<int64_t>& a_shape, const std::vector<int64_t>& b_shape) {
+                                const std::vector<int64_t>& a_shape,
+                                const std::vector<int64_t>& b_shape) {
   if (!lora_A_) {
     lora_A_ = register_module("lora_A", AdapterDict());
     lora_B_ = register_module("lora_B", AdapterDict());
@@ -83,19 +93,23 @@ void LoraLayerImpl::remove_factors(const std::string& adapter) {
   }
 }
 
-at::Tensor LoraLayerImpl::scaled_product(const at::Tensor& B2, const at::Tensor& A2, const std::string& adapter) const {
+at::Tensor LoraLayerImpl::scaled_product(const at::Tensor& B2, const at::Tensor& A2,
+                                         const std::string& adapter) const {
   const auto dtype = A2.scalar_type();
   const bool upcast = A2.device().is_cpu() && (dtype == at::kHalf || dtype == at::kBFloat16);
   if (!upcast) return at::matmul(B2.detach(), A2.detach()) * scaling(adapter);
-  return (at::matmul(B2.detach().to(at::kFloat), A2.detach().to(at::kFloat)) * scaling(adapter)).to(dtype);
+  return (at::matmul(B2.detach().to(at::kFloat), A2.detach().to(at::kFloat)) * scaling(adapter))
+      .to(dtype);
 }
 
 void LoraLayerImpl::update_layer(const std::string& adapter, const AdapterSettings& settings) {
   PEFT_CHECK(settings.r > 0, ConfigError, "lora",
              "`r` should be a positive integer value but the value passed is " << settings.r);
-  PEFT_CHECK(std::find(merged_.begin(), merged_.end(), adapter) == merged_.end(), Error, "lora",
-             "cannot re-create adapter \"" << adapter << "\" while it is merged (hint: unmerge first)");
-  // PEFT resolves the variant first, so an unsupported combination fails before anything is created.
+  PEFT_CHECK(
+      std::find(merged_.begin(), merged_.end(), adapter) == merged_.end(), Error, "lora",
+      "cannot re-create adapter \"" << adapter << "\" while it is merged (hint: unmerge first)");
+  // PEFT resolves the variant first, so an unsupported combination fails before anything is
+  // created.
   std::shared_ptr<LoraVariant> variant = resolve_lora_variant(*this, settings);
   if (has_adapter(adapter)) {
     if (auto old = variants_[adapter]) old->remove(*this, adapter);
@@ -115,9 +129,10 @@ void LoraLayerImpl::update_layer(const std::string& adapter, const AdapterSettin
   adapters_changed();
 }
 
-void LoraLayerImpl::tie_adapter_to(const std::string& adapter, const std::shared_ptr<LoraLayerImpl>& source) {
-  PEFT_CHECK(source && source.get() != this && source->has_adapter(adapter), Error, "ensure_weight_tying",
-             "the tied source layer has no adapter \"" << adapter << "\"");
+void LoraLayerImpl::tie_adapter_to(const std::string& adapter,
+                                   const std::shared_ptr<LoraLayerImpl>& source) {
+  PEFT_CHECK(source && source.get() != this && source->has_adapter(adapter), Error,
+             "ensure_weight_tying", "the tied source layer has no adapter \"" << adapter << "\"");
   auto variant = variants::make_tied_variant(*this, source, adapter);
   if (has_adapter(adapter)) delete_adapter(adapter);
   adapter_order_.push_back(adapter);
@@ -137,8 +152,10 @@ void LoraLayerImpl::adapters_changed() {
 
 void LoraLayerImpl::delete_adapter(const std::string& adapter) {
   if (!has_adapter(adapter)) return;
-  PEFT_CHECK(std::find(merged_.begin(), merged_.end(), adapter) == merged_.end(), Error, "delete_adapter",
-             "Cannot delete adapter(s) [" << adapter << "] while they are merged. Please unmerge them first.");
+  PEFT_CHECK(std::find(merged_.begin(), merged_.end(), adapter) == merged_.end(), Error,
+             "delete_adapter",
+             "Cannot delete adapter(s) [" << adapter
+                                          << "] while they are merged. Please unmerge them first.");
   auto it = variants_.find(adapter);
   if (it != variants_.end()) {
     it->second->remove(*this, adapter);
@@ -147,20 +164,23 @@ void LoraLayerImpl::delete_adapter(const std::string& adapter) {
   destroy_adapter(adapter);
   settings_.erase(adapter);
   scaling_.erase(adapter);
-  adapter_order_.erase(std::remove(adapter_order_.begin(), adapter_order_.end(), adapter), adapter_order_.end());
+  adapter_order_.erase(std::remove(adapter_order_.begin(), adapter_order_.end(), adapter),
+                       adapter_order_.end());
   active_.erase(std::remove(active_.begin(), active_.end(), adapter), active_.end());
   adapters_changed();
 }
 
 const AdapterSettings& LoraLayerImpl::adapter_settings(const std::string& adapter) const {
   auto it = settings_.find(adapter);
-  PEFT_CHECK(it != settings_.end(), AdapterNotFoundError, "lora", "layer has no adapter \"" << adapter << "\"");
+  PEFT_CHECK(it != settings_.end(), AdapterNotFoundError, "lora",
+             "layer has no adapter \"" << adapter << "\"");
   return it->second;
 }
 
 double LoraLayerImpl::scaling(const std::string& adapter) const {
   auto it = scaling_.find(adapter);
-  PEFT_CHECK(it != scaling_.end(), AdapterNotFoundError, "lora", "layer has no adapter \"" << adapter << "\"");
+  PEFT_CHECK(it != scaling_.end(), AdapterNotFoundError, "lora",
+             "layer has no adapter \"" << adapter << "\"");
   return it->second;
 }
 
@@ -169,7 +189,8 @@ void LoraLayerImpl::set_scale(const std::string& adapter, double factor) {
   mixed_cache_->clear();
 }
 
-std::vector<std::pair<std::string, at::Tensor>> LoraLayerImpl::factor_tensors(const std::string& adapter) const {
+std::vector<std::pair<std::string, at::Tensor>> LoraLayerImpl::factor_tensors(
+    const std::string& adapter) const {
   std::vector<std::pair<std::string, at::Tensor>> out;
   if (lora_A_ && lora_A_->contains(adapter)) {
     auto b = lora_B_->get<FactorImpl>(adapter);
@@ -180,7 +201,8 @@ std::vector<std::pair<std::string, at::Tensor>> LoraLayerImpl::factor_tensors(co
   return out;
 }
 
-std::vector<std::pair<std::string, at::Tensor>> LoraLayerImpl::adapter_tensors(const std::string& adapter) const {
+std::vector<std::pair<std::string, at::Tensor>> LoraLayerImpl::adapter_tensors(
+    const std::string& adapter) const {
   auto out = factor_tensors(adapter);
   if (auto v = variant(adapter)) v->append_tensors(*this, adapter, out);
   return out;
@@ -218,7 +240,8 @@ void LoraLayerImpl::enable_adapters(bool enabled) {
     set_active_adapters(active_, true);
     return;
   }
-  // PEFT unmerges on the next forward of a disabled layer; doing it here keeps forward free of mutation.
+  // PEFT unmerges on the next forward of a disabled layer; doing it here keeps forward free of
+  // mutation.
   if (merged()) unmerge();
   enabled_ = false;
   for (const auto& name : adapter_order_) {
@@ -228,14 +251,17 @@ void LoraLayerImpl::enable_adapters(bool enabled) {
 }
 
 TrainableTokensImpl& LoraLayerImpl::ensure_trainable_tokens() {
-  PEFT_CHECK(kind_ == LayerKind::kEmbedding || kind_ == LayerKind::kLinear, UnsupportedError, "trainable_tokens",
-             "trainable tokens need an Embedding (or a Linear tied to one); this layer is a " << to_string(kind_));
+  PEFT_CHECK(kind_ == LayerKind::kEmbedding || kind_ == LayerKind::kLinear, UnsupportedError,
+             "trainable_tokens",
+             "trainable tokens need an Embedding (or a Linear tied to one); this layer is a "
+                 << to_string(kind_));
   if (!tokens_) tokens_ = register_module("token_adapter", std::make_shared<TrainableTokensImpl>());
   return *tokens_;
 }
 
 ModulesToSaveImpl& LoraLayerImpl::ensure_modules_to_save() {
-  if (!modules_to_save_) modules_to_save_ = register_module("modules_to_save", std::make_shared<ModulesToSaveImpl>());
+  if (!modules_to_save_)
+    modules_to_save_ = register_module("modules_to_save", std::make_shared<ModulesToSaveImpl>());
   return *modules_to_save_;
 }
 
@@ -252,7 +278,8 @@ const AdapterDictImpl* LoraLayerImpl::find_adapter_dict(const std::string& name)
   return it == adapter_dicts_.end() ? nullptr : it->second.get();
 }
 
-std::vector<std::pair<std::string, std::shared_ptr<LoraLayerImpl>>> lora_layers(torch::nn::Module& root) {
+std::vector<std::pair<std::string, std::shared_ptr<LoraLayerImpl>>> lora_layers(
+    torch::nn::Module& root) {
   std::vector<std::pair<std::string, std::shared_ptr<LoraLayerImpl>>> out;
   for (const auto& item : root.named_modules("", /*include_self=*/true)) {
     auto layer = std::dynamic_pointer_cast<LoraLayerImpl>(item.value());
@@ -263,12 +290,13 @@ std::vector<std::pair<std::string, std::shared_ptr<LoraLayerImpl>>> lora_layers(
     }
     if (nested) continue;
     if (auto param = std::dynamic_pointer_cast<ParamLoraImpl>(layer)) {
-      // PEFT's name for a parameter's LoRA: the owning module, inside one ParamWrapper per later-targeted
-      // parameter of that module ("experts.base_layer" for the first of two).
+      // PEFT's name for a parameter's LoRA: the owning module, inside one ParamWrapper per
+      // later-targeted parameter of that module ("experts.base_layer" for the first of two).
       const std::string& key = item.key();
       const auto dot = key.rfind('.');
       std::string name = dot == std::string::npos ? std::string() : key.substr(0, dot);
-      for (int i = 0; i < param->nesting(); ++i) name += name.empty() ? "base_layer" : ".base_layer";
+      for (int i = 0; i < param->nesting(); ++i)
+        name += name.empty() ? "base_layer" : ".base_layer";
       out.emplace_back(name, layer);
       continue;
     }

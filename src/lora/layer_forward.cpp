@@ -1,5 +1,5 @@
-// The adapter-ready layer's forward (PEFT LoraLayer.forward): the base computation, then each active, unmerged
-// adapter's contribution, plain LoRA or through its variant.
+// The adapter-ready layer's forward (PEFT LoraLayer.forward): the base computation, then each
+// active, unmerged adapter's contribution, plain LoRA or through its variant.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 
@@ -15,13 +15,15 @@ at::Tensor LoraLayerImpl::forward_with_adapters(const at::Tensor& x) const {
   const at::Tensor* w = &weight_;
   const at::Tensor* b = &bias_;
   std::shared_ptr<FactorImpl> copy;
-  if (enabled_ && modules_to_save_ && !active_.empty() && modules_to_save_->contains(active_.front())) {
+  if (enabled_ && modules_to_save_ && !active_.empty() &&
+      modules_to_save_->contains(active_.front())) {
     copy = modules_to_save_->copy(active_.front());  // the copy stands in for the base weights
     w = &copy->weight;
     b = &copy->bias;
   }
   const ForwardContext& context = current_forward_context();
-  if (context.adapter_names && (!settings_.empty() || modules_to_save_ || (tokens_ && !tokens_->empty()))) {
+  if (context.adapter_names &&
+      (!settings_.empty() || modules_to_save_ || (tokens_ && !tokens_->empty()))) {
     return forward_mixed(x, *context.adapter_names);
   }
   if (observer_) observer_(x);
@@ -38,7 +40,8 @@ at::Tensor LoraLayerImpl::forward_with_adapters(const at::Tensor& x) const {
   return result.scalar_type() == dtype ? result : result.to(dtype);
 }
 
-at::Tensor LoraLayerImpl::add_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const {
+at::Tensor LoraLayerImpl::add_output(at::Tensor result, const at::Tensor& x,
+                                     const std::string& adapter) const {
   if (auto v = variant(adapter)) return v->forward(*this, adapter, x, std::move(result));
   return add_adapter_output(std::move(result), x, adapter);
 }
@@ -50,7 +53,8 @@ at::Tensor LoraLayerImpl::add_adapter_output(at::Tensor result, const at::Tensor
 }
 
 at::Tensor LoraLayerImpl::lora_dropout(const at::Tensor& x, const std::string& adapter) const {
-  // The input is cast to the factors' dtype first (PEFT _cast_input_dtype), so dropout draws on that dtype.
+  // The input is cast to the factors' dtype first (PEFT _cast_input_dtype), so dropout draws on
+  // that dtype.
   at::Tensor xin = x;
   if (lora_A_ && lora_A_->contains(adapter)) {
     const auto dtype = lora_A_->get<FactorImpl>(adapter)->weight.scalar_type();

@@ -1,5 +1,6 @@
 // Merging adapters into the base weight and taking them out again (PEFT LoraLayer.merge / unmerge /
-// get_delta_weight): plain LoRA adds scaling * B A; a variant supplies its own merge_safe / merge_unsafe / unmerge.
+// get_delta_weight): plain LoRA adds scaling * B A; a variant supplies its own merge_safe /
+// merge_unsafe / unmerge.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -17,7 +18,8 @@ namespace peft::nn {
 namespace {
 
 // scaling * lora_B.bias, or undefined when the adapter has no LoRA bias.
-at::Tensor bias_delta(const LoraLayerImpl& layer, const std::string& adapter, c10::ScalarType dtype) {
+at::Tensor bias_delta(const LoraLayerImpl& layer, const std::string& adapter,
+                      c10::ScalarType dtype) {
   const at::Tensor b = layer.adapter_tensor(adapter, "lora_B.bias");
   return b.defined() ? (b * layer.scaling(adapter)).to(dtype) : at::Tensor();
 }
@@ -42,12 +44,14 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
     todo.push_back(n);
   }
   if (todo.empty()) {
-    const bool any = std::any_of(names.begin(), names.end(), [&](const auto& n) { return has_adapter(n); });
+    const bool any =
+        std::any_of(names.begin(), names.end(), [&](const auto& n) { return has_adapter(n); });
     if (any) warn("merge", "All adapters are already merged, nothing to do.");
     return;
   }
   torch::NoGradGuard no_grad;
-  // weight_ itself for a float base (updated in place); a dequantized copy for a quantized one, committed below.
+  // weight_ itself for a float base (updated in place); a dequantized copy for a quantized one,
+  // committed below.
   at::Tensor W = float_weight();
   if (is_quantized()) {
     warn("merge", "Merge lora module to a quantized (" + to_string(kind_) +
@@ -56,17 +60,21 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
   for (const auto& n : todo) {
     const auto v = variant(n);
     const at::Tensor b_delta = bias_delta(*this, n, W.scalar_type());
-    PEFT_CHECK(!b_delta.defined() || has_bias(), Error, "merge",
-               "adapter \"" << n << "\" has lora_bias=True but the base layer has no bias, so it cannot be merged");
+    PEFT_CHECK(
+        !b_delta.defined() || has_bias(), Error, "merge",
+        "adapter \""
+            << n << "\" has lora_bias=True but the base layer has no bias, so it cannot be merged");
     if (safe_merge) {
-      const at::Tensor w = v ? v->merge_safe(*this, n, W) : W + get_delta_weight(n).to(W.scalar_type());
+      const at::Tensor w =
+          v ? v->merge_safe(*this, n, W) : W + get_delta_weight(n).to(W.scalar_type());
       PEFT_CHECK(at::isfinite(w).all().item<bool>(), Error, "merge",
                  "NaNs detected in the merged weights. The adapter " << n << " seems to be broken");
       at::Tensor b;
       if (b_delta.defined()) {
         b = bias_ + b_delta;
-        PEFT_CHECK(at::isfinite(b).all().item<bool>(), Error, "merge",
-                   "NaNs detected in the merged weights. The adapter " << n << " seems to be broken");
+        PEFT_CHECK(
+            at::isfinite(b).all().item<bool>(), Error, "merge",
+            "NaNs detected in the merged weights. The adapter " << n << " seems to be broken");
       }
       W.copy_(w);
       if (b.defined()) bias_.copy_(b);
@@ -85,7 +93,8 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
 
 void LoraLayerImpl::unmerge() {
   torch::NoGradGuard no_grad;
-  if (!merged_.empty()) {  // with nothing to subtract, a quantized base is not dequantized for nothing
+  if (!merged_
+           .empty()) {  // with nothing to subtract, a quantized base is not dequantized for nothing
     at::Tensor W = float_weight();
     while (!merged_.empty()) {
       const std::string n = merged_.back();
@@ -104,7 +113,8 @@ void LoraLayerImpl::unmerge() {
 }
 
 void LoraLayerImpl::remove_all_adapters() {
-  merged_.clear();  // the caller merged on purpose (merge_and_unload) or wants the adapters gone (unload)
+  merged_.clear();  // the caller merged on purpose (merge_and_unload) or wants the adapters gone
+                    // (unload)
   for (const auto& n : std::vector<std::string>(adapter_order_)) {
     if (auto v = variant(n)) v->remove(*this, n);
     destroy_adapter(n);

@@ -20,23 +20,29 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool bias)
 
 LinearImpl::LinearImpl(LayerKind kind, int64_t in_features, int64_t out_features, bool bias,
                        bool fan_in_fan_out)
-    : LoraLayerImpl(kind), in_features_(in_features), out_features_(out_features),
+    : LoraLayerImpl(kind),
+      in_features_(in_features),
+      out_features_(out_features),
       fan_in_fan_out_(fan_in_fan_out) {
   PEFT_CHECK(in_features > 0 && out_features > 0, ConfigError, "nn::Linear",
              "features must be positive: in " << in_features << ", out " << out_features);
-  at::Tensor w = fan_in_fan_out ? torch::empty({in_features, out_features}) : torch::empty({out_features, in_features});
+  at::Tensor w = fan_in_fan_out ? torch::empty({in_features, out_features})
+                                : torch::empty({out_features, in_features});
   register_base(w, bias ? torch::zeros({out_features}) : at::Tensor());
 }
 
 LinearImpl::LinearImpl(const at::Tensor& shared_weight)
-    : LoraLayerImpl(LayerKind::kLinear), in_features_(shared_weight.size(1)), out_features_(shared_weight.size(0)),
+    : LoraLayerImpl(LayerKind::kLinear),
+      in_features_(shared_weight.size(1)),
+      out_features_(shared_weight.size(0)),
       fan_in_fan_out_(false) {
   PEFT_CHECK(shared_weight.dim() == 2, ShapeMismatchError, "nn::Linear",
              "a tied weight must be 2-D (out, in); got " << shared_weight.dim() << " dimensions");
   register_base(shared_weight, at::Tensor());
 }
 
-Conv1DImpl::Conv1DImpl(int64_t nf, int64_t nx) : LinearImpl(LayerKind::kConv1D, nx, nf, true, true) {
+Conv1DImpl::Conv1DImpl(int64_t nf, int64_t nx)
+    : LinearImpl(LayerKind::kConv1D, nx, nf, true, true) {
   torch::NoGradGuard no_grad;
   weight().normal_(0.0, 0.02);
 }
@@ -47,9 +53,10 @@ void LinearImpl::create_adapter(const std::string& adapter, const AdapterSetting
 
 void LinearImpl::destroy_adapter(const std::string& adapter) { remove_factors(adapter); }
 
-at::Tensor LinearImpl::base_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
-  // x: (..., in); W: (out, in), or (in, out) for Conv1D. A quantized weight runs the fused kernel (a trainable
-  // modules_to_save copy is float and takes the plain path).
+at::Tensor LinearImpl::base_forward(const at::Tensor& x, const at::Tensor& w,
+                                    const at::Tensor& b) const {
+  // x: (..., in); W: (out, in), or (in, out) for Conv1D. A quantized weight runs the fused kernel
+  // (a trainable modules_to_save copy is float and takes the plain path).
   if (quant_ && w.is_same(weight())) return quant_->linear(x, b);
   if (fan_in_fan_out_) {
     at::Tensor y = at::matmul(x, w);
@@ -60,7 +67,7 @@ at::Tensor LinearImpl::base_forward(const at::Tensor& x, const at::Tensor& w, co
 
 at::Tensor LinearImpl::lora_forward(const at::Tensor& x, const std::string& adapter) const {
   const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;  // (r, in)
-  const auto& B = lora_B_->get<FactorImpl>(adapter);         // weight (out, r)
+  const auto& B = lora_B_->get<FactorImpl>(adapter);          // weight (out, r)
   const at::Tensor xin = x.scalar_type() == A.scalar_type() ? x : x.to(A.scalar_type());
   return at::linear(at::matmul(xin, A.t()), B->weight, B->bias) * scaling(adapter);
 }
@@ -69,8 +76,9 @@ at::Tensor LinearImpl::add_adapter_output(at::Tensor result, const at::Tensor& x
                                           const std::string& adapter) const {
   const at::Tensor xin = lora_dropout(x, adapter);
   const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;  // (r, in)
-  const auto& B = lora_B_->get<FactorImpl>(adapter);         // weight (out, r)
-  if (!at::GradMode::is_enabled() && result.scalar_type() == A.scalar_type() && result.is_contiguous()) {
+  const auto& B = lora_B_->get<FactorImpl>(adapter);          // weight (out, r)
+  if (!at::GradMode::is_enabled() && result.scalar_type() == A.scalar_type() &&
+      result.is_contiguous()) {
     // Inference: fuse scale-and-add into one GEMM on the output buffer (no (..., out) temporary).
     const double s = scaling(adapter);
     at::Tensor h = at::matmul(xin, A.t());  // (..., r)
@@ -84,7 +92,7 @@ at::Tensor LinearImpl::add_adapter_output(at::Tensor result, const at::Tensor& x
 at::Tensor LinearImpl::lora_delta_weight(const std::string& adapter) const {
   const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;  // (r, in)
   const auto& B = lora_B_->get<FactorImpl>(adapter)->weight;  // (out, r)
-  at::Tensor delta = scaled_product(B, A, adapter);          // (out, in)
+  at::Tensor delta = scaled_product(B, A, adapter);           // (out, in)
   return fan_in_fan_out_ ? delta.t().contiguous() : delta;
 }
 

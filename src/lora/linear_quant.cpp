@@ -1,6 +1,7 @@
-// Quantized base weights of the adapter-ready Linear (QLoRA): bitsandbytes' Linear4bit / Linear8bitLt in place.
-// The packed data takes the registered "weight" parameter (as Params4bit / Int8Params do), so named_parameters
-// shows what bitsandbytes' state dict holds and no float copy stays resident.
+// Quantized base weights of the adapter-ready Linear (QLoRA): bitsandbytes' Linear4bit /
+// Linear8bitLt in place. The packed data takes the registered "weight" parameter (as Params4bit /
+// Int8Params do), so named_parameters shows what bitsandbytes' state dict holds and no float copy
+// stays resident.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -13,9 +14,11 @@ namespace peft::nn {
 
 void LinearImpl::quantize(const quant::QuantizeOptions& options) {
   PEFT_CHECK(!fan_in_fan_out_, UnsupportedError, "quantize",
-             "GPT-2 Conv1D layers are not quantized (bitsandbytes replaces only nn.Linear; hint: quantize a "
+             "GPT-2 Conv1D layers are not quantized (bitsandbytes replaces only nn.Linear; hint: "
+             "quantize a "
              "Llama-family model, or leave GPT-2 in float)");
-  PEFT_CHECK(!merged(), Error, "quantize", "the layer has merged adapters (hint: unmerge before quantizing)");
+  PEFT_CHECK(!merged(), Error, "quantize",
+             "the layer has merged adapters (hint: unmerge before quantizing)");
   if (quant_) dequantize();
   torch::NoGradGuard no_grad;
   auto q = quant::QuantizedWeight::quantize(weight().detach(), options);
@@ -25,10 +28,13 @@ void LinearImpl::quantize(const quant::QuantizeOptions& options) {
 
 void LinearImpl::set_quantized_weight(std::shared_ptr<quant::QuantizedWeight> q) {
   PEFT_CHECK(q != nullptr, Error, "quantize", "no quantized weight given");
-  PEFT_CHECK(!fan_in_fan_out_, UnsupportedError, "quantize", "GPT-2 Conv1D layers cannot hold a quantized weight");
-  PEFT_CHECK(q->out_features() == out_features_ && q->in_features() == in_features_, ShapeMismatchError, "quantize",
-             "the quantized weight is (" << q->out_features() << ", " << q->in_features() << "); the layer is ("
-                                         << out_features_ << ", " << in_features_ << ")");
+  PEFT_CHECK(!fan_in_fan_out_, UnsupportedError, "quantize",
+             "GPT-2 Conv1D layers cannot hold a quantized weight");
+  PEFT_CHECK(q->out_features() == out_features_ && q->in_features() == in_features_,
+             ShapeMismatchError, "quantize",
+             "the quantized weight is (" << q->out_features() << ", " << q->in_features()
+                                         << "); the layer is (" << out_features_ << ", "
+                                         << in_features_ << ")");
   if (!quant_options_) {
     auto o = std::make_shared<quant::QuantizeOptions>();
     o->method = q->method();
@@ -64,7 +70,8 @@ at::Tensor LinearImpl::float_weight() const {
 
 void LinearImpl::commit_float_weight(const at::Tensor& w) {
   if (!quant_) return;
-  // bitsandbytes' merge: dequantize, add, quantize again with the layer's settings (rounding changes the result).
+  // bitsandbytes' merge: dequantize, add, quantize again with the layer's settings (rounding
+  // changes the result).
   quant::QuantizeOptions o = *quant_options_;
   o.compute_dtype = quant_->compute_dtype();
   auto q = quant::QuantizedWeight::quantize(w.to(quant_->compute_dtype()), o);
@@ -75,12 +82,13 @@ void LinearImpl::commit_float_weight(const at::Tensor& w) {
 
 void LinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   if (!quant_) return LoraLayerImpl::to(device, dtype, non_blocking);
-  // Children (adapters) and the float bias move as usual; the packed weight moves device only and keeps
-  // computing in its compute dtype (bnb_4bit_compute_dtype).
+  // Children (adapters) and the float bias move as usual; the packed weight moves device only and
+  // keeps computing in its compute dtype (bnb_4bit_compute_dtype).
   for (auto& child : children()) child->to(device, dtype, non_blocking);
   if (has_bias()) bias().set_data(bias().to(device, dtype, non_blocking));
   quant_->to(device);
-  weight().set_data(quant_->method() == quant::QuantMethod::kInt8 ? quant_->q8().CB : quant_->q4().packed);
+  weight().set_data(quant_->method() == quant::QuantMethod::kInt8 ? quant_->q8().CB
+                                                                  : quant_->q4().packed);
 }
 
 void LinearImpl::to(torch::Dtype dtype, bool non_blocking) {
@@ -93,7 +101,8 @@ void LinearImpl::to(torch::Device device, bool non_blocking) {
   for (auto& child : children()) child->to(device, non_blocking);
   if (has_bias()) bias().set_data(bias().to(device, non_blocking));
   quant_->to(device);
-  weight().set_data(quant_->method() == quant::QuantMethod::kInt8 ? quant_->q8().CB : quant_->q4().packed);
+  weight().set_data(quant_->method() == quant::QuantMethod::kInt8 ? quant_->q8().CB
+                                                                  : quant_->q4().packed);
 }
 
 }  // namespace peft::nn

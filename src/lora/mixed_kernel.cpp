@@ -1,6 +1,6 @@
-// The gathered mixed-batch kernel: rows grouped by adapter (padded to equal groups), one bmm over every group for
-// A and one for B, the results added back to their rows. Cost follows the rows, not the number of adapters; the
-// stacked factors are cached per adapter set.
+// The gathered mixed-batch kernel: rows grouped by adapter (padded to equal groups), one bmm over
+// every group for A and one for B, the results added back to their rows. Cost follows the rows, not
+// the number of adapters; the stacked factors are cached per adapter set.
 #include "mixed_kernel.h"
 
 #include <ATen/ATen.h>
@@ -14,10 +14,12 @@
 namespace peft::nn {
 namespace mixed {
 
-GatherPlan make_gather_plan(const std::vector<AdapterRows>& groups, int64_t batch, c10::Device device) {
+GatherPlan make_gather_plan(const std::vector<AdapterRows>& groups, int64_t batch,
+                            c10::Device device) {
   GatherPlan plan;
   plan.groups = static_cast<int64_t>(groups.size());
-  for (const auto& g : groups) plan.per_group = std::max(plan.per_group, static_cast<int64_t>(g.rows.size()));
+  for (const auto& g : groups)
+    plan.per_group = std::max(plan.per_group, static_cast<int64_t>(g.rows.size()));
   std::vector<int64_t> gather, positions, rows;
   bool padded = false;
   for (size_t g = 0; g < groups.size(); ++g) {
@@ -77,14 +79,16 @@ bool gathered_kernel_applies(const LoraLayerImpl& layer, const std::vector<Adapt
 
 namespace {
 
-// What a stack is built from: the groups' adapters, their tensors (from `sources_of(adapter)`) and scalings.
+// What a stack is built from: the groups' adapters, their tensors (from `sources_of(adapter)`) and
+// scalings.
 struct StackInputs {
   std::vector<std::string> adapters;
   std::vector<std::vector<at::Tensor>> sources;
   std::vector<double> scalings;
 };
 template <class SourcesOf>
-StackInputs stack_inputs(const LoraLayerImpl& layer, const std::vector<AdapterRows>& groups, SourcesOf sources_of) {
+StackInputs stack_inputs(const LoraLayerImpl& layer, const std::vector<AdapterRows>& groups,
+                         SourcesOf sources_of) {
   StackInputs in;
   for (const auto& g : groups) {
     in.adapters.push_back(g.adapter);
@@ -94,11 +98,12 @@ StackInputs stack_inputs(const LoraLayerImpl& layer, const std::vector<AdapterRo
   return in;
 }
 
-// The cached stack of `adapters`, rebuilt by `build` when missing or when a source tensor or scaling changed.
+// The cached stack of `adapters`, rebuilt by `build` when missing or when a source tensor or
+// scaling changed.
 template <class Build>
 StackedFactors cached_stack(MixedCache& cache, const std::vector<std::string>& adapters,
-                            const std::vector<std::vector<at::Tensor>>& sources, const std::vector<double>& scalings,
-                            Build build) {
+                            const std::vector<std::vector<at::Tensor>>& sources,
+                            const std::vector<double>& scalings, Build build) {
   std::vector<const void*> ptrs;
   std::vector<int64_t> versions;
   for (const auto& list : sources) {
@@ -132,7 +137,8 @@ at::Tensor scaled_bt(const at::Tensor& B, double s, int64_t r_max) {
 at::Tensor LinearImpl::add_mixed_output(at::Tensor result, const at::Tensor& x,
                                         const std::vector<AdapterRows>& groups) const {
   const int64_t batch = x.size(0);
-  if (!mixed::gathered_kernel_applies(*this, groups)) return add_mixed_output_loop(std::move(result), x, groups);
+  if (!mixed::gathered_kernel_applies(*this, groups))
+    return add_mixed_output_loop(std::move(result), x, groups);
   const auto in = mixed::stack_inputs(*this, groups, [&](const std::string& a) {
     auto Bm = lora_B_->get<FactorImpl>(a);
     std::vector<at::Tensor> v{lora_A_->get<FactorImpl>(a)->weight, Bm->weight};
@@ -175,8 +181,10 @@ at::Tensor LinearImpl::add_mixed_output(at::Tensor result, const at::Tensor& x,
     out2d.addmm_(at::mm(x3.reshape({-1, in_features_}), f.A[0].t()), f.B[0]);
     return result;
   }
-  at::Tensor xg = plan.identity ? x3.reshape({1, batch * L, in_features_})
-                                : x3.index_select(0, plan.gather).view({plan.groups, plan.per_group * L, in_features_});
+  at::Tensor xg =
+      plan.identity
+          ? x3.reshape({1, batch * L, in_features_})
+          : x3.index_select(0, plan.gather).view({plan.groups, plan.per_group * L, in_features_});
   at::Tensor h = at::bmm(xg, f.A.transpose(1, 2));  // (groups, m L, r)
   at::Tensor y = f.bias.defined() ? at::baddbmm(f.bias, h, f.B) : at::bmm(h, f.B);
   return mixed::scatter_groups(std::move(result), y, plan);
@@ -185,7 +193,8 @@ at::Tensor LinearImpl::add_mixed_output(at::Tensor result, const at::Tensor& x,
 at::Tensor EmbeddingImpl::add_mixed_output(at::Tensor result, const at::Tensor& x,
                                            const std::vector<AdapterRows>& groups) const {
   const int64_t batch = x.size(0);
-  if (!mixed::gathered_kernel_applies(*this, groups)) return add_mixed_output_loop(std::move(result), x, groups);
+  if (!mixed::gathered_kernel_applies(*this, groups))
+    return add_mixed_output_loop(std::move(result), x, groups);
   const auto in = mixed::stack_inputs(*this, groups, [&](const std::string& a) {
     return std::vector<at::Tensor>{lora_embedding_A_->get(a), lora_embedding_B_->get(a)};
   });
@@ -212,8 +221,10 @@ at::Tensor EmbeddingImpl::add_mixed_output(at::Tensor result, const at::Tensor& 
     result.view({-1, embedding_dim_}).addmm_(at::embedding(f.A, ids.reshape({-1})), f.B[0]);
     return result;
   }
-  ids = plan.identity ? ids.reshape({1, batch * L}) : ids.index_select(0, plan.gather).view({plan.groups, -1});
-  at::Tensor offsets = at::arange(plan.groups, ids.options()).mul_(num_embeddings_).view({plan.groups, 1});
+  ids = plan.identity ? ids.reshape({1, batch * L})
+                      : ids.index_select(0, plan.gather).view({plan.groups, -1});
+  at::Tensor offsets =
+      at::arange(plan.groups, ids.options()).mul_(num_embeddings_).view({plan.groups, 1});
   at::Tensor h = at::embedding(f.A, ids + offsets);  // (groups, m L, r)
   return mixed::scatter_groups(std::move(result), at::bmm(h, f.B), plan);
 }

@@ -11,18 +11,20 @@
 
 namespace peft::nn {
 
-void ModulesToSaveImpl::add(const std::string& adapter, const at::Tensor& weight, const at::Tensor& bias,
-                            const at::Tensor& shared_weight) {
+void ModulesToSaveImpl::add(const std::string& adapter, const at::Tensor& weight,
+                            const at::Tensor& bias, const at::Tensor& shared_weight) {
   torch::NoGradGuard no_grad;
-  PEFT_CHECK(!shared_weight.defined() || shared_weight.sizes() == weight.sizes(), ShapeMismatchError,
-             "modules_to_save", "a tied copy must have the weight's shape " << weight.sizes() << "; got "
-                                                                            << shared_weight.sizes());
+  PEFT_CHECK(!shared_weight.defined() || shared_weight.sizes() == weight.sizes(),
+             ShapeMismatchError, "modules_to_save",
+             "a tied copy must have the weight's shape " << weight.sizes() << "; got "
+                                                         << shared_weight.sizes());
   at::Tensor w = shared_weight.defined() ? shared_weight : weight.detach().clone();
   at::Tensor b = bias.defined() ? bias.detach().clone() : at::Tensor();
   insert(adapter, std::make_shared<FactorImpl>(w, b));
 }
 
-std::vector<std::pair<std::string, at::Tensor>> ModulesToSaveImpl::tensors(const std::string& adapter) const {
+std::vector<std::pair<std::string, at::Tensor>> ModulesToSaveImpl::tensors(
+    const std::string& adapter) const {
   std::vector<std::pair<std::string, at::Tensor>> out;
   if (!contains(adapter)) return out;
   auto c = copy(adapter);

@@ -1,5 +1,5 @@
-// LoRA on raw parameters (target_parameters): PEFT's ParamWrapper math with PEFT's factor layouts, and the
-// ParamModule base whose forward reads its parameters through param().
+// LoRA on raw parameters (target_parameters): PEFT's ParamWrapper math with PEFT's factor layouts,
+// and the ParamModule base whose forward reads its parameters through param().
 #include "peft/lora/param.h"
 
 #include <ATen/ATen.h>
@@ -14,12 +14,16 @@
 namespace peft::nn {
 
 ParamLoraImpl::ParamLoraImpl(at::Tensor parameter, std::string parameter_name, bool is_transposed)
-    : LoraLayerImpl(LayerKind::kParam), parameter_name_(std::move(parameter_name)), transposed_(is_transposed) {
-  PEFT_CHECK(parameter.defined() && (parameter.dim() == 2 || parameter.dim() == 3), UnsupportedError,
-             "target_parameters",
-             "parameter \"" << parameter_name_ << "\" has " << (parameter.defined() ? parameter.dim() : 0)
-                            << " dimensions; LoRA targets 2-D parameters and 3-D expert parameters (expert dimension "
-                               "first) only");
+    : LoraLayerImpl(LayerKind::kParam),
+      parameter_name_(std::move(parameter_name)),
+      transposed_(is_transposed) {
+  PEFT_CHECK(
+      parameter.defined() && (parameter.dim() == 2 || parameter.dim() == 3), UnsupportedError,
+      "target_parameters",
+      "parameter \""
+          << parameter_name_ << "\" has " << (parameter.defined() ? parameter.dim() : 0)
+          << " dimensions; LoRA targets 2-D parameters and 3-D expert parameters (expert dimension "
+             "first) only");
   three_d_ = parameter.dim() == 3;
   if (three_d_) {
     experts_ = parameter.size(0);
@@ -38,38 +42,47 @@ ParamLoraImpl::ParamLoraImpl(at::Tensor parameter, std::string parameter_name, b
 void ParamLoraImpl::create_adapter(const std::string& adapter, const AdapterSettings& s) {
   const std::string where = "parameter \"" + parameter_name_ + "\"";
   PEFT_CHECK(s.lora_dropout == 0.0, ConfigError, "target_parameters",
-             "lora.ParamWrapper does not work with lora_dropout != 0 (" << where << ", lora_dropout="
-                                                                        << s.lora_dropout << ")");
+             "lora.ParamWrapper does not work with lora_dropout != 0 ("
+                 << where << ", lora_dropout=" << s.lora_dropout << ")");
   PEFT_CHECK(!s.lora_bias, ConfigError, "target_parameters",
              "lora.ParamWrapper does not work with lora_bias=True (" << where << ")");
   using K = InitLoraWeights::Kind;
   const auto k = s.init_lora_weights.kind;
   PEFT_CHECK(k == K::kTrue || k == K::kFalse || k == K::kGaussian, ConfigError, "target_parameters",
-             "Unknown initialization init_lora_weights=" << to_string(s.init_lora_weights) << " for " << where
-                                                          << " (hint: parameters support True, False and "
-                                                             "\"gaussian\")");
-  // A: nn.Linear(in, r E), B: nn.Linear(r E, out) in PEFT; the linear-like init applies to them as to a Linear.
+             "Unknown initialization init_lora_weights="
+                 << to_string(s.init_lora_weights) << " for " << where
+                 << " (hint: parameters support True, False and "
+                    "\"gaussian\")");
+  // A: nn.Linear(in, r E), B: nn.Linear(r E, out) in PEFT; the linear-like init applies to them as
+  // to a Linear.
   add_factors(adapter, s, {s.r * experts_, in_}, {out_, s.r * experts_});
 }
 
 void ParamLoraImpl::destroy_adapter(const std::string& adapter) { remove_factors(adapter); }
 
-at::Tensor ParamLoraImpl::base_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&) const {
-  throw UnsupportedError("target_parameters", "the LoRA of parameter \"" + parameter_name_ +
-                                                  "\" has no forward of its own (hint: the owning module reads "
-                                                  "param(\"" + parameter_name_ + "\"))");
+at::Tensor ParamLoraImpl::base_forward(const at::Tensor&, const at::Tensor&,
+                                       const at::Tensor&) const {
+  throw UnsupportedError("target_parameters",
+                         "the LoRA of parameter \"" + parameter_name_ +
+                             "\" has no forward of its own (hint: the owning module reads "
+                             "param(\"" +
+                             parameter_name_ + "\"))");
 }
 
 at::Tensor ParamLoraImpl::lora_forward(const at::Tensor&, const std::string&) const {
-  throw UnsupportedError("target_parameters", "the LoRA of parameter \"" + parameter_name_ +
-                                                  "\" has no forward of its own (hint: the owning module reads "
-                                                  "param(\"" + parameter_name_ + "\"))");
+  throw UnsupportedError("target_parameters",
+                         "the LoRA of parameter \"" + parameter_name_ +
+                             "\" has no forward of its own (hint: the owning module reads "
+                             "param(\"" +
+                             parameter_name_ + "\"))");
 }
 
-at::Tensor ParamLoraImpl::add_adapter_output(at::Tensor, const at::Tensor&, const std::string&) const {
-  throw UnsupportedError("target_parameters", "parameter \"" + parameter_name_ +
-                                                  "\": mixed adapter batches are not supported with "
-                                                  "target_parameters (PEFT neither)");
+at::Tensor ParamLoraImpl::add_adapter_output(at::Tensor, const at::Tensor&,
+                                             const std::string&) const {
+  throw UnsupportedError("target_parameters",
+                         "parameter \"" + parameter_name_ +
+                             "\": mixed adapter batches are not supported with "
+                             "target_parameters (PEFT neither)");
 }
 
 at::Tensor ParamLoraImpl::lora_delta_weight(const std::string& adapter) const {
@@ -84,10 +97,10 @@ at::Tensor ParamLoraImpl::lora_delta_weight(const std::string& adapter) const {
     delta = at::matmul(b, a) * scaling(adapter);
   } else {
     const int64_t r = adapter_settings(adapter).r;
-    at::Tensor A3 = a.reshape({experts_, r, in_});               // [e, k, i]
+    at::Tensor A3 = a.reshape({experts_, r, in_});                      // [e, k, i]
     at::Tensor B3 = b.reshape({out_, r, experts_}).permute({2, 0, 1});  // [e, o, k]
-    delta = at::bmm(B3, A3) * scaling(adapter);                  // [e, o, i]
-    if (transposed_) delta = delta.transpose(1, 2).contiguous();  // stored (E, in, out)
+    delta = at::bmm(B3, A3) * scaling(adapter);                         // [e, o, i]
+    if (transposed_) delta = delta.transpose(1, 2).contiguous();        // stored (E, in, out)
   }
   return delta.to(weight().scalar_type());
 }
@@ -109,8 +122,8 @@ bool ParamLoraImpl::has_active_lora() const { return !live_adapters().empty(); }
 at::Tensor ParamLoraImpl::effective() const {
   const auto live = live_adapters();
   if (live.empty()) return weight();
-  // PEFT's parametrization: P + sum of the deltas, computed with autograd so the factors train. Computed here
-  // directly (get_delta_weight detaches).
+  // PEFT's parametrization: P + sum of the deltas, computed with autograd so the factors train.
+  // Computed here directly (get_delta_weight detaches).
   at::Tensor out = weight();
   for (const auto& a : live) {
     const auto& A = lora_A_->get<FactorImpl>(a)->weight;
@@ -120,7 +133,9 @@ at::Tensor ParamLoraImpl::effective() const {
       delta = at::matmul(B, A) * scaling(a);
     } else {
       const int64_t r = adapter_settings(a).r;
-      delta = at::bmm(B.reshape({out_, r, experts_}).permute({2, 0, 1}), A.reshape({experts_, r, in_})) * scaling(a);
+      delta = at::bmm(B.reshape({out_, r, experts_}).permute({2, 0, 1}),
+                      A.reshape({experts_, r, in_})) *
+              scaling(a);
       if (transposed_) delta = delta.transpose(1, 2);
     }
     out = out + delta.to(out.scalar_type());
@@ -130,8 +145,8 @@ at::Tensor ParamLoraImpl::effective() const {
 
 std::vector<ParamLoraImpl::ExpertFactors> ParamLoraImpl::expert_factors(int64_t expert) const {
   PEFT_CHECK(expert >= 0 && expert < experts_, Error, "target_parameters",
-             "expert " << expert << " out of range for parameter \"" << parameter_name_ << "\" with " << experts_
-                       << " experts");
+             "expert " << expert << " out of range for parameter \"" << parameter_name_
+                       << "\" with " << experts_ << " experts");
   std::vector<ExpertFactors> out;
   for (const auto& a : live_adapters()) {
     const auto& A = lora_A_->get<FactorImpl>(a)->weight;
@@ -141,7 +156,8 @@ std::vector<ParamLoraImpl::ExpertFactors> ParamLoraImpl::expert_factors(int64_t 
       out.push_back({A, B, scaling(a)});
     } else {
       // A_e = A.reshape(E, r, in)[e]: rows e r .. e r + r - 1. B_e = B.reshape(out, r, E)[:, :, e].
-      out.push_back({A.narrow(0, expert * r, r), B.reshape({out_, r, experts_}).select(2, expert), scaling(a)});
+      out.push_back({A.narrow(0, expert * r, r), B.reshape({out_, r, experts_}).select(2, expert),
+                     scaling(a)});
     }
   }
   return out;

@@ -1,5 +1,5 @@
-// Trainable tokens (PEFT TrainableTokensLayer, tuners/trainable_tokens/layer.py): per-adapter trainable rows of an
-// embedding weight, substituted in forward, written into the weight by merge.
+// Trainable tokens (PEFT TrainableTokensLayer, tuners/trainable_tokens/layer.py): per-adapter
+// trainable rows of an embedding weight, substituted in forward, written into the weight by merge.
 #include "peft/lora/trainable_tokens.h"
 
 #include <ATen/ATen.h>
@@ -24,7 +24,8 @@ void TrainableTokensImpl::add(const std::string& adapter, const std::vector<int6
     PEFT_CHECK(i >= 0 && i < rows, ConfigError, "trainable_tokens",
                "token index " << i << " is outside the embedding's " << rows << " rows");
   }
-  PEFT_CHECK(merged_.empty(), Error, "trainable_tokens", "cannot add trainable tokens while merged");
+  PEFT_CHECK(merged_.empty(), Error, "trainable_tokens",
+             "cannot add trainable tokens while merged");
   remove(adapter);
   torch::NoGradGuard no_grad;
   Slot slot;
@@ -32,10 +33,12 @@ void TrainableTokensImpl::add(const std::string& adapter, const std::vector<int6
   slot.index = torch::tensor(indices, at::TensorOptions().dtype(at::kLong)).to(weight.device());
   slot.original = weight.detach().index_select(0, slot.index).clone();
   if (tied_delta.defined()) {
-    PEFT_CHECK(tied_delta.size(0) == static_cast<int64_t>(indices.size()) && tied_delta.size(1) == weight.size(1),
+    PEFT_CHECK(tied_delta.size(0) == static_cast<int64_t>(indices.size()) &&
+                   tied_delta.size(1) == weight.size(1),
                ShapeMismatchError, "trainable_tokens",
-               "tied trainable-token delta has shape " << tied_delta.sizes() << "; expected (" << indices.size()
-                                                       << ", " << weight.size(1) << ")");
+               "tied trainable-token delta has shape " << tied_delta.sizes() << "; expected ("
+                                                       << indices.size() << ", " << weight.size(1)
+                                                       << ")");
     slot.delta = tied_delta;
     slot.tied = true;
   } else {
@@ -80,16 +83,18 @@ std::vector<std::string> TrainableTokensImpl::names() const {
   return out;
 }
 
-at::Tensor TrainableTokensImpl::substituted(const at::Tensor& weight, const std::vector<std::string>& adapters) const {
+at::Tensor TrainableTokensImpl::substituted(const at::Tensor& weight,
+                                            const std::vector<std::string>& adapters) const {
   at::Tensor w;
   std::vector<int64_t> seen;
   for (const auto& name : adapters) {
     auto it = slots_.find(name);
     if (it == slots_.end()) continue;
     for (int64_t i : it->second.indices) {
-      PEFT_CHECK(std::find(seen.begin(), seen.end(), i) == seen.end(), ConfigError, "trainable_tokens",
-                 "active adapters overlap on token index " << i
-                                                          << " (PEFT refuses overlapping trainable tokens as well)");
+      PEFT_CHECK(std::find(seen.begin(), seen.end(), i) == seen.end(), ConfigError,
+                 "trainable_tokens",
+                 "active adapters overlap on token index "
+                     << i << " (PEFT refuses overlapping trainable tokens as well)");
       seen.push_back(i);
     }
     // W' = W.index_copy(0, idx, delta): differentiable with respect to delta only.

@@ -58,7 +58,8 @@ class SequenceClassifier : public PretrainedModel {
 
   // Logits (batch, num_labels).
   at::Tensor forward(const ForwardInput& in) override {
-    nn::ForwardInputIdsGuard ids_guard(in.input_ids);  // aLoRA layers find their invocation sequence in it
+    nn::ForwardInputIdsGuard ids_guard(
+        in.input_ids);  // aLoRA layers find their invocation sequence in it
     PEFT_CHECK(in.cache == nullptr, UnsupportedError, prefix(),
                "a KV cache is for causal LMs; this is an encoder");
     at::Tensor h = encoder_->forward(in.input_ids, in.attention_mask, in.token_type_ids);

@@ -11,9 +11,9 @@
 #include <numbers>
 #include <vector>
 
+#include "activations.h"
 #include "checkpoint.h"
 #include "config_reader.h"
-#include "activations.h"
 #include "peft/error.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/linear.h"
@@ -226,7 +226,8 @@ BertConfig read_bert_config(const nlohmann::json& json, const std::string& model
   c.max_position_embeddings = r.get<int64_t>("max_position_embeddings", 512);
   c.type_vocab_size = r.get<int64_t>("type_vocab_size", 2);
   c.pad_token_id = r.get<int64_t>("pad_token_id", c.roberta ? 1 : 0);
-  c.hidden_act = parse_activation(r.get<std::string>("hidden_act", "gelu"), model_type, "hidden_act");
+  c.hidden_act =
+      parse_activation(r.get<std::string>("hidden_act", "gelu"), model_type, "hidden_act");
   c.layer_norm_eps = r.get<double>("layer_norm_eps", 1e-12);
   c.hidden_dropout_prob = r.get<double>("hidden_dropout_prob", 0.1);
   c.attention_probs_dropout_prob = r.get<double>("attention_probs_dropout_prob", 0.1);

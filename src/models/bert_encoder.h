@@ -4,8 +4,6 @@
 // attention.
 #pragma once
 
-#include "activations.h"
-
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
@@ -13,6 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "activations.h"
 
 namespace peft::models::detail {
 

@@ -85,8 +85,8 @@ struct CheckpointState : torch::CustomClassHolder {
   std::function<at::Tensor(const at::Tensor&)> fn;
   std::vector<at::Tensor> params;
   RngStates rng;  // at the start of forward
-  // The per-call data of the forward (aLoRA's input ids / offsets): the recomputation in backward runs outside
-  // the model's forward, so it is reinstated there.
+  // The per-call data of the forward (aLoRA's input ids / offsets): the recomputation in backward
+  // runs outside the model's forward, so it is reinstated there.
   peft::nn::ForwardContext context;
 };
 

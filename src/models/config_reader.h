@@ -15,7 +15,9 @@ class ConfigReader {
       : config_(config), model_type_(std::move(model_type)) {}
 
   const nlohmann::json& json() const { return config_; }
-  bool has(const std::string& key) const { return config_.contains(key) && !config_[key].is_null(); }
+  bool has(const std::string& key) const {
+    return config_.contains(key) && !config_[key].is_null();
+  }
 
   template <class T>
   T get(const std::string& key) const {
@@ -38,7 +40,8 @@ class ConfigReader {
     try {
       return v.get<T>();
     } catch (const nlohmann::json::exception&) {
-      throw ConfigError("config.json", model_type_ + " config field \"" + key + "\" has the wrong type: " + v.dump());
+      throw ConfigError("config.json", model_type_ + " config field \"" + key +
+                                           "\" has the wrong type: " + v.dump());
     }
   }
   const nlohmann::json& config_;

@@ -10,19 +10,18 @@
 #include <limits>
 #include <numbers>
 
+#include "activations.h"
 #include "checkpoint.h"
 #include "config_reader.h"
 #include "families.h"
-#include "activations.h"
 #include "peft/error.h"
-#include "peft/lora/forward_context.h"
 #include "peft/lora/embedding.h"
+#include "peft/lora/forward_context.h"
 #include "peft/lora/linear.h"
 #include "replicate.h"
 
 namespace peft::models::detail {
 namespace {
-
 
 struct Gpt2Config {
   int64_t vocab_size = 0;
@@ -51,7 +50,8 @@ Gpt2Config read_config(const nlohmann::json& json) {
   c.n_layer = r.get<int64_t>("n_layer", 12);
   c.n_head = r.get<int64_t>("n_head", 12);
   c.n_inner = r.get<int64_t>("n_inner", 4 * c.n_embd);
-  c.activation = parse_activation(r.get<std::string>("activation_function", "gelu_new"), "gpt2", "activation_function");
+  c.activation = parse_activation(r.get<std::string>("activation_function", "gelu_new"), "gpt2",
+                                  "activation_function");
   c.layer_norm_epsilon = r.get<double>("layer_norm_epsilon", 1e-5);
   c.scale_attn_weights = r.get<bool>("scale_attn_weights", true);
   c.scale_attn_by_inverse_layer_idx = r.get<bool>("scale_attn_by_inverse_layer_idx", false);
@@ -80,7 +80,6 @@ Gpt2Config read_config(const nlohmann::json& json) {
 torch::nn::LayerNorm layer_norm(int64_t dim, double eps) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps));
 }
-
 
 // What every attention layer of one forward shares.
 struct AttentionContext {
@@ -209,7 +208,8 @@ class Gpt2LMHeadModel : public PretrainedModel {
   explicit Gpt2LMHeadModel(const Gpt2Config& c) : c_(c) {
     transformer = register_module("transformer", Gpt2Model(c));
     if (c.tie_word_embeddings) {
-      lm_head_ = register_module("lm_head", nn::Linear(std::make_shared<nn::LinearImpl>(transformer->wte->weight())));
+      lm_head_ = register_module(
+          "lm_head", nn::Linear(std::make_shared<nn::LinearImpl>(transformer->wte->weight())));
     } else {
       lm_head_ = register_module("lm_head", nn::Linear(c.n_embd, c.vocab_size, /*bias=*/false));
     }
@@ -218,7 +218,8 @@ class Gpt2LMHeadModel : public PretrainedModel {
   // Causal LM logits (batch, seq, vocab). With a cache, input_ids are the new positions only and
   // attention_mask (if any) covers cached + new positions.
   at::Tensor forward(const ForwardInput& in) override {
-    nn::ForwardInputIdsGuard ids_guard(in.input_ids);  // aLoRA layers find their invocation sequence in it
+    nn::ForwardInputIdsGuard ids_guard(
+        in.input_ids);  // aLoRA layers find their invocation sequence in it
     const at::Tensor& ids = in.input_ids;
     PEFT_CHECK(ids.defined() && ids.dim() == 2 && !c10::isFloatingType(ids.scalar_type()),
                ShapeMismatchError, "gpt2", "input_ids must be an integer tensor (batch, seq)");

@@ -17,8 +17,8 @@
 #include "families.h"
 #include "moe.h"
 #include "peft/error.h"
-#include "peft/lora/forward_context.h"
 #include "peft/lora/embedding.h"
+#include "peft/lora/forward_context.h"
 #include "peft/lora/linear.h"
 #include "replicate.h"
 #include "rope.h"
@@ -69,7 +69,8 @@ std::vector<std::optional<int64_t>> read_sliding_windows(const ConfigReader& c, 
   std::optional<int64_t> window;
   if (c.has("sliding_window")) {
     window = c.get<int64_t>("sliding_window");
-  } else if ((family == F::kMistral || family == F::kQwen3Moe) && !c.json().contains("sliding_window")) {
+  } else if ((family == F::kMistral || family == F::kQwen3Moe) &&
+             !c.json().contains("sliding_window")) {
     window = 4096;
   }
   PEFT_CHECK(!window || *window > 0, ConfigError, "config.json",
@@ -281,8 +282,8 @@ class LlamaForCausalLM : public PretrainedModel {
   explicit LlamaForCausalLM(LlamaSettings s) : s_(std::move(s)) {
     model_ = register_module("model", Backbone(s_));
     if (s_.tie_word_embeddings) {
-      lm_head_ = register_module("lm_head",
-                                 std::make_shared<peft::nn::LinearImpl>(model_->embed_tokens->weight()));
+      lm_head_ = register_module(
+          "lm_head", std::make_shared<peft::nn::LinearImpl>(model_->embed_tokens->weight()));
     } else {
       lm_head_ = register_module(
           "lm_head", std::make_shared<peft::nn::LinearImpl>(s_.hidden_size, s_.vocab_size, false));

@@ -39,7 +39,9 @@ LlamaFamily parse_llama_family(const std::string& model_type) {
 
 std::string to_string(LlamaFamily family) { return peft::detail::spelling_of(kModelTypes, family); }
 
-std::string class_name(LlamaFamily family) { return peft::detail::spelling_of(kClassNames, family); }
+std::string class_name(LlamaFamily family) {
+  return peft::detail::spelling_of(kClassNames, family);
+}
 
 bool is_moe(LlamaFamily family) { return family == F::kMixtral || family == F::kQwen3Moe; }
 

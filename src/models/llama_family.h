@@ -1,5 +1,5 @@
-// The model types that src/models/llama.cpp builds (config.json's model_type), parsed once when the config is
-// read: the family code branches on this enum, never on the string.
+// The model types that src/models/llama.cpp builds (config.json's model_type), parsed once when the
+// config is read: the family code branches on this enum, never on the string.
 #pragma once
 
 #include <string>

@@ -47,7 +47,8 @@ at::Tensor init_expert_weight(int64_t experts, int64_t out, int64_t in) {
 
 }  // namespace
 
-std::optional<MoeSettings> read_moe_settings(const ConfigReader& c, LlamaFamily family, int64_t hidden_size) {
+std::optional<MoeSettings> read_moe_settings(const ConfigReader& c, LlamaFamily family,
+                                             int64_t hidden_size) {
   if (!is_moe(family)) return std::nullopt;
   const bool mixtral = family == LlamaFamily::kMixtral;
   const std::string type = to_string(family);
@@ -82,7 +83,8 @@ std::optional<MoeSettings> read_moe_settings(const ConfigReader& c, LlamaFamily 
   return s;
 }
 
-std::vector<bool> read_sparse_layers(const ConfigReader& c, LlamaFamily family, int64_t num_layers) {
+std::vector<bool> read_sparse_layers(const ConfigReader& c, LlamaFamily family,
+                                     int64_t num_layers) {
   const auto n = static_cast<size_t>(num_layers);
   if (family == LlamaFamily::kMixtral) return std::vector<bool>(n, true);
   std::vector<bool> out(n, false);
@@ -102,8 +104,11 @@ std::vector<bool> read_sparse_layers(const ConfigReader& c, LlamaFamily family, 
   return out;
 }
 
-void patch_sparse_layers(LlamaFamily family, const std::vector<bool>& sparse, nlohmann::json& patch) {
-  if (family != LlamaFamily::kQwen3Moe || std::find(sparse.begin(), sparse.end(), false) == sparse.end()) return;
+void patch_sparse_layers(LlamaFamily family, const std::vector<bool>& sparse,
+                         nlohmann::json& patch) {
+  if (family != LlamaFamily::kQwen3Moe ||
+      std::find(sparse.begin(), sparse.end(), false) == sparse.end())
+    return;
   if (std::find(sparse.begin(), sparse.end(), true) == sparse.end())
     return;  // num_experts 0: all dense anyway
   nlohmann::json dense = nlohmann::json::array();

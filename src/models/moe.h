@@ -40,18 +40,21 @@ struct MoeSettings {
 
 // Sparse-block settings for a MoE model_type (mixtral, qwen3_moe), nullopt for a dense one. Reads
 // and checks the fields named above (ConfigError naming the field).
-std::optional<MoeSettings> read_moe_settings(const ConfigReader& config, LlamaFamily family, int64_t hidden_size);
+std::optional<MoeSettings> read_moe_settings(const ConfigReader& config, LlamaFamily family,
+                                             int64_t hidden_size);
 
 // Per layer: true when the layer's mlp is a sparse block. Mixtral: every layer. Qwen3-MoE: layer i
 // unless i is in mlp_only_layers or (i + 1) % decoder_sparse_step != 0 (Qwen3MoeDecoderLayer).
 // Dense types: none.
-std::vector<bool> read_sparse_layers(const ConfigReader& config, LlamaFamily family, int64_t num_layers);
+std::vector<bool> read_sparse_layers(const ConfigReader& config, LlamaFamily family,
+                                     int64_t num_layers);
 
 // After layer replication (sparse: the new per-layer pattern): Qwen3-MoE's decoder_sparse_step /
 // mlp_only_layers written into `patch` so that config.json describes the new order (step 1, the
 // dense positions listed) when some layer is dense. Divergence from PEFT, which only sets
 // num_hidden_layers.
-void patch_sparse_layers(LlamaFamily family, const std::vector<bool>& sparse, nlohmann::json& patch);
+void patch_sparse_layers(LlamaFamily family, const std::vector<bool>& sparse,
+                         nlohmann::json& patch);
 
 // The experts of one block as two fused parameters (registered in this order):
 //   gate_up_proj: (E, 2 ff, hidden), rows [0, ff) the gate, [ff, 2 ff) the up projection;

@@ -1,5 +1,6 @@
-// QLoRA-style quantized bases for the model zoo: quantizing every Linear after loading (transformers'
-// BitsAndBytesConfig load_in_4bit / load_in_8bit), and reading checkpoints saved by bitsandbytes.
+// QLoRA-style quantized bases for the model zoo: quantizing every Linear after loading
+// (transformers' BitsAndBytesConfig load_in_4bit / load_in_8bit), and reading checkpoints saved by
+// bitsandbytes.
 #include "quantize_model.h"
 
 #include <ATen/ATen.h>
@@ -16,14 +17,16 @@
 namespace peft::models::detail {
 namespace {
 
-// transformers' get_keys_to_not_convert: the output embedding (and a head tied to the input embedding) stays in
-// float; so do GPT-2's Conv1D layers (bitsandbytes replaces only nn.Linear).
-std::vector<std::pair<std::string, std::shared_ptr<nn::LinearImpl>>> quantizable(PretrainedModel& model) {
+// transformers' get_keys_to_not_convert: the output embedding (and a head tied to the input
+// embedding) stays in float; so do GPT-2's Conv1D layers (bitsandbytes replaces only nn.Linear).
+std::vector<std::pair<std::string, std::shared_ptr<nn::LinearImpl>>> quantizable(
+    PretrainedModel& model) {
   std::vector<std::pair<std::string, std::shared_ptr<nn::LinearImpl>>> out;
   const std::string head = model.output_embedding_name();
   for (auto& [name, layer] : nn::lora_layers(model)) {
     if (layer->kind() != nn::LayerKind::kLinear || name == head) continue;
-    if (auto linear = std::dynamic_pointer_cast<nn::LinearImpl>(layer)) out.emplace_back(name, linear);
+    if (auto linear = std::dynamic_pointer_cast<nn::LinearImpl>(layer))
+      out.emplace_back(name, linear);
   }
   return out;
 }
@@ -31,15 +34,17 @@ std::vector<std::pair<std::string, std::shared_ptr<nn::LinearImpl>>> quantizable
 }  // namespace
 
 std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> take_bnb_weights(
-    PretrainedModel& model, std::map<std::string, at::Tensor>& tensors, at::ScalarType compute_dtype,
-    const std::string& source) {
-  // config.json's quantization_config (transformers' BitsAndBytesConfig): the compute dtype of 4-bit layers
-  // and the LLM.int8 outlier threshold (default 6.0) of 8-bit ones.
+    PretrainedModel& model, std::map<std::string, at::Tensor>& tensors,
+    at::ScalarType compute_dtype, const std::string& source) {
+  // config.json's quantization_config (transformers' BitsAndBytesConfig): the compute dtype of
+  // 4-bit layers and the LLM.int8 outlier threshold (default 6.0) of 8-bit ones.
   double threshold = 6.0;
   std::optional<at::ScalarType> bnb_compute;
   if (!model.config_json().empty()) {
-    const auto config = nlohmann::json::parse(model.config_json(), nullptr, /*allow_exceptions=*/false);
-    if (config.is_object() && config.contains("quantization_config") && config["quantization_config"].is_object()) {
+    const auto config =
+        nlohmann::json::parse(model.config_json(), nullptr, /*allow_exceptions=*/false);
+    if (config.is_object() && config.contains("quantization_config") &&
+        config["quantization_config"].is_object()) {
       const auto& qc = config["quantization_config"];
       if (qc.contains("llm_int8_threshold") && qc["llm_int8_threshold"].is_number()) {
         threshold = qc["llm_int8_threshold"].get<double>();
@@ -59,17 +64,18 @@ std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> tak
     if ((*q)->method() == quant::QuantMethod::kInt8 && threshold != 0.0) {
       *q = quant::QuantizedWeight::from_int8((*q)->q8(), (*q)->compute_dtype(), threshold);
     }
-    // load_state_into checks and copies every parameter: a broadcast zero stands in for the packed weight (no
-    // memory), which set_quantized_weight replaces after loading.
-    tensors[prefix + "weight"] =
-        at::zeros({}, at::TensorOptions().dtype(compute_dtype)).expand({layer->out_features(), layer->in_features()});
+    // load_state_into checks and copies every parameter: a broadcast zero stands in for the packed
+    // weight (no memory), which set_quantized_weight replaces after loading.
+    tensors[prefix + "weight"] = at::zeros({}, at::TensorOptions().dtype(compute_dtype))
+                                     .expand({layer->out_features(), layer->in_features()});
     out.emplace_back(name, *q);
   }
   return out;
 }
 
-void install_quantized_weights(PretrainedModel& model,
-                               const std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>>& qs) {
+void install_quantized_weights(
+    PretrainedModel& model,
+    const std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>>& qs) {
   if (qs.empty()) return;
   std::map<std::string, std::shared_ptr<nn::LinearImpl>> by_name;
   for (auto& [name, layer] : quantizable(model)) by_name[name] = layer;

@@ -8,10 +8,10 @@
 #include <map>
 
 #include "families.h"
-#include "quantize_model.h"
 #include "peft/error.h"
 #include "peft/io/hf_checkpoint.h"
 #include "peft/models/model.h"
+#include "quantize_model.h"
 
 namespace peft::models {
 namespace {
@@ -44,8 +44,10 @@ std::shared_ptr<PretrainedModel> from_config(const std::string& config_json_text
   } catch (const nlohmann::json::exception& e) {
     throw FormatError("config.json", std::string("not valid JSON: ") + e.what());
   }
-  PEFT_CHECK(config.is_object() && config.contains("model_type") && config["model_type"].is_string(), FormatError,
-             "config.json", "no \"model_type\" string (hint: is this a Hugging Face config.json?)");
+  PEFT_CHECK(
+      config.is_object() && config.contains("model_type") && config["model_type"].is_string(),
+      FormatError, "config.json",
+      "no \"model_type\" string (hint: is this a Hugging Face config.json?)");
   const std::string type = config["model_type"].get<std::string>();
   auto it = registry().find(type);
   if (it == registry().end()) {
@@ -54,24 +56,28 @@ std::shared_ptr<PretrainedModel> from_config(const std::string& config_json_text
       if (!supported.empty()) supported += ", ";
       supported += t;
     }
-    throw UnsupportedError("load_pretrained", "model_type \"" + type + "\" is not supported; supported: " + supported);
+    throw UnsupportedError("load_pretrained",
+                           "model_type \"" + type + "\" is not supported; supported: " + supported);
   }
   auto model = it->second(config);
   model->set_config_json(config_json_text);
   return model;
 }
 
-std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir, const LoadOptions& options) {
+std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir,
+                                                 const LoadOptions& options) {
   auto model = from_config(io::read_config_json(dir));
   model->set_name_or_path(dir);
   const auto dtype = options.dtype.value_or(at::kFloat);
   model->to(options.device, dtype);
   auto tensors = io::load_checkpoint_tensors(dir);
   model->convert_checkpoint(tensors);
-  // A checkpoint saved by bitsandbytes keeps its own quantization; --quantize applies to float checkpoints.
-  auto quantized = detail::take_bnb_weights(*model, tensors, options.quantize && options.quantize->compute_dtype
-                                                                 ? *options.quantize->compute_dtype
-                                                                 : dtype,
+  // A checkpoint saved by bitsandbytes keeps its own quantization; --quantize applies to float
+  // checkpoints.
+  auto quantized = detail::take_bnb_weights(*model, tensors,
+                                            options.quantize && options.quantize->compute_dtype
+                                                ? *options.quantize->compute_dtype
+                                                : dtype,
                                             dir);
   io::load_state_into(*model, tensors, dir, model->tied_weights());
   detail::install_quantized_weights(*model, quantized);

@@ -17,10 +17,10 @@
 #include <sstream>
 
 #include "attention.h"
-#include "peft/lora/param.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
 #include "peft/lora/modules_to_save.h"
+#include "peft/lora/param.h"
 #include "peft/lora/trainable_tokens.h"
 
 namespace peft::models::detail {
@@ -48,7 +48,8 @@ bool rebind_members(torch::nn::Module& copy, torch::nn::Module& source) {
     c->bias() = s.bias();
     return true;
   }
-  // A ParamModule's forward reads its parameters from the registry (param()): nothing else to point.
+  // A ParamModule's forward reads its parameters from the registry (param()): nothing else to
+  // point.
   if (dynamic_cast<nn::ParamModuleImpl*>(&copy) != nullptr) return true;
   if (auto* c = dynamic_cast<torch::nn::LayerNormImpl*>(&copy)) {
     auto& s = dynamic_cast<torch::nn::LayerNormImpl&>(source);
@@ -94,7 +95,8 @@ void release_freed_memory() {
 
 void check_no_adapters(torch::nn::Module& layer, const std::string& name) {
   for (const auto& [lname, l] : nn::lora_layers(layer)) {
-    const bool bare = l->adapter_names().empty() && (!l->modules_to_save() || l->modules_to_save()->keys().empty()) &&
+    const bool bare = l->adapter_names().empty() &&
+                      (!l->modules_to_save() || l->modules_to_save()->keys().empty()) &&
                       (!l->trainable_tokens() || l->trainable_tokens()->empty());
     // Divergence from PEFT: PEFT would deep-copy the adapters too (their parameters then shared
     // between the copies); here replication is refused once a layer holds any.

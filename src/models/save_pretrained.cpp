@@ -1,5 +1,5 @@
-// Writing a model as a Hugging Face checkpoint folder (transformers' save_pretrained): config.json and
-// model.safetensors, tied tensors once.
+// Writing a model as a Hugging Face checkpoint folder (transformers' save_pretrained): config.json
+// and model.safetensors, tied tensors once.
 #include <filesystem>
 
 #include "peft/io/atomic_write.h"
@@ -19,8 +19,8 @@ void save_pretrained(const PretrainedModel& model, const std::string& dir) {
   std::filesystem::create_directories(dir);
   io::save_checkpoint_tensors(model, dir, skip);
   if (!model.config_json().empty()) {
-    io::write_file_atomically((std::filesystem::path(dir) / "config.json").string(), model.config_json(),
-                              "save_pretrained");
+    io::write_file_atomically((std::filesystem::path(dir) / "config.json").string(),
+                              model.config_json(), "save_pretrained");
   }
 }
 

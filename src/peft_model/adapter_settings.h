@@ -1,5 +1,5 @@
-// The per-layer adapter settings of a LoraConfig for one target (private to src/peft_model/): rank and alpha after
-// rank_pattern / alpha_pattern, and the config's per-layer fields.
+// The per-layer adapter settings of a LoraConfig for one target (private to src/peft_model/): rank
+// and alpha after rank_pattern / alpha_pattern, and the config's per-layer fields.
 #pragma once
 
 #include <string>
@@ -10,8 +10,8 @@
 
 namespace peft::detail {
 
-// `name`: the module's full name, or for target_parameters the parameter's full name (PEFT matches the patterns
-// against it).
+// `name`: the module's full name, or for target_parameters the parameter's full name (PEFT matches
+// the patterns against it).
 inline nn::AdapterSettings adapter_settings_for(const LoraConfig& config, const std::string& name) {
   const ResolvedRank rr = resolve_rank(config, name);
   nn::AdapterSettings s;

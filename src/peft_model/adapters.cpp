@@ -1,11 +1,11 @@
-// PeftModel's adapter management: configs, add / set / delete, disable_adapter, and which parameters train.
-// PEFT counterparts: PeftModel.add_adapter / set_adapter / delete_adapter / disable_adapter, and
-// BaseTuner._mark_only_adapters_as_trainable.
+// PeftModel's adapter management: configs, add / set / delete, disable_adapter, and which
+// parameters train. PEFT counterparts: PeftModel.add_adapter / set_adapter / delete_adapter /
+// disable_adapter, and BaseTuner._mark_only_adapters_as_trainable.
 #include <algorithm>
 
 #include "../strings.h"
-#include "peft/error.h"
 #include "internal.h"
+#include "peft/error.h"
 #include "peft/lora/layer.h"
 #include "peft/lora/modules_to_save.h"
 #include "peft/peft_model.h"
@@ -23,7 +23,8 @@ const PeftModelInfo& PeftModel::info() const { return model_info(*model_); }
 
 void PeftModel::check_not_unloaded(const char* what) const {
   PEFT_CHECK(!unloaded_, Error, what,
-             "the adapters were unloaded (merge_and_unload / unload); this PeftModel holds no adapters any more");
+             "the adapters were unloaded (merge_and_unload / unload); this PeftModel holds no "
+             "adapters any more");
 }
 
 void PeftModel::refresh_trainable() {
@@ -41,7 +42,8 @@ void PeftModel::refresh_trainable() {
     if (c.bias == Bias::kAll) {
       for (auto& item : model_->named_parameters()) {
         const std::string& n = item.key();
-        if (n.find("lora_") != std::string::npos || n.find("modules_to_save.") != std::string::npos) continue;
+        if (n.find("lora_") != std::string::npos || n.find("modules_to_save.") != std::string::npos)
+          continue;
         if (n == "bias" || (n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0)) {
           item.value().set_requires_grad(true);
         }
@@ -58,7 +60,8 @@ const LoraConfig& PeftModel::peft_config(const std::string& adapter) const {
   auto it = configs_.find(adapter);
   if (it == configs_.end()) {
     const std::string names = detail::join(adapter_order_);
-    throw AdapterNotFoundError("peft_config", "Adapter " + adapter + " does not exist (adapters: [" + names + "])");
+    throw AdapterNotFoundError(
+        "peft_config", "Adapter " + adapter + " does not exist (adapters: [" + names + "])");
   }
   return it->second;
 }
@@ -73,7 +76,8 @@ const std::string& PeftModel::active_adapter() const {
   return active_.front();
 }
 
-void PeftModel::add_adapter(const std::string& adapter_name, LoraConfig config, bool autocast_adapter_dtype) {
+void PeftModel::add_adapter(const std::string& adapter_name, LoraConfig config,
+                            bool autocast_adapter_dtype) {
   check_not_unloaded("add_adapter");
   PEFT_CHECK(!configs_.count(adapter_name), ConfigError, "add_adapter",
              "Adapter with name " << adapter_name << " already exists.");
@@ -103,7 +107,8 @@ void PeftModel::delete_adapter(const std::string& adapter_name) {
   auto layers = nn::lora_layers(*model_);
   for (auto& [name, layer] : layers) {
     PEFT_CHECK(!contains(layer->merged_adapters(), adapter_name), Error, "delete_adapter",
-               "Cannot delete adapter(s) [" << adapter_name << "] while they are merged. Please unmerge them first.");
+               "Cannot delete adapter(s) ["
+                   << adapter_name << "] while they are merged. Please unmerge them first.");
   }
   for (auto& [name, layer] : layers) detail::remove_adapter_everywhere(*layer, adapter_name);
   configs_.erase(adapter_name);
@@ -115,7 +120,8 @@ void PeftModel::delete_adapter(const std::string& adapter_name) {
     std::vector<std::string> sorted = adapter_order_;
     std::sort(sorted.begin(), sorted.end());
     active_ = {sorted.front()};
-    warn("delete_adapter", "Adapter " + adapter_name + " was active which is now deleted. Setting active adapter to " +
+    warn("delete_adapter", "Adapter " + adapter_name +
+                               " was active which is now deleted. Setting active adapter to " +
                                sorted.front() + ".");
   }
   refresh_trainable();
@@ -132,12 +138,14 @@ std::vector<std::string> PeftModel::targeted_module_names(const std::string& ada
 std::vector<std::string> PeftModel::modules_to_save_names(const std::string& adapter) const {
   std::vector<std::string> out;
   for (auto& [name, layer] : nn::lora_layers(*model_)) {
-    if (layer->modules_to_save() && layer->modules_to_save()->contains(adapter)) out.push_back(name);
+    if (layer->modules_to_save() && layer->modules_to_save()->contains(adapter))
+      out.push_back(name);
   }
   return out;
 }
 
-DisabledAdapterGuard::DisabledAdapterGuard(PeftModel& model) : model_(model), was_enabled_(model.enabled_) {
+DisabledAdapterGuard::DisabledAdapterGuard(PeftModel& model)
+    : model_(model), was_enabled_(model.enabled_) {
   model_.enabled_ = false;
   for (auto& [name, layer] : nn::lora_layers(*model_.model_)) layer->enable_adapters(false);
   model_.refresh_trainable();
@@ -147,8 +155,8 @@ DisabledAdapterGuard::~DisabledAdapterGuard() {
   if (!was_enabled_) return;
   model_.enabled_ = true;
   for (auto& [name, layer] : nn::lora_layers(*model_.model_)) layer->enable_adapters(true);
-  // Divergence from PEFT: PEFT's exit makes the active adapters trainable even when they were loaded with
-  // is_trainable=False; here the previous trainability is restored.
+  // Divergence from PEFT: PEFT's exit makes the active adapters trainable even when they were
+  // loaded with is_trainable=False; here the previous trainability is restored.
   model_.refresh_trainable();
 }
 

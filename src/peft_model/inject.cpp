@@ -1,5 +1,6 @@
-// PeftModel construction and injection: PEFT's get_peft_model / BaseTuner.inject_adapter (match the targets,
-// create each layer's adapter, then the auxiliary modules), rolled back as a whole when any step fails.
+// PeftModel construction and injection: PEFT's get_peft_model / BaseTuner.inject_adapter (match the
+// targets, create each layer's adapter, then the auxiliary modules), rolled back as a whole when
+// any step fails.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -34,9 +35,10 @@ void check_supported(const LoraConfig& c) {
   }
   if (used.empty()) return;
   const std::string list = detail::join(used);
-  throw UnsupportedError("get_peft_model", "LoraConfig uses " + list +
-                                               ", which peft.cpp does not implement yet (hint: these land with "
-                                               "later releases; the field is kept when a config is read and written)");
+  throw UnsupportedError(
+      "get_peft_model", "LoraConfig uses " + list +
+                            ", which peft.cpp does not implement yet (hint: these land with "
+                            "later releases; the field is kept when a config is read and written)");
 }
 
 bool contains(const std::vector<std::string>& v, const std::string& s) {
@@ -45,26 +47,29 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
 
 }  // namespace
 
-std::vector<std::pair<std::string, std::shared_ptr<nn::LoraLayerImpl>>> find_target_layers(torch::nn::Module& model,
-                                                                                           const LoraConfig& config) {
+std::vector<std::pair<std::string, std::shared_ptr<nn::LoraLayerImpl>>> find_target_layers(
+    torch::nn::Module& model, const LoraConfig& config) {
   const PeftModelInfo& inf = model_info(model);
-  TargetingResult targets =
-      find_targets(config, detail::module_infos(model), inf.default_target_modules(), inf.output_embedding_name());
+  TargetingResult targets = find_targets(config, detail::module_infos(model),
+                                         inf.default_target_modules(), inf.output_embedding_name());
   auto all_layers = detail::module_layers(model);
-  std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layer_by_name(all_layers.begin(), all_layers.end());
+  std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layer_by_name(all_layers.begin(),
+                                                                          all_layers.end());
   std::vector<std::pair<std::string, std::shared_ptr<nn::LoraLayerImpl>>> out;
   for (const auto& name : targets.targeted) out.emplace_back(name, layer_by_name.at(name));
   return out;
 }
 
-PeftModel::PeftModel(std::shared_ptr<torch::nn::Module> model, LoraConfig config, const std::string& adapter_name,
-                     bool autocast_adapter_dtype)
+PeftModel::PeftModel(std::shared_ptr<torch::nn::Module> model, LoraConfig config,
+                     const std::string& adapter_name, bool autocast_adapter_dtype)
     : model_(std::move(model)) {
   PEFT_CHECK(model_ != nullptr, Error, "get_peft_model", "model is null");
   if (!adapter_name.empty() && std::string("lora_").find(adapter_name) != std::string::npos) {
-    warn("get_peft_model", "Adapter name \"" + adapter_name +
-                               "\" should not be contained in the prefix \"lora_\". This may lead to reinitialization "
-                               "of the adapter weights during loading.");
+    warn(
+        "get_peft_model",
+        "Adapter name \"" + adapter_name +
+            "\" should not be contained in the prefix \"lora_\". This may lead to reinitialization "
+            "of the adapter weights during loading.");
   }
   inject(adapter_name, config);
   configs_.emplace(adapter_name, std::move(config));
@@ -75,8 +80,8 @@ PeftModel::PeftModel(std::shared_ptr<torch::nn::Module> model, LoraConfig config
   if (autocast_adapter_dtype) cast_adapter_dtype(adapter_name);
 }
 
-std::shared_ptr<PeftModel> get_peft_model(std::shared_ptr<torch::nn::Module> model, LoraConfig config,
-                                          const std::string& adapter_name) {
+std::shared_ptr<PeftModel> get_peft_model(std::shared_ptr<torch::nn::Module> model,
+                                          LoraConfig config, const std::string& adapter_name) {
   return std::make_shared<PeftModel>(std::move(model), std::move(config), adapter_name);
 }
 
@@ -87,8 +92,10 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
   if (config.bias != Bias::kNone) {
     for (const auto& [name, c] : configs_) {
       PEFT_CHECK(c.bias == Bias::kNone, ConfigError, "add_adapter",
-                 "LoraModel supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' "
-                 "for all adapters (adapter \"" << name << "\" already has bias=" << to_string(c.bias) << ")");
+                 "LoraModel supports only 1 adapter with bias. When using multiple adapters, set "
+                 "bias to 'none' "
+                 "for all adapters (adapter \""
+                     << name << "\" already has bias=" << to_string(c.bias) << ")");
     }
   }
   // PeftModelForSequenceClassification / TokenClassification add their heads to modules_to_save.
@@ -101,17 +108,20 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
   }
 
   if (config.layer_replication) {
-    // PEFT _prepare_model: replicate_layers before matching, so that targets use the new layer indices.
+    // PEFT _prepare_model: replicate_layers before matching, so that targets use the new layer
+    // indices.
     model_info(*model_).replicate_layers(*config.layer_replication);
   }
   auto all_layers = detail::module_layers(*model_);
-  std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layer_by_name(all_layers.begin(), all_layers.end());
+  std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layer_by_name(all_layers.begin(),
+                                                                          all_layers.end());
   std::vector<ModuleInfo> modules = detail::module_infos(*model_);
-  TargetingResult targets =
-      find_targets(config, modules, info().default_target_modules(), info().output_embedding_name());
+  TargetingResult targets = find_targets(config, modules, info().default_target_modules(),
+                                         info().output_embedding_name());
   config.target_modules = targets.resolved_target_modules;
 
-  std::vector<std::shared_ptr<nn::LoraLayerImpl>> copies = find_modules_to_save(adapter_name, config, modules);
+  std::vector<std::shared_ptr<nn::LoraLayerImpl>> copies =
+      find_modules_to_save(adapter_name, config, modules);
 
   std::vector<std::shared_ptr<nn::LoraLayerImpl>> touched;
   try {
@@ -137,12 +147,15 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
       head->tie_adapter_to(adapter_name, layer_by_name.at(tied_embedding));
     }
     const size_t params = add_parameter_targets(adapter_name, config, touched);
-    if (targets.targeted.empty() && params == 0 && config.target_parameters && !config.target_parameters->empty()) {
+    if (targets.targeted.empty() && params == 0 && config.target_parameters &&
+        !config.target_parameters->empty()) {
       throw NoMatchingModuleError(
-          "targeting", "Target modules and target parameters " + detail::join(*config.target_parameters) +
-                           " not found in the base model. Please check the target modules / parameters and try "
-                           "again (hint: parameters match as <module>.<parameter> by full name or dotted suffix, "
-                           "e.g. \"mlp.experts.gate_up_proj\")");
+          "targeting",
+          "Target modules and target parameters " + detail::join(*config.target_parameters) +
+              " not found in the base model. Please check the target modules / parameters and try "
+              "again (hint: parameters match as <module>.<parameter> by full name or dotted "
+              "suffix, "
+              "e.g. \"mlp.experts.gate_up_proj\")");
     }
     add_trainable_copies(adapter_name, config, copies, touched);
     add_trainable_tokens(adapter_name, config, touched);
@@ -157,7 +170,8 @@ void PeftModel::cast_adapter_dtype(const std::string& adapter_name) {
   for (auto& [name, layer] : nn::lora_layers(*model_)) {
     if (!layer->has_adapter(adapter_name)) continue;
     for (auto& [key, t] : layer->adapter_tensors(adapter_name)) {
-      if (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16) t.set_data(t.to(at::kFloat));
+      if (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16)
+        t.set_data(t.to(at::kFloat));
     }
   }
 }

@@ -1,5 +1,6 @@
-// PeftModel merging: merge_adapter / unmerge_adapter, merge_and_unload and unload. PEFT counterparts:
-// LoraModel.merge_adapter, unmerge_adapter, merge_and_unload, unload (BaseTuner._unload_and_optionally_merge).
+// PeftModel merging: merge_adapter / unmerge_adapter, merge_and_unload and unload. PEFT
+// counterparts: LoraModel.merge_adapter, unmerge_adapter, merge_and_unload, unload
+// (BaseTuner._unload_and_optionally_merge).
 #include "peft/error.h"
 #include "peft/lora/layer.h"
 #include "peft/lora/linear.h"
@@ -11,16 +12,22 @@ namespace peft {
 
 void PeftModel::check_merge_allowed() const {
   for (const auto& [name, c] : configs_) {
-    // Divergence from PEFT: PEFT's guard looks the key up in the wrong dict and never fires, so merging a
-    // replicated model adds every copy's update to the one shared weight (huggingface/peft#1707). Refuse instead.
-    PEFT_CHECK(!c.layer_replication || c.layer_replication->empty(), UnsupportedError, "merge",
-               "adapter \"" << name << "\" uses layer_replication: the replicated layers share their base weights, so "
-                            "merging would add every copy's update to the same weight (hint: keep the adapters "
-                            "unmerged, or merge into a model whose layers were materialised with separate weights)");
+    // Divergence from PEFT: PEFT's guard looks the key up in the wrong dict and never fires, so
+    // merging a replicated model adds every copy's update to the one shared weight
+    // (huggingface/peft#1707). Refuse instead.
+    PEFT_CHECK(
+        !c.layer_replication || c.layer_replication->empty(), UnsupportedError, "merge",
+        "adapter \""
+            << name
+            << "\" uses layer_replication: the replicated layers share their base weights, so "
+               "merging would add every copy's update to the same weight (hint: keep the adapters "
+               "unmerged, or merge into a model whose layers were materialised with separate "
+               "weights)");
   }
 }
 
-void PeftModel::merge_adapter(std::optional<std::vector<std::string>> adapter_names, bool safe_merge) {
+void PeftModel::merge_adapter(std::optional<std::vector<std::string>> adapter_names,
+                              bool safe_merge) {
   check_not_unloaded("merge_adapter");
   check_merge_allowed();
   if (adapter_names) {
@@ -34,9 +41,9 @@ void PeftModel::unmerge_adapter() {
   for (auto& [name, layer] : nn::lora_layers(*model_)) layer->unmerge();
 }
 
-std::shared_ptr<torch::nn::Module> PeftModel::merge_and_unload(bool safe_merge,
-                                                               std::optional<std::vector<std::string>> adapter_names,
-                                                               QuantizedMerge quantized) {
+std::shared_ptr<torch::nn::Module> PeftModel::merge_and_unload(
+    bool safe_merge, std::optional<std::vector<std::string>> adapter_names,
+    QuantizedMerge quantized) {
   check_not_unloaded("merge_and_unload");
   check_merge_allowed();
   if (adapter_names) {
@@ -62,7 +69,8 @@ std::shared_ptr<torch::nn::Module> PeftModel::unload() {
     auto* copies = layer->modules_to_save();
     if (!active_.empty() && copies && copies->contains(active_.front())) {
       const auto copy = copies->copy(active_.front());
-      layer->set_base_weights(copy->weight.detach(), copy->bias.defined() ? copy->bias.detach() : at::Tensor());
+      layer->set_base_weights(copy->weight.detach(),
+                              copy->bias.defined() ? copy->bias.detach() : at::Tensor());
     }
     layer->remove_all_adapters();
   }

@@ -1,4 +1,5 @@
-// The CPU decoder of packed 4-bit weights: a scalar loop and an AVX2 one (picked at run time), bit-identical.
+// The CPU decoder of packed 4-bit weights: a scalar loop and an AVX2 one (picked at run time),
+// bit-identical.
 #include "decode4bit.h"
 
 #include <ATen/ATen.h>
@@ -95,7 +96,7 @@ void decode_bytes(const uint8_t* p, int64_t nbytes, const float* lut, float s, f
 // operand of an emulated bfloat16 GEMM).
 template <bool kBf16>
 void decode_4bit_impl(const uint8_t* packed, const float* absmax, const float* lut,
-                     int64_t blocksize, int64_t e0, int64_t e1, float* dst) {
+                      int64_t blocksize, int64_t e0, int64_t e1, float* dst) {
   const auto one = [](float v) { return kBf16 ? round_bf16(v) : v; };
   int64_t e = e0;
   while (e < e1) {
@@ -129,9 +130,8 @@ void round_in_place(const at::Tensor& t, at::ScalarType dtype) {
   }
 }
 
-
-void decode_4bit_cpu(bool bf16, const uint8_t* packed, const float* absmax, const float* lut, int64_t blocksize,
-                     int64_t e0, int64_t e1, float* dst) {
+void decode_4bit_cpu(bool bf16, const uint8_t* packed, const float* absmax, const float* lut,
+                     int64_t blocksize, int64_t e0, int64_t e1, float* dst) {
   if (bf16) {
     decode_4bit_impl<true>(packed, absmax, lut, blocksize, e0, e1, dst);
   } else {

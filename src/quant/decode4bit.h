@@ -1,4 +1,5 @@
-// The CPU decoder of packed 4-bit weights (private to src/quant): scalar and AVX2 lookups, bfloat16 rounding.
+// The CPU decoder of packed 4-bit weights (private to src/quant): scalar and AVX2 lookups, bfloat16
+// rounding.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,22 +9,25 @@
 
 namespace peft::quant::detail {
 
-// c10::BFloat16's round_to_nearest_even (NaN -> 0x7FC0) as a float32 value: .to(bfloat16).to(float32).
+// c10::BFloat16's round_to_nearest_even (NaN -> 0x7FC0) as a float32 value:
+// .to(bfloat16).to(float32).
 inline float round_bf16(float v) {
   const auto u = std::bit_cast<uint32_t>(v);
   const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
   return std::bit_cast<float>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC00000u : rounded);
 }
 
-// Rounds a contiguous float32 CPU tensor to `dtype` (bfloat16 / float16; float32: nothing) in place, as
-// .to(dtype).to(float32) would (c10's round-to-nearest-even conversions), without allocating.
+// Rounds a contiguous float32 CPU tensor to `dtype` (bfloat16 / float16; float32: nothing) in
+// place, as .to(dtype).to(float32) would (c10's round-to-nearest-even conversions), without
+// allocating.
 void round_in_place(const at::Tensor& t, at::ScalarType dtype);
 
-// Decodes flat elements [e0, e1) of a packed 4-bit tensor into dst: lut[nibble] * absmax[element / blocksize],
-// the first element of each byte in the high nibble. The same float32 product as dequantize_4bit, so the values
-// are bit-identical. e0 may be odd and [e0, e1) may start and end inside blocks. bf16: each value rounded to
-// bfloat16 on the way (the operand of an emulated bfloat16 GEMM).
-void decode_4bit_cpu(bool bf16, const uint8_t* packed, const float* absmax, const float* lut, int64_t blocksize,
-                     int64_t e0, int64_t e1, float* dst);
+// Decodes flat elements [e0, e1) of a packed 4-bit tensor into dst: lut[nibble] * absmax[element /
+// blocksize], the first element of each byte in the high nibble. The same float32 product as
+// dequantize_4bit, so the values are bit-identical. e0 may be odd and [e0, e1) may start and end
+// inside blocks. bf16: each value rounded to bfloat16 on the way (the operand of an emulated
+// bfloat16 GEMM).
+void decode_4bit_cpu(bool bf16, const uint8_t* packed, const float* absmax, const float* lut,
+                     int64_t blocksize, int64_t e0, int64_t e1, float* dst);
 
 }  // namespace peft::quant::detail

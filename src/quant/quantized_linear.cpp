@@ -1,6 +1,7 @@
-// The fused dequantise-and-multiply of a quantized Linear: bitsandbytes' MatMul4Bit (NF4 / FP4) and MatMul8bitLt
-// (LLM.int8), one tile of rows decoded at a time into a reused buffer and multiplied, never the whole matrix; and the
-// autograd function that gives gradients to the input and the bias (none to the frozen weight).
+// The fused dequantise-and-multiply of a quantized Linear: bitsandbytes' MatMul4Bit (NF4 / FP4) and
+// MatMul8bitLt (LLM.int8), one tile of rows decoded at a time into a reused buffer and multiplied,
+// never the whole matrix; and the autograd function that gives gradients to the input and the bias
+// (none to the frozen weight).
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/types.h>
@@ -76,8 +77,8 @@ struct QuantizedLinearFunction : torch::autograd::Function<QuantizedLinearFuncti
     ctx->saved_data["x_dtype"] = x.scalar_type();
     ctx->saved_data["has_bias"] = bias.numel() != 0;
     ctx->saved_data["bias_dtype"] = bias.defined() ? bias.scalar_type() : x.scalar_type();
-    // Grad mode is off inside forward, so this runs the plain kernel. An empty bias stands for none (LibTorch
-    // 1.13's Function::apply cannot take an undefined tensor input).
+    // Grad mode is off inside forward, so this runs the plain kernel. An empty bias stands for none
+    // (LibTorch 1.13's Function::apply cannot take an undefined tensor input).
     return weight->linear(x, bias.numel() == 0 ? at::Tensor() : bias);
   }
 
@@ -114,7 +115,8 @@ at::Tensor QuantizedWeight::linear(const at::Tensor& x, const at::Tensor& bias) 
   if (!needs_grad) return forward_impl(x, bias);
   // A shallow copy (the tensors are shared) that the autograd graph keeps alive.
   auto self = std::shared_ptr<const QuantizedWeight>(new QuantizedWeight(*this));
-  return QuantizedLinearFunction::apply(x, bias.defined() ? bias : at::empty({0}, x.options()), self);
+  return QuantizedLinearFunction::apply(x, bias.defined() ? bias : at::empty({0}, x.options()),
+                                        self);
 }
 
 at::Tensor QuantizedWeight::forward_impl(const at::Tensor& x, const at::Tensor& bias) const {

@@ -1,7 +1,9 @@
-// A frozen weight kept quantized in memory: bitsandbytes' Params4bit (NF4 / FP4) and Int8Params (LLM.int8), built
-// from a float weight or a checkpoint's payload, decoded tile by tile. The fused dequantise-and-multiply and its
-// autograd function live in quantized_linear.cpp, the bitsandbytes state-dict format in bnb_state.cpp, the CPU
-// decoder in decode4bit.cpp.
+// A frozen weight kept quantized in memory: bitsandbytes' Params4bit (NF4 / FP4) and Int8Params
+// (LLM.int8), built from a float weight or a checkpoint's payload, decoded tile by tile. The fused
+// dequantise-and-multiply and its autograd function live in quantized_linear.cpp, the bitsandbytes
+// state-dict format in bnb_state.cpp, the CPU decoder in decode4bit.cpp.
+#include "peft/quant/quantized_weight.h"
+
 #include <ATen/ATen.h>
 #include <torch/types.h>
 
@@ -14,7 +16,6 @@
 
 #include "decode4bit.h"
 #include "peft/error.h"
-#include "peft/quant/quantized_weight.h"
 #include "quant_common.h"
 
 namespace peft::quant {
@@ -193,8 +194,9 @@ void QuantizedWeight::init_tiles() {
   int64_t rows = std::max<int64_t>(1, target / in_);
   if (method_ != QuantMethod::kInt8) {
     const Quantized4bit& q = *q4_;
-    // The first-level absmax in float32. A double-quantized weight keeps only its compressed scales resident
-    // (that is the point of double quantization); tiles undo it for their own blocks (absmax_range).
+    // The first-level absmax in float32. A double-quantized weight keeps only its compressed scales
+    // resident (that is the point of double quantization); tiles undo it for their own blocks
+    // (absmax_range).
     absmax_f32_ = q.nested ? at::Tensor() : q.absmax;
     const std::vector<float> code = q.quant_type == QuantType::kNF4 ? nf4_code() : fp4_code();
     code_ = at::tensor(code, at::TensorOptions().dtype(at::kFloat)).to(q.packed.device());
@@ -251,16 +253,17 @@ at::Tensor QuantizedWeight::tile(int64_t row0, int64_t row1, const at::Tensor& b
                            : buffer.size(0) == rows ? buffer
                                                     : buffer.narrow(0, 0, rows);
     const bool bf16 = round_to == at::kBFloat16;
-    const auto decode = [bf16](const uint8_t* packed, const float* absmax, const float* lut, int64_t blocksize,
-                               int64_t e0_, int64_t e1_, float* dst) {
+    const auto decode = [bf16](const uint8_t* packed, const float* absmax, const float* lut,
+                               int64_t blocksize, int64_t e0_, int64_t e1_, float* dst) {
       detail::decode_4bit_cpu(bf16, packed, absmax, lut, blocksize, e0_, e1_, dst);
     };
     if (!q.nested) {
       decode(q.packed.data_ptr<uint8_t>(), absmax_f32_.data_ptr<float>(), code_.data_ptr<float>(),
              q.blocksize, e0, e1, out.data_ptr<float>());
     } else {
-      // The tile's blocks [k0, k1): absmax = nested_code[absmax_u8[k]] * nested_absmax[k / 256] + offset (as
-      // dequantize_absmax, in float32), then the decode runs on the tile as if it started at block k0.
+      // The tile's blocks [k0, k1): absmax = nested_code[absmax_u8[k]] * nested_absmax[k / 256] +
+      // offset (as dequantize_absmax, in float32), then the decode runs on the tile as if it
+      // started at block k0.
       const int64_t k0 = e0 / q.blocksize, k1 = (e1 - 1) / q.blocksize + 1;
       thread_local std::vector<float> scales;
       scales.resize(static_cast<size_t>(k1 - k0));
@@ -269,11 +272,12 @@ at::Tensor QuantizedWeight::tile(int64_t row0, int64_t row1, const at::Tensor& b
       const float* absmax2 = q.nested_absmax.data_ptr<float>();
       const float offset = q.offset;
       for (int64_t k = k0; k < k1; ++k) {
-        scales[static_cast<size_t>(k - k0)] = code2[codes[k]] * absmax2[k / q.nested_blocksize] + offset;
+        scales[static_cast<size_t>(k - k0)] =
+            code2[codes[k]] * absmax2[k / q.nested_blocksize] + offset;
       }
       const int64_t shift = k0 * q.blocksize;  // even (block sizes are), so a whole byte offset
-      decode(q.packed.data_ptr<uint8_t>() + shift / 2, scales.data(), code_.data_ptr<float>(), q.blocksize,
-             e0 - shift, e1 - shift, out.data_ptr<float>());
+      decode(q.packed.data_ptr<uint8_t>() + shift / 2, scales.data(), code_.data_ptr<float>(),
+             q.blocksize, e0 - shift, e1 - shift, out.data_ptr<float>());
     }
     if (round_to == at::kHalf) detail::round_in_place(out, at::kHalf);
     return out;
@@ -294,8 +298,8 @@ at::Tensor QuantizedWeight::tile(int64_t row0, int64_t row1, const at::Tensor& b
   } else {
     block_scale = absmax_f32_.slice(0, k0, k1);
   }
-  const at::Tensor scale = block_scale.repeat_interleave(q.blocksize)
-                               .narrow(0, e0 - k0 * q.blocksize, count);
+  const at::Tensor scale =
+      block_scale.repeat_interleave(q.blocksize).narrow(0, e0 - k0 * q.blocksize, count);
   return rounded((code_.index_select(0, nib) * scale).view({rows, in_}));
 }
 

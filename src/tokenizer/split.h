@@ -67,7 +67,6 @@ void split_each(Pieces& pieces, Fn&& fn) {
   pieces = std::move(out);
 }
 
-
 template <typename Pred>
 std::vector<Span> spans_from_predicate(std::string_view s, Pred&& pred) {
   std::vector<Span> spans;

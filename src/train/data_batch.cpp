@@ -29,13 +29,15 @@ std::vector<Example> pack_examples(const std::vector<Example>& examples, int64_t
   return out;
 }
 
-void check_token_ids(const std::vector<Example>& examples, int64_t vocab_size, const std::string& path) {
+void check_token_ids(const std::vector<Example>& examples, int64_t vocab_size,
+                     const std::string& path) {
   for (const auto& ex : examples) {
     for (const int64_t id : ex.input_ids) {
       if (id < 0 || id >= vocab_size) {
-        throw FormatError("data", path + ":" + std::to_string(ex.line) + ": token id " + std::to_string(id) +
-                                      " is outside the model's vocabulary [0, " + std::to_string(vocab_size) +
-                                      ") (hint: data tokenized for another model?)");
+        throw FormatError(
+            "data", path + ":" + std::to_string(ex.line) + ": token id " + std::to_string(id) +
+                        " is outside the model's vocabulary [0, " + std::to_string(vocab_size) +
+                        ") (hint: data tokenized for another model?)");
       }
     }
   }
@@ -51,7 +53,8 @@ Batch collate(const std::vector<const Example*>& examples, int64_t pad_id) {
     classification = classification || ex->label.has_value();
     types = types || !ex->token_type_ids.empty();
   }
-  std::vector<int64_t> ids(static_cast<size_t>(n * seq), pad_id), mask(static_cast<size_t>(n * seq), 0),
+  std::vector<int64_t> ids(static_cast<size_t>(n * seq), pad_id),
+      mask(static_cast<size_t>(n * seq), 0),
       labels(classification ? static_cast<size_t>(n) : static_cast<size_t>(n * seq), -100),
       type_ids(static_cast<size_t>(n * seq), 0);
   Batch b;
@@ -61,10 +64,12 @@ Batch collate(const std::vector<const Example*>& examples, int64_t pad_id) {
     for (size_t i = 0; i < ex.input_ids.size(); ++i) {
       ids[base + i] = ex.input_ids[i];
       mask[base + i] = 1;
-      if (!ex.token_type_ids.empty() && i < ex.token_type_ids.size()) type_ids[base + i] = ex.token_type_ids[i];
+      if (!ex.token_type_ids.empty() && i < ex.token_type_ids.size())
+        type_ids[base + i] = ex.token_type_ids[i];
       if (!classification && !ex.labels.empty()) {
         labels[base + i] = ex.labels[i];
-        if (i > 0 && ex.labels[i] != -100) ++b.num_label_tokens;  // the loss shifts labels left by one
+        if (i > 0 && ex.labels[i] != -100)
+          ++b.num_label_tokens;  // the loss shifts labels left by one
       }
     }
     if (classification) labels[static_cast<size_t>(r)] = ex.label.value_or(-100);

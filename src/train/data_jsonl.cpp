@@ -1,12 +1,11 @@
 // JSONL reading: one example per line, in TRL's dataset formats or pre-tokenized.
+#include <fstream>
 #include <nlohmann/json.hpp>
 
-#include <fstream>
-
+#include "../strings.h"
 #include "peft/error.h"
 #include "peft/tokenizer.h"
 #include "peft/train/data.h"
-#include "../strings.h"
 
 namespace peft::train {
 
@@ -37,19 +36,22 @@ std::string keys_of(const json& obj) {
 const std::string& string_field(const json& obj, const char* key, const LineContext& at) {
   const auto it = obj.find(key);
   if (it == obj.end() || !it->is_string()) {
-    at.fail(std::string("\"") + key + "\" must be a string; found " + (it == obj.end() ? "nothing" : it->type_name()));
+    at.fail(std::string("\"") + key + "\" must be a string; found " +
+            (it == obj.end() ? "nothing" : it->type_name()));
   }
   return it->get_ref<const std::string&>();
 }
 
 std::vector<int64_t> int_array(const json& obj, const char* key, const LineContext& at) {
   const json& v = obj.at(key);
-  if (!v.is_array()) at.fail(std::string("\"") + key + "\" must be an array of integers; found " + v.type_name());
+  if (!v.is_array())
+    at.fail(std::string("\"") + key + "\" must be an array of integers; found " + v.type_name());
   std::vector<int64_t> out;
   out.reserve(v.size());
   for (size_t i = 0; i < v.size(); ++i) {
     if (!v[i].is_number_integer()) {
-      at.fail(std::string("\"") + key + "\"[" + std::to_string(i) + "] must be an integer; found " + v[i].dump());
+      at.fail(std::string("\"") + key + "\"[" + std::to_string(i) + "] must be an integer; found " +
+              v[i].dump());
     }
     out.push_back(v[i].get<int64_t>());
   }
@@ -57,7 +59,8 @@ std::vector<int64_t> int_array(const json& obj, const char* key, const LineConte
 }
 
 const Tokenizer& need_tokenizer(const Tokenizer* tokenizer, const LineContext& at) {
-  if (!tokenizer) at.fail("a text example needs a tokenizer", "give the model folder a tokenizer.json");
+  if (!tokenizer)
+    at.fail("a text example needs a tokenizer", "give the model folder a tokenizer.json");
   return *tokenizer;
 }
 
@@ -66,21 +69,24 @@ void append_eos(std::vector<int64_t>& ids, const Tokenizer& tokenizer) {
   if (eos && (ids.empty() || ids.back() != *eos)) ids.push_back(*eos);
 }
 
-Example parse_line(const json& obj, const Tokenizer* tokenizer, const DataOptions& options, const LineContext& at) {
+Example parse_line(const json& obj, const Tokenizer* tokenizer, const DataOptions& options,
+                   const LineContext& at) {
   Example ex;
   ex.line = at.line;
-  if (!obj.is_object()) at.fail(std::string("expected a JSON object; found ") + obj.type_name(), kFormats);
+  if (!obj.is_object())
+    at.fail(std::string("expected a JSON object; found ") + obj.type_name(), kFormats);
   if (obj.contains("input_ids")) {
     ex.input_ids = int_array(obj, "input_ids", at);
     if (ex.input_ids.empty()) at.fail("\"input_ids\" is empty");
     if (options.classification) {
-      if (!obj.contains("label") || !obj["label"].is_number_integer()) at.fail("\"label\" must be an integer");
+      if (!obj.contains("label") || !obj["label"].is_number_integer())
+        at.fail("\"label\" must be an integer");
       ex.label = obj["label"].get<int64_t>();
     } else if (obj.contains("labels")) {
       ex.labels = int_array(obj, "labels", at);
       if (ex.labels.size() != ex.input_ids.size()) {
-        at.fail("\"labels\" has " + std::to_string(ex.labels.size()) + " entries but \"input_ids\" has " +
-                std::to_string(ex.input_ids.size()));
+        at.fail("\"labels\" has " + std::to_string(ex.labels.size()) +
+                " entries but \"input_ids\" has " + std::to_string(ex.input_ids.size()));
       }
     } else {
       ex.labels = ex.input_ids;
@@ -96,13 +102,15 @@ Example parse_line(const json& obj, const Tokenizer* tokenizer, const DataOption
     }
     ex.label = label->get<int64_t>();
     const Tokenizer& tok = need_tokenizer(tokenizer, at);
-    ex.input_ids = obj.contains("text_pair") ? tok.encode_pair(text, string_field(obj, "text_pair", at))
-                                             : tok.encode(text);
+    ex.input_ids = obj.contains("text_pair")
+                       ? tok.encode_pair(text, string_field(obj, "text_pair", at))
+                       : tok.encode(text);
     return ex;
   }
   if (obj.contains("messages")) {
     const json& msgs = obj["messages"];
-    if (!msgs.is_array() || msgs.empty()) at.fail("\"messages\" must be a non-empty array of {\"role\",\"content\"}");
+    if (!msgs.is_array() || msgs.empty())
+      at.fail("\"messages\" must be a non-empty array of {\"role\",\"content\"}");
     std::vector<std::pair<std::string, std::string>> conversation;
     for (const auto& m : msgs) {
       if (!m.is_object()) at.fail("each message must be an object with \"role\" and \"content\"");
@@ -124,18 +132,20 @@ Example parse_line(const json& obj, const Tokenizer* tokenizer, const DataOption
     const auto prompt_ids = tok.encode(prompt);
     ex.input_ids = tok.encode(prompt + completion);
     append_eos(ex.input_ids, tok);
-    // TRL masks the first len(prompt_ids) tokens of the joint encoding; when a merge crosses the boundary the
-    // prompt's last token is not a prefix (TRL warns too).
+    // TRL masks the first len(prompt_ids) tokens of the joint encoding; when a merge crosses the
+    // boundary the prompt's last token is not a prefix (TRL warns too).
     const bool prefix = prompt_ids.size() <= ex.input_ids.size() &&
                         std::equal(prompt_ids.begin(), prompt_ids.end(), ex.input_ids.begin());
     if (!prefix) {
       warn("data", at.path + ":" + std::to_string(at.line) +
-                       ": the tokenized prompt is not a prefix of the tokenized prompt + completion; the loss mask "
+                       ": the tokenized prompt is not a prefix of the tokenized prompt + "
+                       "completion; the loss mask "
                        "uses the prompt's token count");
     }
     ex.labels = ex.input_ids;
     const size_t masked = std::min(prompt_ids.size(), ex.labels.size());
-    std::fill(ex.labels.begin(), ex.labels.begin() + static_cast<std::ptrdiff_t>(masked), int64_t{-100});
+    std::fill(ex.labels.begin(), ex.labels.begin() + static_cast<std::ptrdiff_t>(masked),
+              int64_t{-100});
     return ex;
   }
   if (obj.contains("text")) {
@@ -150,9 +160,12 @@ Example parse_line(const json& obj, const Tokenizer* tokenizer, const DataOption
 
 }  // namespace
 
-std::vector<Example> load_jsonl(const std::string& path, const Tokenizer* tokenizer, const DataOptions& options) {
+std::vector<Example> load_jsonl(const std::string& path, const Tokenizer* tokenizer,
+                                const DataOptions& options) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw FormatError("data", "cannot open \"" + path + "\" (hint: check the --data / --eval-data path)");
+  if (!in)
+    throw FormatError("data",
+                      "cannot open \"" + path + "\" (hint: check the --data / --eval-data path)");
   std::vector<Example> out;
   std::string text;
   int64_t line = 0;
@@ -168,7 +181,8 @@ std::vector<Example> load_jsonl(const std::string& path, const Tokenizer* tokeni
       at.fail(std::string("not valid JSON: ") + e.what(), "one JSON object per line");
     }
     Example ex = parse_line(obj, tokenizer, options, at);
-    if (!options.packing && options.max_length > 0 && static_cast<int64_t>(ex.input_ids.size()) > options.max_length) {
+    if (!options.packing && options.max_length > 0 &&
+        static_cast<int64_t>(ex.input_ids.size()) > options.max_length) {
       const auto n = static_cast<size_t>(options.max_length);
       ex.input_ids.resize(n);
       if (!ex.labels.empty()) ex.labels.resize(n);
@@ -176,10 +190,13 @@ std::vector<Example> load_jsonl(const std::string& path, const Tokenizer* tokeni
     }
     out.push_back(std::move(ex));
   }
-  if (out.empty()) throw FormatError("data", "\"" + path + "\" holds no examples (hint: one JSON object per line)");
+  if (out.empty())
+    throw FormatError("data",
+                      "\"" + path + "\" holds no examples (hint: one JSON object per line)");
   if (options.packing) {
     if (options.max_length <= 0) throw ConfigError("data", "packing needs max_length > 0");
-    if (options.classification) throw ConfigError("data", "packing does not apply to sequence classification");
+    if (options.classification)
+      throw ConfigError("data", "packing does not apply to sequence classification");
     out = pack_examples(out, options.max_length);
   }
   return out;

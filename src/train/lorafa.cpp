@@ -1,5 +1,5 @@
-// LoraFAOptimizer (peft/optimizers/lorafa.py): transformers' AdamW variant with lora_B's gradient projected
-// through the frozen lora_A.
+// LoraFAOptimizer (peft/optimizers/lorafa.py): transformers' AdamW variant with lora_B's gradient
+// projected through the frozen lora_A.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -17,16 +17,19 @@ LoraFaOptimizer::LoraFaOptimizer(std::vector<ParamGroup> groups, std::vector<Pai
 
 namespace {
 
-// g_B <- (1/s^2) g_B (A A^T + 1e-8 I)^+. PEFT runs the product under bfloat16 autocast whenever bf16 is
-// available (always on CPU), so it is computed in bfloat16 here too and cast back to the gradient's dtype.
+// g_B <- (1/s^2) g_B (A A^T + 1e-8 I)^+. PEFT runs the product under bfloat16 autocast whenever
+// bf16 is available (always on CPU), so it is computed in bfloat16 here too and cast back to the
+// gradient's dtype.
 at::Tensor project_b_grad(const at::Tensor& a, const at::Tensor& grad_b, double scaling) {
-  // Divergence from PEFT: conv factors are flattened to (r, in*k...) / (out, r); PEFT's A @ A.T fails on them.
+  // Divergence from PEFT: conv factors are flattened to (r, in*k...) / (out, r); PEFT's A @ A.T
+  // fails on them.
   const int64_t r = a.size(0);
   const at::Tensor a2 = a.reshape({r, -1});
   const at::Tensor aat = a2.matmul(a2.t());
   const at::Tensor inv = at::linalg_pinv(aat + 1e-8 * torch::eye(r, aat.options()));
   const at::Tensor g2 = grad_b.reshape({grad_b.size(0), r});
-  at::Tensor projected = g2.to(at::kBFloat16).matmul(inv.to(at::kBFloat16)).mul(1.0 / (scaling * scaling));
+  at::Tensor projected =
+      g2.to(at::kBFloat16).matmul(inv.to(at::kBFloat16)).mul(1.0 / (scaling * scaling));
   return projected.to(grad_b.scalar_type()).reshape(grad_b.sizes());
 }
 
@@ -48,7 +51,8 @@ void LoraFaOptimizer::step() {
       if (!p.grad().defined()) continue;
       auto pair = by_b.find(np.name);
       const at::Tensor grad =
-          pair == by_b.end() ? p.grad() : project_b_grad(pair->second->a, p.grad(), pair->second->scaling);
+          pair == by_b.end() ? p.grad()
+                             : project_b_grad(pair->second->a, p.grad(), pair->second->scaling);
       ParamState& s = state_[np.name];
       if (!s.exp_avg.defined()) {
         s.exp_avg = torch::zeros_like(p, at::MemoryFormat::Preserve);
@@ -59,7 +63,8 @@ void LoraFaOptimizer::step() {
       s.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1.0 - beta2);
       const at::Tensor denom = s.exp_avg_sq.sqrt().add_(options_.eps);
       const double step = static_cast<double>(s.step);
-      const double step_size = g.lr * std::sqrt(1.0 - std::pow(beta2, step)) / (1.0 - std::pow(beta1, step));
+      const double step_size =
+          g.lr * std::sqrt(1.0 - std::pow(beta2, step)) / (1.0 - std::pow(beta1, step));
       p.addcdiv_(s.exp_avg, denom, -step_size);
       if (g.weight_decay > 0.0) p.add_(p, -g.lr * g.weight_decay);
     }

@@ -7,8 +7,8 @@
 
 #include <cmath>
 
-#include "peft/error.h"
 #include "../strings.h"
+#include "peft/error.h"
 
 namespace peft::train {
 
@@ -16,7 +16,8 @@ OptimizerKind parse_optimizer_kind(const std::string& text) {
   if (text == "adamw") return OptimizerKind::kAdamW;
   if (text == "loraplus") return OptimizerKind::kLoraPlus;
   if (text == "lorafa") return OptimizerKind::kLoraFa;
-  throw ConfigError("optimizer", "unknown optimizer \"" + text + "\"; expected one of adamw, loraplus, lorafa");
+  throw ConfigError("optimizer",
+                    "unknown optimizer \"" + text + "\"; expected one of adamw, loraplus, lorafa");
 }
 
 std::string to_string(OptimizerKind kind) {
@@ -55,7 +56,8 @@ std::vector<at::Tensor> Optimizer::parameters() const {
 
 std::vector<std::pair<std::string, at::Tensor>> Optimizer::state_dict() const {
   std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& g : groups_) out.emplace_back(g.name + "/lr", torch::tensor({g.lr}, torch::kDouble));
+  for (const auto& g : groups_)
+    out.emplace_back(g.name + "/lr", torch::tensor({g.lr}, torch::kDouble));
   for (const auto& [name, s] : state_) {
     out.emplace_back(name + "/step", torch::tensor({s.step}, torch::kLong));
     out.emplace_back(name + "/exp_avg", s.exp_avg);
@@ -64,12 +66,15 @@ std::vector<std::pair<std::string, at::Tensor>> Optimizer::state_dict() const {
   return out;
 }
 
-void Optimizer::load_state_dict(const std::map<std::string, at::Tensor>& state, const std::string& where) {
+void Optimizer::load_state_dict(const std::map<std::string, at::Tensor>& state,
+                                const std::string& where) {
   auto get = [&](const std::string& key) -> const at::Tensor& {
     auto it = state.find(key);
     if (it == state.end()) {
-      throw FormatError("optimizer", where + ": missing optimizer state \"" + key +
-                        "\" (hint: the checkpoint was written for another optimizer or adapter)");
+      throw FormatError(
+          "optimizer",
+          where + ": missing optimizer state \"" + key +
+              "\" (hint: the checkpoint was written for another optimizer or adapter)");
     }
     return it->second;
   };
@@ -89,11 +94,13 @@ void Optimizer::load_state_dict(const std::map<std::string, at::Tensor>& state, 
     s.step = t.item<int64_t>();
     s.exp_avg = get(name + "/exp_avg");
     s.exp_avg_sq = get(name + "/exp_avg_sq");
-    if (!s.exp_avg.sizes().equals(it->second.sizes()) || !s.exp_avg_sq.sizes().equals(it->second.sizes())) {
-      throw ShapeMismatchError("optimizer", where + ": state of \"" + name + "\" has shape " +
-                               detail::shape_string(s.exp_avg.sizes()) + " but the parameter has " +
-                               detail::shape_string(it->second.sizes()) +
-                               " (hint: the checkpoint was written for another adapter)");
+    if (!s.exp_avg.sizes().equals(it->second.sizes()) ||
+        !s.exp_avg_sq.sizes().equals(it->second.sizes())) {
+      throw ShapeMismatchError(
+          "optimizer", where + ": state of \"" + name + "\" has shape " +
+                           detail::shape_string(s.exp_avg.sizes()) + " but the parameter has " +
+                           detail::shape_string(it->second.sizes()) +
+                           " (hint: the checkpoint was written for another adapter)");
     }
     s.exp_avg = s.exp_avg.to(it->second.options()).clone();
     s.exp_avg_sq = s.exp_avg_sq.to(it->second.options()).clone();
@@ -125,7 +132,8 @@ void AdamW::step() {
       const double bias_correction1 = 1.0 - std::pow(beta1, step);
       const double bias_correction2 = 1.0 - std::pow(beta2, step);
       const double step_size = g.lr / bias_correction1;
-      const at::Tensor denom = (s.exp_avg_sq.sqrt() / std::sqrt(bias_correction2)).add_(options_.eps);
+      const at::Tensor denom =
+          (s.exp_avg_sq.sqrt() / std::sqrt(bias_correction2)).add_(options_.eps);
       p.addcdiv_(s.exp_avg, denom, -step_size);
     }
   }

@@ -13,7 +13,8 @@ ScheduleKind parse_schedule_kind(const std::string& text) {
   if (text == "constant") return ScheduleKind::kConstant;
   if (text == "linear") return ScheduleKind::kLinear;
   if (text == "cosine") return ScheduleKind::kCosine;
-  throw ConfigError("lr_scheduler", "unknown schedule \"" + text + "\"; expected one of constant, linear, cosine");
+  throw ConfigError("lr_scheduler",
+                    "unknown schedule \"" + text + "\"; expected one of constant, linear, cosine");
 }
 
 std::string to_string(ScheduleKind kind) {

@@ -1,4 +1,5 @@
-// The training loop: micro-batches, accumulation, clipping, schedule, optimizer, evaluation, progress.
+// The training loop: micro-batches, accumulation, clipping, schedule, optimizer, evaluation,
+// progress.
 #include "peft/train/trainer.h"
 
 #include <ATen/ATen.h>
@@ -32,13 +33,15 @@ constexpr int64_t kPadId = 0;
 at::Tensor batch_loss(models::PretrainedModel& model, const Batch& b, c10::Device device) {
   models::ForwardInput in;
   in.input_ids = b.input_ids.to(device);
-  // An all-ones mask is left out: the model then takes its plain causal path, as transformers does without one.
+  // An all-ones mask is left out: the model then takes its plain causal path, as transformers does
+  // without one.
   if (b.attention_mask.numel() != b.num_tokens) in.attention_mask = b.attention_mask.to(device);
   if (b.token_type_ids.defined()) in.token_type_ids = b.token_type_ids.to(device);
   const at::Tensor logits = model.forward(in);
   const at::Tensor labels = b.labels.to(device);
-  return model.task() == models::ModelTask::kCausalLm ? causal_lm_loss(logits, labels)
-                                                       : sequence_classification_loss(logits, labels);
+  return model.task() == models::ModelTask::kCausalLm
+             ? causal_lm_loss(logits, labels)
+             : sequence_classification_loss(logits, labels);
 }
 
 }  // namespace
@@ -48,16 +51,19 @@ int64_t Trainer::State::micro_batches_per_epoch() const {
 }
 
 Trainer::Trainer(std::shared_ptr<models::PretrainedModel> model, std::shared_ptr<PeftModel> peft,
-                 TrainingArguments args, std::vector<Example> train_data, std::vector<Example> eval_data)
+                 TrainingArguments args, std::vector<Example> train_data,
+                 std::vector<Example> eval_data)
     : s_(std::make_unique<State>()) {
   PEFT_CHECK(model && peft, ConfigError, "trainer", "a model with an injected adapter is required");
   PEFT_CHECK(!train_data.empty(), ConfigError, "trainer", "the training data is empty");
-  PEFT_CHECK(args.batch_size > 0, ConfigError, "trainer", "batch_size must be > 0; got " << args.batch_size);
+  PEFT_CHECK(args.batch_size > 0, ConfigError, "trainer",
+             "batch_size must be > 0; got " << args.batch_size);
   PEFT_CHECK(args.gradient_accumulation_steps > 0, ConfigError, "trainer",
              "gradient_accumulation_steps must be > 0; got " << args.gradient_accumulation_steps);
   PEFT_CHECK(args.max_steps > 0 || args.num_train_epochs > 0, ConfigError, "trainer",
              "give max_steps > 0 or num_train_epochs > 0");
-  PEFT_CHECK(args.adamw.lr >= 0, ConfigError, "trainer", "the learning rate must be >= 0; got " << args.adamw.lr);
+  PEFT_CHECK(args.adamw.lr >= 0, ConfigError, "trainer",
+             "the learning rate must be >= 0; got " << args.adamw.lr);
   PEFT_CHECK(!args.output_dir.empty(), ConfigError, "trainer", "output_dir is required");
   s_->model = std::move(model);
   s_->peft = std::move(peft);
@@ -78,9 +84,11 @@ Trainer::Trainer(std::shared_ptr<models::PretrainedModel> model, std::shared_ptr
       s_->optimizer = create_lorafa_optimizer(*s_->peft, s_->args.adamw);
       break;
   }
-  s_->schedule = LrSchedule{.kind = s_->args.lr_scheduler, .warmup_steps = s_->args.warmup_steps,
+  s_->schedule = LrSchedule{.kind = s_->args.lr_scheduler,
+                            .warmup_steps = s_->args.warmup_steps,
                             .total_steps = total_steps()};
-  s_->order = epoch_order(static_cast<int64_t>(s_->train.size()), s_->args.seed, 0, s_->args.shuffle);
+  s_->order =
+      epoch_order(static_cast<int64_t>(s_->train.size()), s_->args.seed, 0, s_->args.shuffle);
   if (s_->args.gradient_checkpointing) s_->model->gradient_checkpointing_enable();
 }
 
@@ -88,7 +96,8 @@ Trainer::~Trainer() = default;
 
 int64_t Trainer::total_steps() const {
   if (s_->args.max_steps > 0) return s_->args.max_steps;
-  return s_->args.num_train_epochs * ceil_div(s_->micro_batches_per_epoch(), s_->args.gradient_accumulation_steps);
+  return s_->args.num_train_epochs *
+         ceil_div(s_->micro_batches_per_epoch(), s_->args.gradient_accumulation_steps);
 }
 
 Optimizer& Trainer::optimizer() { return *s_->optimizer; }
@@ -103,10 +112,12 @@ double Trainer::evaluate() {
   int64_t count = 0;
   for (size_t i = 0; i < s_->eval.size(); i += static_cast<size_t>(bs)) {
     std::vector<const Example*> rows;
-    for (size_t j = i; j < std::min(s_->eval.size(), i + static_cast<size_t>(bs)); ++j) rows.push_back(&s_->eval[j]);
+    for (size_t j = i; j < std::min(s_->eval.size(), i + static_cast<size_t>(bs)); ++j)
+      rows.push_back(&s_->eval[j]);
     const Batch b = collate(rows, kPadId);
     if (b.num_label_tokens == 0) continue;
-    sum += batch_loss(*s_->model, b, s_->device).item<double>() * static_cast<double>(b.num_label_tokens);
+    sum += batch_loss(*s_->model, b, s_->device).item<double>() *
+           static_cast<double>(b.num_label_tokens);
     count += b.num_label_tokens;
   }
   if (was_training) s_->model->train();
@@ -136,7 +147,8 @@ TrainResult Trainer::train() {
   const auto start = std::chrono::steady_clock::now();
   int64_t tokens_this_run = 0;
   while (s.global_step < total) {
-    // The micro-batches of this update: up to `accum`, fewer at the end of an epoch (as transformers' Trainer).
+    // The micro-batches of this update: up to `accum`, fewer at the end of an epoch (as
+    // transformers' Trainer).
     std::vector<Batch> micro;
     while (static_cast<int64_t>(micro.size()) < accum) {
       if (s.cursor >= s.micro_batches_per_epoch()) {
@@ -146,7 +158,8 @@ TrainResult Trainer::train() {
         s.order = epoch_order(n, s.args.seed, s.epoch, s.args.shuffle);
       }
       std::vector<const Example*> rows;
-      for (int64_t i = s.cursor * s.args.batch_size; i < std::min(n, (s.cursor + 1) * s.args.batch_size); ++i) {
+      for (int64_t i = s.cursor * s.args.batch_size;
+           i < std::min(n, (s.cursor + 1) * s.args.batch_size); ++i) {
         rows.push_back(&s.train[static_cast<size_t>(s.order[static_cast<size_t>(i)])]);
       }
       micro.push_back(collate(rows, kPadId));
@@ -157,23 +170,26 @@ TrainResult Trainer::train() {
       label_tokens += b.num_label_tokens;
       tokens += b.num_tokens;
     }
-    // The loss of the whole update is the mean over all its label tokens (transformers' num_items_in_batch), so
-    // k micro-batches of b/k give the update of one batch of b.
+    // The loss of the whole update is the mean over all its label tokens (transformers'
+    // num_items_in_batch), so k micro-batches of b/k give the update of one batch of b.
     double loss = std::nan("");
     if (label_tokens > 0) {
       loss = 0;
       for (const auto& b : micro) {
         if (b.num_label_tokens == 0) continue;
-        const double weight = static_cast<double>(b.num_label_tokens) / static_cast<double>(label_tokens);
+        const double weight =
+            static_cast<double>(b.num_label_tokens) / static_cast<double>(label_tokens);
         at::Tensor l = batch_loss(*s.model, b, s.device);
         loss += l.item<double>() * weight;
         (weight == 1.0 ? l : l * weight).backward();
       }
     } else {
-      warn("trainer", "update " + std::to_string(s.global_step + 1) + " has no label tokens; skipped");
+      warn("trainer",
+           "update " + std::to_string(s.global_step + 1) + " has no label tokens; skipped");
     }
     std::optional<double> grad_norm;
-    if (s.args.max_grad_norm > 0) grad_norm = clip_grad_norm(s.optimizer->parameters(), s.args.max_grad_norm);
+    if (s.args.max_grad_norm > 0)
+      grad_norm = clip_grad_norm(s.optimizer->parameters(), s.args.max_grad_norm);
     const double factor = s.schedule.factor(s.global_step);
     for (auto& g : s.optimizer->param_groups()) g.lr = g.initial_lr * factor;
     const double lr = s.optimizer->param_groups().front().lr;
@@ -183,28 +199,42 @@ TrainResult Trainer::train() {
     s.tokens_seen += tokens;
     tokens_this_run += tokens;
     result.losses.push_back(loss);
-    json record = {{"step", s.global_step}, {"loss", loss}, {"lr", lr}, {"epoch", s.epoch}, {"tokens", tokens}};
+    json record = {{"step", s.global_step},
+                   {"loss", loss},
+                   {"lr", lr},
+                   {"epoch", s.epoch},
+                   {"tokens", tokens}};
     if (grad_norm) record["grad_norm"] = *grad_norm;
     s.append_log(std::move(record));
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (!quiet) {
-      progress.update({.step = s.global_step, .total_steps = total, .loss = loss, .lr = lr,
-                       .tokens_per_second = elapsed > 0 ? static_cast<double>(tokens_this_run) / elapsed : 0.0,
-                       .elapsed_seconds = elapsed, .grad_norm = grad_norm, .epoch_index = s.epoch});
+      progress.update(
+          {.step = s.global_step,
+           .total_steps = total,
+           .loss = loss,
+           .lr = lr,
+           .tokens_per_second = elapsed > 0 ? static_cast<double>(tokens_this_run) / elapsed : 0.0,
+           .elapsed_seconds = elapsed,
+           .grad_norm = grad_norm,
+           .epoch_index = s.epoch});
     }
-    if (s.args.eval_every > 0 && !s.eval.empty() && s.global_step % s.args.eval_every == 0 && s.global_step < total) {
+    if (s.args.eval_every > 0 && !s.eval.empty() && s.global_step % s.args.eval_every == 0 &&
+        s.global_step < total) {
       const double e = evaluate();
       s.append_log({{"step", s.global_step}, {"eval_loss", e}});
       say("eval loss at step " + std::to_string(s.global_step) + ": " + std::to_string(e));
     }
     if (s.args.save_every > 0 && s.global_step % s.args.save_every == 0) {
       s.save_checkpoint();
-      say("checkpoint saved: " + (fs::path(s.args.output_dir) / ("checkpoint-" + std::to_string(s.global_step))).string());
+      say("checkpoint saved: " +
+          (fs::path(s.args.output_dir) / ("checkpoint-" + std::to_string(s.global_step))).string());
     }
     if (should_stop && should_stop(s.global_step)) break;
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  result.tokens_per_second = result.seconds > 0 ? static_cast<double>(tokens_this_run) / result.seconds : 0.0;
+  result.tokens_per_second =
+      result.seconds > 0 ? static_cast<double>(tokens_this_run) / result.seconds : 0.0;
   result.steps = s.global_step;
   if (!quiet) progress.finish();
   const bool finished = s.global_step >= total;
@@ -221,8 +251,10 @@ TrainResult Trainer::train() {
     LossPlotData plot;
     plot.title = "LoRA training: " + s.model->name_or_path();
     for (const auto& r : s.log_history) {
-      if (r.contains("loss")) plot.train.push_back({r["step"].get<int64_t>(), r["loss"].get<double>()});
-      if (r.contains("eval_loss")) plot.eval.push_back({r["step"].get<int64_t>(), r["eval_loss"].get<double>()});
+      if (r.contains("loss"))
+        plot.train.push_back({r["step"].get<int64_t>(), r["loss"].get<double>()});
+      if (r.contains("eval_loss"))
+        plot.eval.push_back({r["step"].get<int64_t>(), r["eval_loss"].get<double>()});
     }
     write_loss_plot((fs::path(s.args.output_dir) / "loss_curve.svg").string(), plot);
   }

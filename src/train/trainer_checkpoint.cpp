@@ -1,7 +1,7 @@
-// Trainer checkpoints (adapter + optimizer + schedule position + RNG + data position, written atomically) and the
-// JSONL log.
-#include <ATen/Context.h>
+// Trainer checkpoints (adapter + optimizer + schedule position + RNG + data position, written
+// atomically) and the JSONL log.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <torch/types.h>
 #include <torch/utils.h>
 
@@ -23,7 +23,8 @@ using json = nlohmann::json;
 constexpr int kCheckpointVersion = 1;
 
 // The generators dropout draws from: the CPU one, plus the model's device's when it is not the CPU.
-std::vector<std::pair<std::string, at::Generator>> generators(const models::PretrainedModel& model) {
+std::vector<std::pair<std::string, at::Generator>> generators(
+    const models::PretrainedModel& model) {
   std::vector<std::pair<std::string, at::Generator>> out;
   out.emplace_back("rng/cpu", at::detail::getDefaultCPUGenerator());
   const auto params = model.parameters();
@@ -36,14 +37,17 @@ std::vector<std::pair<std::string, at::Generator>> generators(const models::Pret
 
 std::string read_text(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
-  if (!in) throw FormatError("trainer", "cannot read \"" + p.string() + "\" (hint: is this a checkpoint-<step> folder?)");
+  if (!in)
+    throw FormatError("trainer", "cannot read \"" + p.string() +
+                                     "\" (hint: is this a checkpoint-<step> folder?)");
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 }  // namespace
 
 std::string Trainer::State::log_path() const {
-  return args.log_file.empty() ? (fs::path(args.output_dir) / "train_log.jsonl").string() : args.log_file;
+  return args.log_file.empty() ? (fs::path(args.output_dir) / "train_log.jsonl").string()
+                               : args.log_file;
 }
 
 void Trainer::State::open_log(bool rewrite_history) {
@@ -106,14 +110,16 @@ void Trainer::resume_from_checkpoint(const std::string& dir) {
   try {
     state = json::parse(read_text(d / "trainer_state.json"));
   } catch (const json::exception& e) {
-    throw FormatError("trainer", (d / "trainer_state.json").string() + ": not valid JSON: " + e.what());
+    throw FormatError("trainer",
+                      (d / "trainer_state.json").string() + ": not valid JSON: " + e.what());
   }
   auto want = [&](const char* key, const json& expected) {
     if (!state.contains(key) || state[key] != expected) {
-      throw ConfigError("trainer", (d / "trainer_state.json").string() + ": \"" + key + "\" is " +
-                                       (state.contains(key) ? state[key].dump() : "missing") + " but this run has " +
-                                       expected.dump() +
-                                       " (hint: resume with the options and data of the interrupted run)");
+      throw ConfigError("trainer",
+                        (d / "trainer_state.json").string() + ": \"" + key + "\" is " +
+                            (state.contains(key) ? state[key].dump() : "missing") +
+                            " but this run has " + expected.dump() +
+                            " (hint: resume with the options and data of the interrupted run)");
     }
   };
   want("version", kCheckpointVersion);
@@ -131,7 +137,9 @@ void Trainer::resume_from_checkpoint(const std::string& dir) {
   s.optimizer->load_state_dict(opt, (d / "optimizer.safetensors").string());
   for (auto& [key, gen] : generators(*s.model)) {
     auto it = opt.find(key);
-    if (it == opt.end()) throw FormatError("trainer", (d / "optimizer.safetensors").string() + ": missing \"" + key + "\"");
+    if (it == opt.end())
+      throw FormatError("trainer",
+                        (d / "optimizer.safetensors").string() + ": missing \"" + key + "\"");
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(it->second);
   }

@@ -1,10 +1,10 @@
-// Private: the Trainer's state, shared by the loop (trainer.cpp) and checkpointing (trainer_checkpoint.cpp).
+// Private: the Trainer's state, shared by the loop (trainer.cpp) and checkpointing
+// (trainer_checkpoint.cpp).
 #pragma once
-
-#include <nlohmann/json.hpp>
 
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "peft/models/model.h"
@@ -21,15 +21,17 @@ struct Trainer::State {
   std::vector<Example> eval;
   std::unique_ptr<Optimizer> optimizer;
   LrSchedule schedule;
-  c10::Device device = c10::Device(c10::kCPU);  // where the model's parameters live (inputs go there)
+  c10::Device device =
+      c10::Device(c10::kCPU);  // where the model's parameters live (inputs go there)
 
   // Position: `global_step` updates done; the next micro-batch is `cursor` of epoch `epoch`.
   int64_t global_step = 0;
   int64_t epoch = 0;
   int64_t cursor = 0;
-  std::vector<int64_t> order;   // example order of `epoch`
+  std::vector<int64_t> order;  // example order of `epoch`
   int64_t tokens_seen = 0;
-  // One JSON object per logged event, as written to the JSONL log ({"step","loss","lr",...} / {"step","eval_loss"}).
+  // One JSON object per logged event, as written to the JSONL log ({"step","loss","lr",...} /
+  // {"step","eval_loss"}).
   std::vector<nlohmann::json> log_history;
   std::ofstream log;
 

@@ -1,18 +1,21 @@
-// check-layers SOURCE_DIR [--graph]: enforces the dependency rule of docs/architecture.md. The table between the markers
-// "<!-- layers:begin -->" and "<!-- layers:end -->" there names each component, its layer and its paths; every
-// `#include "..."` of a file may name its own component or a component of a strictly lower layer. Also refuses
-// <torch/torch.h> outside tests, benchmarks and examples (25 s of compile per translation unit). Prints each violation as
-// "file:line: component (layer) includes target: component (layer)" and exits 1 when there is one; 2 when the table
-// cannot be read. --graph also prints, per component, the components its files include. Needs no LibTorch, so that
-// it builds in seconds.
+// check-layers SOURCE_DIR [--graph]: enforces the dependency rule of docs/architecture.md. The
+// table between the markers
+// "<!-- layers:begin -->" and "<!-- layers:end -->" there names each component, its layer and its
+// paths; every
+// `#include "..."` of a file may name its own component or a component of a strictly lower layer.
+// Also refuses <torch/torch.h> outside tests, benchmarks and examples (25 s of compile per
+// translation unit). Prints each violation as "file:line: component (layer) includes target:
+// component (layer)" and exits 1 when there is one; 2 when the table cannot be read. --graph also
+// prints, per component, the components its files include. Needs no LibTorch, so that it builds in
+// seconds.
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
-#include <set>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -24,7 +27,8 @@ namespace {
 struct Component {
   std::string name;
   int layer = 0;
-  std::vector<std::string> paths;  // relative to SOURCE_DIR: a folder ("src/lora") or a file ("src/kappa.cpp")
+  std::vector<std::string>
+      paths;  // relative to SOURCE_DIR: a folder ("src/lora") or a file ("src/kappa.cpp")
 };
 
 std::string trim(std::string s) {
@@ -55,7 +59,8 @@ std::vector<Component> read_table(const fs::path& doc) {
     while (paths >> p) c.paths.push_back(trim(p));
     out.push_back(c);
   }
-  if (out.empty()) throw std::runtime_error(doc.string() + " has no layer table between the markers");
+  if (out.empty())
+    throw std::runtime_error(doc.string() + " has no layer table between the markers");
   return out;
 }
 
@@ -65,7 +70,8 @@ const Component* component_of(const std::vector<Component>& table, const std::st
   size_t best_len = 0;
   for (const auto& c : table) {
     for (const auto& p : c.paths) {
-      const bool folder = rel.size() > p.size() && rel.compare(0, p.size(), p) == 0 && rel[p.size()] == '/';
+      const bool folder =
+          rel.size() > p.size() && rel.compare(0, p.size(), p) == 0 && rel[p.size()] == '/';
       if ((rel == p || folder) && p.size() > best_len) {
         best = &c;
         best_len = p.size();
@@ -76,9 +82,11 @@ const Component* component_of(const std::vector<Component>& table, const std::st
 }
 
 // Where `#include "target"` in `file` resolves: next to the file first, then include/.
-std::optional<std::string> resolve(const fs::path& root, const fs::path& file, const std::string& target) {
+std::optional<std::string> resolve(const fs::path& root, const fs::path& file,
+                                   const std::string& target) {
   for (const fs::path& candidate : {file.parent_path() / target, root / "include" / target}) {
-    if (fs::exists(candidate)) return fs::relative(fs::weakly_canonical(candidate), root).generic_string();
+    if (fs::exists(candidate))
+      return fs::relative(fs::weakly_canonical(candidate), root).generic_string();
   }
   return std::nullopt;
 }
@@ -106,12 +114,14 @@ int main(int argc, char** argv) {
   }
   const std::regex include_re(R"(^\s*#\s*include\s*([<"])([^">]+)[">])");
   int violations = 0, files = 0, includes = 0;
-  std::map<std::string, std::set<std::string>> uses;  // component -> the other components it includes
+  std::map<std::string, std::set<std::string>>
+      uses;  // component -> the other components it includes
   for (const auto& c : table) {
     for (const auto& p : c.paths) {
       const fs::path start = root / p;
       if (!fs::exists(start)) {
-        std::cerr << "check-layers: component " << c.name << " lists " << p << ", which does not exist\n";
+        std::cerr << "check-layers: component " << c.name << " lists " << p
+                  << ", which does not exist\n";
         ++violations;
         continue;
       }
@@ -137,9 +147,11 @@ int main(int argc, char** argv) {
           const std::string target = m[2];
           if (m[1] == "<") {
             // The umbrella header only in tests, benchmarks and examples (user code).
-            const bool exempt = rel.rfind("tests/", 0) == 0 || rel.rfind("bench/", 0) == 0 || rel.rfind("examples/", 0) == 0;
+            const bool exempt = rel.rfind("tests/", 0) == 0 || rel.rfind("bench/", 0) == 0 ||
+                                rel.rfind("examples/", 0) == 0;
             if (target == "torch/torch.h" && !exempt) {
-              std::cout << rel << ":" << n << ": includes <torch/torch.h>; include the narrow LibTorch headers\n";
+              std::cout << rel << ":" << n
+                        << ": includes <torch/torch.h>; include the narrow LibTorch headers\n";
               ++violations;
             }
             continue;
@@ -149,14 +161,16 @@ int main(int argc, char** argv) {
           if (!resolved) continue;  // a generated or third-party header
           const Component* dep = component_of(table, *resolved);
           if (!dep) {
-            std::cout << rel << ":" << n << ": includes " << *resolved << ", which no component of the table owns\n";
+            std::cout << rel << ":" << n << ": includes " << *resolved
+                      << ", which no component of the table owns\n";
             ++violations;
             continue;
           }
           if (dep != own) uses[own->name].insert(dep->name);
           if (dep == own || dep->layer < own->layer) continue;
-          std::cout << rel << ":" << n << ": " << own->name << " (layer " << own->layer << ") includes " << *resolved
-                    << ": " << dep->name << " (layer " << dep->layer << ")\n";
+          std::cout << rel << ":" << n << ": " << own->name << " (layer " << own->layer
+                    << ") includes " << *resolved << ": " << dep->name << " (layer " << dep->layer
+                    << ")\n";
           ++violations;
         }
       }

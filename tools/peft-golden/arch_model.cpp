@@ -31,7 +31,8 @@ std::vector<int64_t> ints(const json& j, const char* key) {
 std::shared_ptr<torch::nn::Module> make_layer(const json& m) {
   const std::string type = m.at("type").get<std::string>();
   if (type == "Linear") {
-    return std::make_shared<nn::LinearImpl>(m.at("in_features").get<int64_t>(), m.at("out_features").get<int64_t>(),
+    return std::make_shared<nn::LinearImpl>(m.at("in_features").get<int64_t>(),
+                                            m.at("out_features").get<int64_t>(),
                                             m.value("bias", true));
   }
   if (type == "GPT2Conv1D") {
@@ -39,7 +40,8 @@ std::shared_ptr<torch::nn::Module> make_layer(const json& m) {
   }
   if (type == "Embedding") {
     std::optional<int64_t> pad;
-    if (m.contains("padding_idx") && !m["padding_idx"].is_null()) pad = m["padding_idx"].get<int64_t>();
+    if (m.contains("padding_idx") && !m["padding_idx"].is_null())
+      pad = m["padding_idx"].get<int64_t>();
     return std::make_shared<nn::EmbeddingImpl>(m.at("num_embeddings").get<int64_t>(),
                                                m.at("embedding_dim").get<int64_t>(), pad);
   }
@@ -52,7 +54,8 @@ std::shared_ptr<torch::nn::Module> make_layer(const json& m) {
     o.bias = m.value("bias", true);
     const int dims = type[4] - '0';
     return std::make_shared<nn::ConvNdImpl>(dims, m.at("in_channels").get<int64_t>(),
-                                            m.at("out_channels").get<int64_t>(), ints(m, "kernel_size"), o);
+                                            m.at("out_channels").get<int64_t>(),
+                                            ints(m, "kernel_size"), o);
   }
   if (type == "ParamHolder") {
     // Holds raw parameters only (target_parameters cases), registered in param_order.
@@ -64,11 +67,13 @@ std::shared_ptr<torch::nn::Module> make_layer(const json& m) {
     }
     return holder;
   }
-  throw UnsupportedError("peft-golden", "module type \"" + type + "\" is not supported by this runner");
+  throw UnsupportedError("peft-golden",
+                         "module type \"" + type + "\" is not supported by this runner");
 }
 
 // Registers `module` at dotted `name` under root, creating plain container modules on the way.
-void place(torch::nn::Module& root, const std::string& name, std::shared_ptr<torch::nn::Module> module) {
+void place(torch::nn::Module& root, const std::string& name,
+           std::shared_ptr<torch::nn::Module> module) {
   torch::nn::Module* parent = &root;
   size_t start = 0;
   while (true) {
@@ -76,7 +81,8 @@ void place(torch::nn::Module& root, const std::string& name, std::shared_ptr<tor
     if (dot == std::string::npos) break;
     std::string part = name.substr(start, dot - start);
     auto children = parent->named_children();
-    if (!children.contains(part)) parent->register_module(part, std::make_shared<torch::nn::Module>());
+    if (!children.contains(part))
+      parent->register_module(part, std::make_shared<torch::nn::Module>());
     parent = parent->named_children()[part].get();
     start = dot + 1;
   }
@@ -92,11 +98,13 @@ ArchModel build_arch_model(const std::string& dir) {
   json arch = json::parse(f);
   ArchModel out;
   out.root = std::make_shared<torch::nn::Module>();
-  for (const auto& m : arch.at("modules")) place(*out.root, m.at("name").get<std::string>(), make_layer(m));
+  for (const auto& m : arch.at("modules"))
+    place(*out.root, m.at("name").get<std::string>(), make_layer(m));
   if (arch.contains("forward") && arch["forward"].is_array()) {
     out.forward = arch["forward"].get<std::vector<std::string>>();
   }
-  if (arch.contains("input") && arch["input"].is_object()) out.input_name = arch["input"].at("name").get<std::string>();
+  if (arch.contains("input") && arch["input"].is_object())
+    out.input_name = arch["input"].at("name").get<std::string>();
 
   const auto weights = std::filesystem::path(dir) / "model.safetensors";
   if (std::filesystem::exists(weights)) {
@@ -140,9 +148,11 @@ at::Tensor run_forward(const ArchModel& model, const at::Tensor& x) {
       h = at::relu(h);
       continue;
     }
-    PEFT_CHECK(modules.contains(step), FormatError, "peft-golden", "forward names unknown module \"" << step << "\"");
+    PEFT_CHECK(modules.contains(step), FormatError, "peft-golden",
+               "forward names unknown module \"" << step << "\"");
     auto layer = std::dynamic_pointer_cast<nn::LoraLayerImpl>(modules[step]);
-    PEFT_CHECK(layer != nullptr, UnsupportedError, "peft-golden", "module \"" << step << "\" has no forward here");
+    PEFT_CHECK(layer != nullptr, UnsupportedError, "peft-golden",
+               "module \"" << step << "\" has no forward here");
     h = layer->forward_with_adapters(h);
   }
   return h;

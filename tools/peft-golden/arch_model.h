@@ -1,4 +1,5 @@
-// Builds a module tree of peft::nn layers from a golden case's architecture.json and runs its forward list.
+// Builds a module tree of peft::nn layers from a golden case's architecture.json and runs its
+// forward list.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -16,8 +17,8 @@ struct ArchModel {
   std::string input_name;            // empty when the case has no forward
 };
 
-// Reads `dir/architecture.json`, builds the modules and, when `dir/model.safetensors` exists, loads every
-// parameter from it (missing, unexpected or mis-shaped tensors throw, all listed at once).
+// Reads `dir/architecture.json`, builds the modules and, when `dir/model.safetensors` exists, loads
+// every parameter from it (missing, unexpected or mis-shaped tensors throw, all listed at once).
 ArchModel build_arch_model(const std::string& dir);
 
 // Applies the forward list to x.

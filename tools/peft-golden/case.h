@@ -4,8 +4,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <functional>
-#include <memory>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -34,9 +34,9 @@ struct Case {
 // Produces a named tensor on demand (nullopt-like: undefined tensor when the name is unknown).
 using Producer = std::function<at::Tensor(const std::string& name)>;
 
-// Checks every `compare` entry of a case whose file is a safetensors file against tensors from `produce`.
-// Handles the plain allclose rule and the modes "statistic", "upper_bound", "elementwise_one_of";
-// "optional" entries are evaluated but never fail the case.
+// Checks every `compare` entry of a case whose file is a safetensors file against tensors from
+// `produce`. Handles the plain allclose rule and the modes "statistic", "upper_bound",
+// "elementwise_one_of"; "optional" entries are evaluated but never fail the case.
 CaseResult compare_tensors(const Case& c, const Producer& produce);
 
 CaseResult run_layer_case(const Case& c);
@@ -50,8 +50,8 @@ CaseResult run_param_case(const Case& c);
 // Saves the adapters of `pm` as listed in the case's expected.json and compares the files.
 CaseResult compare_saved_layout(const Case& c, const PeftModel& pm);
 
-// A fresh copy of the case's base model (custom architecture.json or transformers checkpoint in base/), in eval
-// mode, and its forward on the case's inputs file.
+// A fresh copy of the case's base model (custom architecture.json or transformers checkpoint in
+// base/), in eval mode, and its forward on the case's inputs file.
 struct FreshModel {
   std::shared_ptr<torch::nn::Module> root;
   std::function<at::Tensor()> forward;

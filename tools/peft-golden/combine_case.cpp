@@ -1,5 +1,6 @@
-// kind "combine": adapters loaded from PEFT's files, combined with add_weighted_adapter for every listed
-// combination; per new adapter and module the delta weight, lora_A / lora_B and the model output.
+// kind "combine": adapters loaded from PEFT's files, combined with add_weighted_adapter for every
+// listed combination; per new adapter and module the delta weight, lora_A / lora_B and the model
+// output.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -44,7 +45,9 @@ CaseResult run_combine_case(const Case& c) {
       if (!layer->has_adapter(adapter)) continue;
       produced[adapter + "." + lname + ".delta_weight"] = layer->get_delta_weight(adapter);
       for (auto& [key, t] : layer->adapter_tensors(adapter)) {
-        const std::string k = key == "lora_A.weight" ? "lora_A" : key == "lora_B.weight" ? "lora_B" : key;
+        const std::string k = key == "lora_A.weight"   ? "lora_A"
+                              : key == "lora_B.weight" ? "lora_B"
+                                                       : key;
         produced[adapter + "." + lname + "." + k] = t.detach().clone();
       }
     }
@@ -53,16 +56,23 @@ CaseResult run_combine_case(const Case& c) {
   for (const auto& combo : c.spec.at("combinations")) {
     WeightedAdapterOptions o;
     o.combination_type = parse_combination_type(combo.value("combination_type", "svd"));
-    if (combo.contains("svd_rank") && !combo["svd_rank"].is_null()) o.svd_rank = combo["svd_rank"].get<int>();
-    if (combo.contains("svd_clamp") && !combo["svd_clamp"].is_null()) o.svd_clamp = combo["svd_clamp"].get<double>();
-    if (combo.contains("svd_full_matrices")) o.svd_full_matrices = combo["svd_full_matrices"].get<bool>();
-    if (combo.contains("density") && !combo["density"].is_null()) o.density = combo["density"].get<double>();
-    o.majority_sign_method = merge::parse_majority_sign(combo.value("majority_sign_method", "total"));
+    if (combo.contains("svd_rank") && !combo["svd_rank"].is_null())
+      o.svd_rank = combo["svd_rank"].get<int>();
+    if (combo.contains("svd_clamp") && !combo["svd_clamp"].is_null())
+      o.svd_clamp = combo["svd_clamp"].get<double>();
+    if (combo.contains("svd_full_matrices"))
+      o.svd_full_matrices = combo["svd_full_matrices"].get<bool>();
+    if (combo.contains("density") && !combo["density"].is_null())
+      o.density = combo["density"].get<double>();
+    o.majority_sign_method =
+        merge::parse_majority_sign(combo.value("majority_sign_method", "total"));
     std::vector<std::string> adapters;
-    for (const auto& a : combo.value("adapters", c.spec.at("adapters"))) adapters.push_back(a.get<std::string>());
+    for (const auto& a : combo.value("adapters", c.spec.at("adapters")))
+      adapters.push_back(a.get<std::string>());
     const auto weights = combo.at("weights").get<std::vector<double>>();
     const std::string name = combo.at("adapter_name").get<std::string>();
-    if (combo.contains("seed_before_call")) torch::manual_seed(combo["seed_before_call"].get<uint64_t>());
+    if (combo.contains("seed_before_call"))
+      torch::manual_seed(combo["seed_before_call"].get<uint64_t>());
     add_weighted_adapter(*pm, adapters, weights, name, o);
     record(name);
   }

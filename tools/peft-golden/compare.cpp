@@ -27,7 +27,8 @@ CaseResult compare_tensors(const Case& c, const Producer& produce) {
     const std::string file = entry.value("file", "");
     if (file.size() < 12 || file.substr(file.size() - 12) != ".safetensors") continue;
     if (!files.count(file)) {
-      files[file] = std::make_unique<io::SafetensorsFile>((std::filesystem::path(c.dir) / file).string());
+      files[file] =
+          std::make_unique<io::SafetensorsFile>((std::filesystem::path(c.dir) / file).string());
     }
     const std::string tensor = entry.at("tensor").get<std::string>();
     const double atol = entry.value("atol", 0.0);
@@ -52,7 +53,8 @@ CaseResult compare_tensors(const Case& c, const Producer& produce) {
       }
       if (!ok) why << tensor << ": " << value << " vs " << want;
     } else {
-      const std::string target = mode == "elementwise_one_of" ? entry.at("applies_to").get<std::string>() : tensor;
+      const std::string target =
+          mode == "elementwise_one_of" ? entry.at("applies_to").get<std::string>() : tensor;
       at::Tensor mine = produce(target);
       if (!mine.defined()) return fail("cannot produce \"" + target + "\"");
       mine = mine.detach().to(at::kDouble);
@@ -69,7 +71,8 @@ CaseResult compare_tensors(const Case& c, const Producer& produce) {
         diff = d.numel() ? d.max().item<double>() : 0.0;
         ok = (d <= atol + rtol * expected.abs()).all().item<bool>() && !std::isnan(diff);
       }
-      if (!ok && why.str().empty()) why << tensor << ": max |diff| " << diff << " > atol " << atol << " rtol " << rtol;
+      if (!ok && why.str().empty())
+        why << tensor << ": max |diff| " << diff << " > atol " << atol << " rtol " << rtol;
     }
     if (optional) continue;
     result.max_abs_diff = std::max(result.max_abs_diff, diff);

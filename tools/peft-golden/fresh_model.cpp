@@ -1,4 +1,5 @@
-// A fresh base model of a golden case and its forward on the case's inputs (init and combine cases).
+// A fresh base model of a golden case and its forward on the case's inputs (init and combine
+// cases).
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
@@ -16,7 +17,8 @@ namespace peft::golden {
 
 FreshModel fresh_model(const Case& c) {
   const fs::path base = fs::path(c.dir) / "base";
-  auto inputs = io::load_safetensors((fs::path(c.dir) / c.spec.value("inputs_file", "inputs.safetensors")).string());
+  auto inputs = io::load_safetensors(
+      (fs::path(c.dir) / c.spec.value("inputs_file", "inputs.safetensors")).string());
   FreshModel m;
   if (fs::exists(base / "architecture.json")) {
     auto arch = std::make_shared<ArchModel>(build_arch_model(base.string()));

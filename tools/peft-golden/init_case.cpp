@@ -1,10 +1,10 @@
-// kind "init": LoRA initialisations (PiSSA, OLoRA, orthogonal, gaussian, default) applied to fresh copies of a
-// base model, compared through residual weights, sign-invariant deltas, outputs and statistics; and the
-// PiSSA -> LoRA conversion case (adapter_initial / adapter_trained / converted adapter).
+// kind "init": LoRA initialisations (PiSSA, OLoRA, orthogonal, gaussian, default) applied to fresh
+// copies of a base model, compared through residual weights, sign-invariant deltas, outputs and
+// statistics; and the PiSSA -> LoRA conversion case (adapter_initial / adapter_trained / converted
+// adapter).
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -54,8 +54,9 @@ CaseResult run_init_list(const Case& c) {
   CaseResult total;
   for (const auto& init_name : c.spec.at("inits")) {
     const std::string name = init_name.get<std::string>();
-    const nlohmann::json init = name == "True" ? nlohmann::json(true) : name == "False" ? nlohmann::json(false)
-                                                                                         : nlohmann::json(name);
+    const nlohmann::json init = name == "True"    ? nlohmann::json(true)
+                                : name == "False" ? nlohmann::json(false)
+                                                  : nlohmann::json(name);
     const std::string prefix = name == "True" ? "true" : name == "False" ? "false" : name;
     torch::manual_seed(c.spec.value("seed", 0));
     FreshModel m = fresh_model(c);
@@ -86,20 +87,26 @@ CaseResult run_init_list(const Case& c) {
   return total;
 }
 
-// PiSSA -> LoRA: the residual base with the trained adapter, then the converted adapter on the original base.
+// PiSSA -> LoRA: the residual base with the trained adapter, then the converted adapter on the
+// original base.
 CaseResult run_conversion(const Case& c) {
   const fs::path dir(c.dir);
   std::map<std::string, at::Tensor> produced;
   torch::NoGradGuard no_grad;
   {
     FreshModel m = fresh_model(c);
-    auto pm = get_peft_model(m.root, config_with_init(c, nlohmann::json()));  // the case's PiSSA config
-    // The trained adapter's weights onto the residual base (the residual is what get_peft_model produced).
-    auto trained = io::load_safetensors((dir / "adapter_trained" / "adapter_model.safetensors").string());
+    auto pm =
+        get_peft_model(m.root, config_with_init(c, nlohmann::json()));  // the case's PiSSA config
+    // The trained adapter's weights onto the residual base (the residual is what get_peft_model
+    // produced).
+    auto trained =
+        io::load_safetensors((dir / "adapter_trained" / "adapter_model.safetensors").string());
     pm->set_peft_model_state_dict(trained, "default");
     produced["output_trained"] = m.forward();
-    // Save converted (the initial folder is copied: the conversion rewrites its config as PEFT does).
-    const fs::path tmp = fs::temp_directory_path() / ("peft-golden-conv-" + std::to_string(::getpid()));
+    // Save converted (the initial folder is copied: the conversion rewrites its config as PEFT
+    // does).
+    const fs::path tmp =
+        fs::temp_directory_path() / ("peft-golden-conv-" + std::to_string(::getpid()));
     fs::remove_all(tmp);
     fs::create_directories(tmp);
     fs::copy(dir / "adapter_initial", tmp / "initial", fs::copy_options::recursive);
@@ -108,7 +115,8 @@ CaseResult run_conversion(const Case& c) {
     auto conv = PeftModel::from_pretrained(orig.root, (tmp / "converted").string());
     produced["output_converted_on_original_base"] = orig.forward();
     for (auto& [lname, layer] : nn::lora_layers(*orig.root)) {
-      if (layer->has_adapter("default")) produced["converted." + lname + ".delta_weight"] = layer->get_delta_weight("default");
+      if (layer->has_adapter("default"))
+        produced["converted." + lname + ".delta_weight"] = layer->get_delta_weight("default");
     }
     fs::remove_all(tmp);
   }

@@ -1,4 +1,5 @@
-// kind "layer": a custom model, PEFT's adapter file, outputs with / without / merged, delta and merged weights.
+// kind "layer": a custom model, PEFT's adapter file, outputs with / without / merged, delta and
+// merged weights.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -34,16 +35,20 @@ std::set<std::string> wanted_names(const Case& c) {
 
 CaseResult run_layer_case(const Case& c) {
   const fs::path base = fs::path(c.dir) / "base";
-  if (!fs::exists(base / "architecture.json")) return skip("transformers base model: needs the model zoo");
+  if (!fs::exists(base / "architecture.json"))
+    return skip("transformers base model: needs the model zoo");
   torch::NoGradGuard no_grad;
   ArchModel model = build_arch_model(base.string());
-  auto inputs = io::load_safetensors((fs::path(c.dir) / c.spec.value("inputs_file", "inputs.safetensors")).string());
-  PEFT_CHECK(inputs.count(model.input_name), FormatError, "peft-golden",
-             "inputs file has no tensor \"" << model.input_name << "\" (architecture.json's input)");
+  auto inputs = io::load_safetensors(
+      (fs::path(c.dir) / c.spec.value("inputs_file", "inputs.safetensors")).string());
+  PEFT_CHECK(
+      inputs.count(model.input_name), FormatError, "peft-golden",
+      "inputs file has no tensor \"" << model.input_name << "\" (architecture.json's input)");
   at::Tensor x = inputs.at(model.input_name);
   const auto wanted = wanted_names(c);
   bool wants_merge = false;
-  for (const auto& n : wanted) wants_merge = wants_merge || n == "output_merged" || n.rfind("merged.", 0) == 0;
+  for (const auto& n : wanted)
+    wants_merge = wants_merge || n == "output_merged" || n.rfind("merged.", 0) == 0;
 
   std::map<std::string, at::Tensor> produced;
   model.root->eval();
@@ -59,12 +64,14 @@ CaseResult run_layer_case(const Case& c) {
   for (auto& [name, layer] : nn::lora_layers(*model.root)) {
     if (!layer->has_adapter(adapter)) continue;
     produced[name + ".delta_weight"] = layer->get_delta_weight(adapter);
-    for (auto& [suffix, t] : layer->adapter_tensors(adapter)) produced[name + "." + suffix] = t.detach().clone();
+    for (auto& [suffix, t] : layer->adapter_tensors(adapter))
+      produced[name + "." + suffix] = t.detach().clone();
   }
   if (wants_merge) {
     pm->merge_and_unload();
     produced["output_merged"] = run_forward(model, x);
-    for (auto& item : model.root->named_parameters()) produced["merged." + item.key()] = item.value().clone();
+    for (auto& item : model.root->named_parameters())
+      produced["merged." + item.key()] = item.value().clone();
   }
   return compare_tensors(c, [&](const std::string& name) {
     auto it = produced.find(name);

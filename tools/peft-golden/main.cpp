@@ -1,6 +1,7 @@
-// peft-golden DIR: runs every golden case folder in DIR (case.json + files, produced by PEFT itself) and prints
-// "PASS <id> <max abs diff>", "FAIL <id> <reason>" or "SKIP <id> <reason>" per case; exits 1 if any failed.
-// Dispatch is on the case's `kind` and recorded configuration, never on its id.
+// peft-golden DIR: runs every golden case folder in DIR (case.json + files, produced by PEFT
+// itself) and prints "PASS <id> <max abs diff>", "FAIL <id> <reason>" or "SKIP <id> <reason>" per
+// case; exits 1 if any failed. Dispatch is on the case's `kind` and recorded configuration, never
+// on its id.
 
 #include <c10/util/Exception.h>
 

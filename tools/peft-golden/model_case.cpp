@@ -1,5 +1,6 @@
-// kind "model": a transformers checkpoint (base/config.json) with PEFT adapters: logits of the base model, with
-// each adapter, after merge_and_unload; and, when the case has an expected.json, the saved file layout.
+// kind "model": a transformers checkpoint (base/config.json) with PEFT adapters: logits of the base
+// model, with each adapter, after merge_and_unload; and, when the case has an expected.json, the
+// saved file layout.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -23,18 +24,22 @@ std::string later_feature(const nlohmann::json& kwargs) {
   for (const char* key : {"target_parameters", "arrow_config"}) {
     if (kwargs.contains(key) && !kwargs[key].is_null() && kwargs[key] != false) return key;
   }
-  if (kwargs.contains("init_lora_weights") && kwargs["init_lora_weights"] == "loftq") return "init_lora_weights=loftq";
+  if (kwargs.contains("init_lora_weights") && kwargs["init_lora_weights"] == "loftq")
+    return "init_lora_weights=loftq";
   return "";
 }
 
-// Folder holding adapter `name`'s files: adapter/ for "default", adapter_<name>/, or <any folder>/<name>/.
+// Folder holding adapter `name`'s files: adapter/ for "default", adapter_<name>/, or <any
+// folder>/<name>/.
 std::string find_adapter_dir(const fs::path& case_dir, const std::string& name) {
-  if (name == "default" && fs::exists(case_dir / "adapter" / "adapter_config.json")) return (case_dir / "adapter").string();
+  if (name == "default" && fs::exists(case_dir / "adapter" / "adapter_config.json"))
+    return (case_dir / "adapter").string();
   if (fs::exists(case_dir / ("adapter_" + name) / "adapter_config.json")) {
     return (case_dir / ("adapter_" + name)).string();
   }
   for (const auto& e : fs::directory_iterator(case_dir)) {
-    if (e.is_directory() && fs::exists(e.path() / name / "adapter_config.json")) return (e.path() / name).string();
+    if (e.is_directory() && fs::exists(e.path() / name / "adapter_config.json"))
+      return (e.path() / name).string();
   }
   return "";
 }
@@ -45,7 +50,8 @@ CaseResult run_model_case(const Case& c) {
   const fs::path dir(c.dir);
   const fs::path base = dir / "base";
   if (!fs::exists(base / "config.json")) return fail("base/config.json missing");
-  std::vector<std::pair<std::string, nlohmann::json>> adapters{{"default", c.spec.value("lora_config", nlohmann::json::object())}};
+  std::vector<std::pair<std::string, nlohmann::json>> adapters{
+      {"default", c.spec.value("lora_config", nlohmann::json::object())}};
   for (const auto& [key, value] : c.spec.items()) {
     if (key.rfind("lora_config_", 0) == 0) adapters.emplace_back(key.substr(12), value);
   }
@@ -55,7 +61,8 @@ CaseResult run_model_case(const Case& c) {
   }
   torch::NoGradGuard no_grad;
   auto model = models::load_pretrained(base.string());
-  auto inputs = io::load_safetensors((dir / c.spec.value("inputs_file", "inputs.safetensors")).string());
+  auto inputs =
+      io::load_safetensors((dir / c.spec.value("inputs_file", "inputs.safetensors")).string());
   models::ForwardInput in;
   PEFT_CHECK(inputs.count("input_ids"), FormatError, "peft-golden", "inputs have no input_ids");
   in.input_ids = inputs.at("input_ids");
@@ -90,7 +97,8 @@ CaseResult run_model_case(const Case& c) {
   }
   pm->merge_and_unload();
   produced["logits_merged"] = model->forward(in);
-  for (auto& item : model->named_parameters()) produced["merged." + item.key()] = item.value().clone();
+  for (auto& item : model->named_parameters())
+    produced["merged." + item.key()] = item.value().clone();
 
   return compare_tensors(c, [&](const std::string& name) {
     auto it = produced.find(name);

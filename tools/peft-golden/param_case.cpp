@@ -1,13 +1,13 @@
-// kind "param": target_parameters (PEFT's ParamWrapper) on raw 2-D / 3-D parameters: PEFT's adapter file loads
-// under its keys, delta weights, merged parameters, and the adapter saved again holds the same keys and values.
+// kind "param": target_parameters (PEFT's ParamWrapper) on raw 2-D / 3-D parameters: PEFT's adapter
+// file loads under its keys, delta weights, merged parameters, and the adapter saved again holds
+// the same keys and values.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <set>
-
-#include <unistd.h>
 
 #include "arch_model.h"
 #include "case.h"
@@ -34,7 +34,8 @@ CaseResult run_param_case(const Case& c) {
   for (auto& item : model.root->named_modules("", /*include_self=*/false)) {
     if (auto owner = std::dynamic_pointer_cast<nn::ParamModuleImpl>(item.value())) {
       for (const auto& p : owner->targeted_parameters()) {
-        produced[item.key() + "." + p + ".delta_weight"] = owner->param_lora(p)->get_delta_weight(adapter);
+        produced[item.key() + "." + p + ".delta_weight"] =
+            owner->param_lora(p)->get_delta_weight(adapter);
       }
     }
   }
@@ -45,7 +46,8 @@ CaseResult run_param_case(const Case& c) {
   }
 
   // The adapter saved again: PEFT's keys, the loaded values bit for bit.
-  const fs::path out = fs::temp_directory_path() / ("peft-golden-" + c.id() + "-" + std::to_string(::getpid()));
+  const fs::path out =
+      fs::temp_directory_path() / ("peft-golden-" + c.id() + "-" + std::to_string(::getpid()));
   pm->save_pretrained(out.string());
   auto saved = io::load_safetensors((out / "adapter_model.safetensors").string());
   auto original = io::load_safetensors((adapter_dir / "adapter_model.safetensors").string());
@@ -64,11 +66,13 @@ CaseResult run_param_case(const Case& c) {
     return fail(msg);
   }
   for (const auto& [k, v] : original) {
-    if (!at::equal(saved.at(k), v)) return fail("saved tensor " + k + " differs from the loaded one");
+    if (!at::equal(saved.at(k), v))
+      return fail("saved tensor " + k + " differs from the loaded one");
   }
 
   pm->merge_and_unload();
-  for (auto& item : model.root->named_parameters()) produced["merged." + item.key()] = item.value().clone();
+  for (auto& item : model.root->named_parameters())
+    produced["merged." + item.key()] = item.value().clone();
   return compare_tensors(c, [&](const std::string& name) {
     auto it = produced.find(name);
     return it == produced.end() ? at::Tensor() : it->second;

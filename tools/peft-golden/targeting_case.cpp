@@ -1,4 +1,5 @@
-// kind "targeting": which modules get LoRA, with which r / lora_alpha / scaling, or which error PEFT raised.
+// kind "targeting": which modules get LoRA, with which r / lora_alpha / scaling, or which error
+// PEFT raised.
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -19,15 +20,16 @@ using json = nlohmann::ordered_json;
 namespace peft::golden {
 namespace {
 
-// LoraConfig keyword arguments (as recorded in the case) -> LoraConfig, through the adapter_config.json parser.
+// LoraConfig keyword arguments (as recorded in the case) -> LoraConfig, through the
+// adapter_config.json parser.
 LoraConfig config_from_kwargs(const json& kwargs) {
   json j = kwargs;
   j["peft_type"] = "LORA";
   return lora_config_from_json_text(j.dump(), "case lora_config");
 }
 
-// A fresh model for one config: a custom architecture.json model, or a transformers model from config.json
-// (random weights: they play no role in targeting).
+// A fresh model for one config: a custom architecture.json model, or a transformers model from
+// config.json (random weights: they play no role in targeting).
 std::shared_ptr<torch::nn::Module> make_model(const fs::path& base_dir) {
   if (fs::exists(base_dir / "architecture.json")) return build_arch_model(base_dir.string()).root;
   return models::from_config(io::read_config_json(base_dir.string()));
@@ -47,10 +49,12 @@ std::string check_one(const fs::path& base_dir, const std::string& name, const j
     if (!spec.contains("error")) return name + ": unexpected error: " + e.what();
     const std::string want = spec["error"].at("message").get<std::string>();
     const std::string got = e.what();
-    if (got.find(want) == std::string::npos) return name + ": error \"" + got + "\" does not contain \"" + want + "\"";
+    if (got.find(want) == std::string::npos)
+      return name + ": error \"" + got + "\" does not contain \"" + want + "\"";
     return "";
   }
-  if (spec.contains("error")) return name + ": expected error " + spec["error"].at("message").get<std::string>();
+  if (spec.contains("error"))
+    return name + ": expected error " + spec["error"].at("message").get<std::string>();
 
   std::map<std::string, std::shared_ptr<nn::LoraLayerImpl>> layers;
   for (auto& [n, l] : nn::lora_layers(*model.root)) layers[n] = l;
@@ -63,14 +67,16 @@ std::string check_one(const fs::path& base_dir, const std::string& name, const j
     const auto& s = layers.at(module)->adapter_settings(adapter);
     const double scaling = layers.at(module)->scaling(adapter);
     if (s.r != values.at("r").get<int>()) {
-      return name + ": \"" + module + "\" r " + std::to_string(s.r) + " vs " + values.at("r").dump();
+      return name + ": \"" + module + "\" r " + std::to_string(s.r) + " vs " +
+             values.at("r").dump();
     }
     if (std::abs(s.lora_alpha - values.at("lora_alpha").get<double>()) > 1e-9) {
       return name + ": \"" + module + "\" lora_alpha " + std::to_string(s.lora_alpha) + " vs " +
              values.at("lora_alpha").dump();
     }
     if (std::abs(scaling - values.at("scaling").get<double>()) > 1e-6) {
-      return name + ": \"" + module + "\" scaling " + std::to_string(scaling) + " vs " + values.at("scaling").dump();
+      return name + ": \"" + module + "\" scaling " + std::to_string(scaling) + " vs " +
+             values.at("scaling").dump();
     }
   }
   for (const auto& n : got) {

@@ -1,5 +1,6 @@
-// kind "train": a few optimizer steps on a fixed batch from a saved initial adapter; the loss before every step
-// and the final adapter must match PEFT + PyTorch (peft::train::AdamW against torch.optim.AdamW).
+// kind "train": a few optimizer steps on a fixed batch from a saved initial adapter; the loss
+// before every step and the final adapter must match PEFT + PyTorch (peft::train::AdamW against
+// torch.optim.AdamW).
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -24,19 +25,26 @@ CaseResult run_train_case(const Case& c) {
   const std::string type = opt.value("type", "AdamW");
   if (type != "AdamW") return skip("optimizer " + type + ": the training issue");
   const auto& kwargs = c.spec.value("lora_config", nlohmann::json::object());
-  for (const char* key : {"use_dora", "trainable_token_indices", "target_parameters", "layer_replication"}) {
-    if (kwargs.contains(key) && !kwargs[key].is_null() && kwargs[key] != false) return skip(std::string(key) + ": a later feature");
+  for (const char* key :
+       {"use_dora", "trainable_token_indices", "target_parameters", "layer_replication"}) {
+    if (kwargs.contains(key) && !kwargs[key].is_null() && kwargs[key] != false)
+      return skip(std::string(key) + ": a later feature");
   }
   auto model = models::load_pretrained((dir / "base").string());
-  auto pm = PeftModel::from_pretrained(model, (dir / c.spec.value("initial_adapter", "adapter_initial")).string(),
-                                       "default", /*is_trainable=*/true);
+  auto pm = PeftModel::from_pretrained(
+      model, (dir / c.spec.value("initial_adapter", "adapter_initial")).string(), "default",
+      /*is_trainable=*/true);
   model->train();
   const auto betas = opt.value("betas", std::vector<double>{0.9, 0.999});
   PEFT_CHECK(!opt.value("amsgrad", false), Error, "peft-golden", "amsgrad is not implemented");
-  auto optimizer = train::create_adamw_optimizer(
-      *model, {.lr = opt.value("lr", 1e-3), .beta1 = betas.at(0), .beta2 = betas.at(1), .eps = opt.value("eps", 1e-8),
-               .weight_decay = opt.value("weight_decay", 1e-2)});
-  auto inputs = io::load_safetensors((dir / c.spec.value("inputs_file", "inputs.safetensors")).string());
+  auto optimizer =
+      train::create_adamw_optimizer(*model, {.lr = opt.value("lr", 1e-3),
+                                             .beta1 = betas.at(0),
+                                             .beta2 = betas.at(1),
+                                             .eps = opt.value("eps", 1e-8),
+                                             .weight_decay = opt.value("weight_decay", 1e-2)});
+  auto inputs =
+      io::load_safetensors((dir / c.spec.value("inputs_file", "inputs.safetensors")).string());
   models::ForwardInput in;
   in.input_ids = inputs.at("input_ids");
   if (inputs.count("attention_mask")) in.attention_mask = inputs.at("attention_mask");
@@ -54,7 +62,8 @@ CaseResult run_train_case(const Case& c) {
   }
   std::map<std::string, at::Tensor> produced;
   produced["losses"] = torch::tensor(losses, torch::kDouble);
-  for (const auto& [key, t] : pm->get_peft_model_state_dict("default")) produced["final." + key] = t;
+  for (const auto& [key, t] : pm->get_peft_model_state_dict("default"))
+    produced["final." + key] = t;
   model->eval();
   {
     torch::NoGradGuard no_grad;

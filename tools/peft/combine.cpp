@@ -4,7 +4,6 @@
 // (OUT/adapter_config.json + OUT/adapter_model.safetensors).
 #include "peft/combine.h"
 
-
 #include <algorithm>
 #include <filesystem>
 #include <iostream>
@@ -24,11 +23,11 @@ struct CombineOptions {
   std::vector<std::string> adapters;  // NAME=DIR
   std::vector<double> weights;
   WeightedAdapterOptions combine;
-  std::string type = "svd";           // parsed by parse_combination_type
+  std::string type = "svd";             // parsed by parse_combination_type
   std::string majority_sign = "total";  // parsed by merge::parse_majority_sign
-  double density = 0;    // read when --density was given
-  int svd_rank = 0;      // read when --svd-rank was given
-  double svd_clamp = 0;  // read when --svd-clamp was given
+  double density = 0;                   // read when --density was given
+  int svd_rank = 0;                     // read when --svd-rank was given
+  double svd_clamp = 0;                 // read when --svd-clamp was given
   CLI::Option* density_opt = nullptr;
   CLI::Option* svd_rank_opt = nullptr;
   CLI::Option* svd_clamp_opt = nullptr;
@@ -48,8 +47,8 @@ std::string join(const std::vector<std::string>& items, const std::string& sep =
   return out;
 }
 
-// Checks every option before anything is loaded and throws one ConfigError listing each problem; fills the
-// parsed enums into o.combine.
+// Checks every option before anything is loaded and throws one ConfigError listing each problem;
+// fills the parsed enums into o.combine.
 std::vector<NamedDir> validate(CombineOptions& o) {
   std::vector<std::string> problems;
   std::vector<NamedDir> named;
@@ -74,7 +73,8 @@ std::vector<NamedDir> validate(CombineOptions& o) {
   // The type is checked even for one adapter (which PEFT then combines as "linear").
   try {
     o.combine.combination_type = parse_combination_type(o.type);
-    if (needs_density(o.combine.combination_type) && o.adapters.size() > 1 && !o.density_opt->count()) {
+    if (needs_density(o.combine.combination_type) && o.adapters.size() > 1 &&
+        !o.density_opt->count()) {
       problems.push_back("--type " + o.type + " needs --density (the fraction of entries kept)");
     }
   } catch (const ConfigError& e) {
@@ -135,9 +135,10 @@ void run(CombineOptions o) {
 
   const LoraConfig& c = pm->peft_config(combined);
   // PEFT combines a single adapter as "linear" whatever the type.
-  const CombinationType type = names.size() == 1 ? CombinationType::kLinear : o.combine.combination_type;
-  std::cout << "combined " << names.size() << " adapter(s) with " << to_string(type) << ": r=" << c.r
-            << ", lora_alpha=" << c.lora_alpha << "; wrote " << o.out_dir << "\n";
+  const CombinationType type =
+      names.size() == 1 ? CombinationType::kLinear : o.combine.combination_type;
+  std::cout << "combined " << names.size() << " adapter(s) with " << to_string(type)
+            << ": r=" << c.r << ", lora_alpha=" << c.lora_alpha << "; wrote " << o.out_dir << "\n";
 }
 
 }  // namespace
@@ -157,7 +158,8 @@ void register_combine(CLI::App& app) {
       ->capture_default_str();
   o->density_opt =
       verb->add_option("--density", o->density, "TIES / DARE / magnitude_prune: fraction kept");
-  verb->add_option("--majority-sign", o->majority_sign, "TIES: total | frequency")->capture_default_str();
+  verb->add_option("--majority-sign", o->majority_sign, "TIES: total | frequency")
+      ->capture_default_str();
   o->svd_rank_opt = verb->add_option("--svd-rank", o->svd_rank,
                                      "SVD types: the new rank (default: largest input)");
   o->svd_clamp_opt =

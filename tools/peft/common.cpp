@@ -10,17 +10,24 @@
 namespace peft::cli {
 
 void add_model_options(CLI::App* verb, ModelOptions& options) {
-  verb->add_option("--model", options.model_dir, "Hugging Face model folder (config.json + safetensors)")->required();
-  verb->add_option("--dtype", options.dtype, "parameter dtype: float32 | bfloat16 | float16")->capture_default_str();
-  verb->add_option("--threads", options.threads, "intra-op threads (default: LibTorch's, one per physical core)");
+  verb->add_option("--model", options.model_dir,
+                   "Hugging Face model folder (config.json + safetensors)")
+      ->required();
+  verb->add_option("--dtype", options.dtype, "parameter dtype: float32 | bfloat16 | float16")
+      ->capture_default_str();
+  verb->add_option("--threads", options.threads,
+                   "intra-op threads (default: LibTorch's, one per physical core)");
 }
 
 void add_quantize_options(CLI::App* verb, ModelOptions& options) {
-  verb->add_option("--quantize", options.quantize,
-                   "quantize the base's Linear layers (QLoRA): nf4 | fp4 (4-bit blockwise) | int8 (LLM.int8 "
-                   "row-wise); lm_head stays float");
-  verb->add_flag("--double-quant", options.double_quant, "4-bit: quantize the block scales too (bnb double quant)");
-  verb->add_option("--quant-blocksize", options.quant_blocksize, "4-bit block size (64..4096)")->capture_default_str();
+  verb->add_option(
+      "--quantize", options.quantize,
+      "quantize the base's Linear layers (QLoRA): nf4 | fp4 (4-bit blockwise) | int8 (LLM.int8 "
+      "row-wise); lm_head stays float");
+  verb->add_flag("--double-quant", options.double_quant,
+                 "4-bit: quantize the block scales too (bnb double quant)");
+  verb->add_option("--quant-blocksize", options.quant_blocksize, "4-bit block size (64..4096)")
+      ->capture_default_str();
   verb->add_option("--int8-threshold", options.int8_threshold,
                    "int8: outlier threshold of LLM.int8 (transformers' default 6; 0 = none)")
       ->capture_default_str();
@@ -31,7 +38,8 @@ void copy_model_side_files(const std::string& model_dir, const std::string& out_
   for (const auto& e : std::filesystem::directory_iterator(model_dir)) {
     const std::string name = e.path().filename().string();
     if (e.is_regular_file() && keep(name)) {
-      io::copy_file_atomically(e.path().string(), (std::filesystem::path(out_dir) / name).string(), "checkpoint");
+      io::copy_file_atomically(e.path().string(), (std::filesystem::path(out_dir) / name).string(),
+                               "checkpoint");
     }
   }
 }
@@ -40,7 +48,8 @@ c10::ScalarType parse_dtype(const std::string& name) {
   if (name == "float32" || name == "fp32") return c10::kFloat;
   if (name == "bfloat16" || name == "bf16") return c10::kBFloat16;
   if (name == "float16" || name == "fp16") return c10::kHalf;
-  throw ConfigError("--dtype", "unknown dtype \"" + name + "\"; expected float32, bfloat16 or float16");
+  throw ConfigError("--dtype",
+                    "unknown dtype \"" + name + "\"; expected float32, bfloat16 or float16");
 }
 
 std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options) {
@@ -50,9 +59,11 @@ std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options)
   if (!options.quantize.empty()) {
     quant::QuantizeOptions q;
     q.method = quant::parse_quant_method(options.quantize);
-    PEFT_CHECK(!options.double_quant || q.method != quant::QuantMethod::kInt8, ConfigError, "--double-quant",
+    PEFT_CHECK(!options.double_quant || q.method != quant::QuantMethod::kInt8, ConfigError,
+               "--double-quant",
                "double quantization applies to 4-bit (nf4 / fp4) only; got --quantize int8");
-    if (q.method != quant::QuantMethod::kInt8) quant::validate_blocksize(options.quant_blocksize, "--quant-blocksize");
+    if (q.method != quant::QuantMethod::kInt8)
+      quant::validate_blocksize(options.quant_blocksize, "--quant-blocksize");
     q.blocksize = options.quant_blocksize;
     q.double_quant = options.double_quant;
     q.int8_threshold = options.int8_threshold;
@@ -76,10 +87,12 @@ std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::Pretraine
     if (eq != std::string::npos && eq > 0 && dir.find('/') > eq) {  // NAME=DIR
       name = dir.substr(0, eq);
       dir = dir.substr(eq + 1);
-      PEFT_CHECK(!used.count(name), ConfigError, "--adapter", "adapter name \"" << name << "\" is given twice");
+      PEFT_CHECK(!used.count(name), ConfigError, "--adapter",
+                 "adapter name \"" << name << "\" is given twice");
     } else if (i > 0) {
       name = std::filesystem::path(dirs[i]).lexically_normal().filename().string();
-      if (name.empty()) name = std::filesystem::path(dirs[i]).lexically_normal().parent_path().filename().string();
+      if (name.empty())
+        name = std::filesystem::path(dirs[i]).lexically_normal().parent_path().filename().string();
       if (name.empty() || name == "default") name = "adapter";
       std::string base = name;
       for (int k = 2; used.count(name); ++k) name = base + "_" + std::to_string(k);

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <functional>
 #include <memory>
 #include <string>
@@ -31,12 +30,15 @@ void add_quantize_options(CLI::App* verb, ModelOptions& options);
 // Sets the thread count and loads the checkpoint.
 std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options);
 
-// Loads adapter folders onto `model`: an entry NAME=DIR under NAME; a plain DIR as "default" when first, else
-// under its folder name (made unique). All become active (outputs summed). Returns nullptr when `dirs` is empty.
+// Loads adapter folders onto `model`: an entry NAME=DIR under NAME; a plain DIR as "default" when
+// first, else under its folder name (made unique). All become active (outputs summed). Returns
+// nullptr when `dirs` is empty.
 std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::PretrainedModel>& model,
-                                         const std::vector<std::string>& dirs, bool is_trainable = false);
+                                         const std::vector<std::string>& dirs,
+                                         bool is_trainable = false);
 
-// Copies the files of `model_dir` that `keep(name)` selects into `out_dir`, each through the atomic write path.
+// Copies the files of `model_dir` that `keep(name)` selects into `out_dir`, each through the atomic
+// write path.
 void copy_model_side_files(const std::string& model_dir, const std::string& out_dir,
                            const std::function<bool(const std::string& name)>& keep);
 

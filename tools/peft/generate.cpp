@@ -1,10 +1,14 @@
-// peft generate --model DIR [--adapter [NAME=]DIR]... (--prompt TEXT | --prompts FILE) [sampling flags]:
-// --prompt streams the continuation. An aLoRA adapter (alora_invocation_tokens in its adapter_config.json) acts
-// from the last occurrence of its invocation sequence in the prompt on, as in PEFT, where users append the
-// invocation string to the prompt; a prompt without it is refused with the string to append.
-// --prompts runs every line of FILE as one batch and prints one JSON line per prompt; a line is either plain
-// text or {"prompt": TEXT, "adapter": NAME}: with adapters named per line, each prompt runs with its own adapter
-// (a mixed batch; lines without one get the base model, "__base__").
+// peft generate --model DIR [--adapter [NAME=]DIR]... (--prompt TEXT | --prompts FILE) [sampling
+// flags]:
+// --prompt streams the continuation. An aLoRA adapter (alora_invocation_tokens in its
+// adapter_config.json) acts from the last occurrence of its invocation sequence in the prompt on,
+// as in PEFT, where users append the invocation string to the prompt; a prompt without it is
+// refused with the string to append.
+// --prompts runs every line of FILE as one batch and prints one JSON line per prompt; a line is
+// either plain text or {"prompt": TEXT, "adapter": NAME}: with adapters named per line, each prompt
+// runs with its own adapter (a mixed batch; lines without one get the base model, "__base__").
+#include "peft/generate.h"
+
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -20,7 +24,6 @@
 
 #include "common.h"
 #include "peft/error.h"
-#include "peft/generate.h"
 #include "peft/lora/forward_context.h"
 #include "peft/lora/mixed_batch.h"
 #include "peft/tokenizer.h"
@@ -54,21 +57,25 @@ std::vector<int64_t> eos_ids(const std::string& dir) {
   return {};
 }
 
-// Every active aLoRA adapter's invocation sequence must occur in the prompt (generate() would refuse
-// it too; here the message also shows the text to append).
-void check_alora_invocation(const PeftModel* pm, const Tokenizer& tok, const std::vector<int64_t>& prompt) {
+// Every active aLoRA adapter's invocation sequence must occur in the prompt (generate() would
+// refuse it too; here the message also shows the text to append).
+void check_alora_invocation(const PeftModel* pm, const Tokenizer& tok,
+                            const std::vector<int64_t>& prompt) {
   if (pm == nullptr) return;
-  const at::Tensor ids = torch::tensor(prompt, torch::kLong).view({1, static_cast<int64_t>(prompt.size())});
+  const at::Tensor ids =
+      torch::tensor(prompt, torch::kLong).view({1, static_cast<int64_t>(prompt.size())});
   for (const auto& name : pm->active_adapters()) {
     const auto& tokens = pm->peft_config(name).alora_invocation_tokens;
     if (!tokens || nn::calculate_alora_offsets(ids, *tokens).front()) continue;
     std::ostringstream list;
     for (size_t i = 0; i < tokens->size(); ++i) list << (i ? ", " : "") << (*tokens)[i];
     const std::string text = tok.decode(*tokens, /*skip_special_tokens=*/false);
-    throw ConfigError("generate", "the prompt lacks the invocation sequence [" + list.str() + "] (\"" + text +
-                                      "\") of aLoRA adapter \"" + name +
-                                      "\"; expected it in the prompt, the adapter acts from its last "
-                                      "occurrence on (hint: append \"" + text + "\" to --prompt)");
+    throw ConfigError("generate",
+                      "the prompt lacks the invocation sequence [" + list.str() + "] (\"" + text +
+                          "\") of aLoRA adapter \"" + name +
+                          "\"; expected it in the prompt, the adapter acts from its last "
+                          "occurrence on (hint: append \"" +
+                          text + "\" to --prompt)");
   }
 }
 
@@ -77,7 +84,8 @@ struct PromptLine {
   std::optional<std::string> adapter;
 };
 
-// The lines of a --prompts file: plain text, or a JSON object with "prompt" and an optional "adapter".
+// The lines of a --prompts file: plain text, or a JSON object with "prompt" and an optional
+// "adapter".
 std::vector<PromptLine> read_prompts(const std::string& path) {
   std::ifstream f(path);
   PEFT_CHECK(f.good(), Error, "generate", "cannot open --prompts file \"" << path << "\"");
@@ -91,21 +99,24 @@ std::vector<PromptLine> read_prompts(const std::string& path) {
       continue;
     }
     auto j = nlohmann::json::parse(line, nullptr, false);
-    PEFT_CHECK(!j.is_discarded() && j.is_object() && j.contains("prompt") && j["prompt"].is_string() &&
-                   (!j.contains("adapter") || j["adapter"].is_string()),
+    PEFT_CHECK(!j.is_discarded() && j.is_object() && j.contains("prompt") &&
+                   j["prompt"].is_string() && (!j.contains("adapter") || j["adapter"].is_string()),
                FormatError, "generate",
                "\"" << path << "\" line " << number
-                     << " is not {\"prompt\": TEXT, \"adapter\": NAME} (hint: write plain text lines, or JSON "
-                        "objects with a string \"prompt\" and an optional string \"adapter\")");
+                    << " is not {\"prompt\": TEXT, \"adapter\": NAME} (hint: write plain text "
+                       "lines, or JSON "
+                       "objects with a string \"prompt\" and an optional string \"adapter\")");
     PromptLine p{j["prompt"].get<std::string>(), std::nullopt};
     if (j.contains("adapter")) p.adapter = j["adapter"].get<std::string>();
     out.push_back(std::move(p));
   }
-  PEFT_CHECK(!out.empty(), FormatError, "generate", "--prompts file \"" << path << "\" holds no prompt");
+  PEFT_CHECK(!out.empty(), FormatError, "generate",
+             "--prompts file \"" << path << "\" holds no prompt");
   return out;
 }
 
-// The stop tokens (--stop-token, else the model's eos ids), written into o.gen with the tokenizer's pad token.
+// The stop tokens (--stop-token, else the model's eos ids), written into o.gen with the tokenizer's
+// pad token.
 std::set<int64_t> configure_stops(GenerateOptions& o, const Tokenizer& tok) {
   std::set<int64_t> stops(o.stop_tokens.begin(), o.stop_tokens.end());
   if (o.stop_tokens.empty()) {
@@ -124,10 +135,12 @@ void run_batch(GenerateOptions o) {
   auto pm = load_adapters(model, o.adapters);
   Tokenizer tok = Tokenizer::from_dir(o.model.model_dir);
   std::vector<std::vector<int64_t>> prompts;
-  const bool mixed = std::any_of(lines.begin(), lines.end(), [](const PromptLine& p) { return p.adapter.has_value(); });
+  const bool mixed = std::any_of(lines.begin(), lines.end(),
+                                 [](const PromptLine& p) { return p.adapter.has_value(); });
   for (size_t i = 0; i < lines.size(); ++i) {
     prompts.push_back(tok.encode(lines[i].prompt, !o.no_special_tokens));
-    PEFT_CHECK(!prompts.back().empty(), ConfigError, "generate", "prompt " << i + 1 << " encodes to no tokens");
+    PEFT_CHECK(!prompts.back().empty(), ConfigError, "generate",
+               "prompt " << i + 1 << " encodes to no tokens");
     if (mixed) o.gen.adapter_names.push_back(lines[i].adapter.value_or(nn::kBaseAdapterName));
   }
   PEFT_CHECK(!mixed || pm, ConfigError, "generate",
@@ -143,7 +156,8 @@ void run_batch(GenerateOptions o) {
     for (int64_t t : out[i]) {
       if (!stops.count(t)) tokens.push_back(t);
     }
-    nlohmann::json j = {{"prompt", lines[i].prompt}, {"completion", tok.decode(tokens, /*skip_special_tokens=*/true)}};
+    nlohmann::json j = {{"prompt", lines[i].prompt},
+                        {"completion", tok.decode(tokens, /*skip_special_tokens=*/true)}};
     if (mixed) j["adapter"] = o.gen.adapter_names[i];
     std::cout << j.dump() << "\n";
   }
@@ -171,7 +185,8 @@ void run(GenerateOptions o) {
     }
     if (stops.count(token)) return;
     generated.push_back(token);
-    // Decode everything so far and print the new suffix: a token may complete a multi-byte character.
+    // Decode everything so far and print the new suffix: a token may complete a multi-byte
+    // character.
     std::string text = tok.decode(generated, /*skip_special_tokens=*/true);
     if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
       std::cout << text.substr(printed.size()) << std::flush;
@@ -186,28 +201,38 @@ void run(GenerateOptions o) {
 
 void register_generate(CLI::App& app) {
   auto o = std::make_shared<GenerateOptions>();
-  auto* verb = app.add_subcommand("generate",
-                                  "generate text from a prompt, streaming tokens as they come (an aLoRA "
-                                  "adapter needs its invocation string in the prompt)");
+  auto* verb =
+      app.add_subcommand("generate",
+                         "generate text from a prompt, streaming tokens as they come (an aLoRA "
+                         "adapter needs its invocation string in the prompt)");
   add_model_options(verb, o->model);
   add_quantize_options(verb, o->model);
   verb->add_option("--adapter", o->adapters,
-                   "[NAME=]DIR: a PEFT adapter folder (repeatable: all active, unless --prompts names one adapter "
+                   "[NAME=]DIR: a PEFT adapter folder (repeatable: all active, unless --prompts "
+                   "names one adapter "
                    "per line; aLoRA adapters need their invocation string in the prompt)");
   verb->add_option("--prompt", o->prompt, "prompt text (streamed)");
   verb->add_option("--prompts", o->prompts_file,
-                   "file of prompts run as one batch, one per line: plain text or {\"prompt\": TEXT, \"adapter\": "
+                   "file of prompts run as one batch, one per line: plain text or {\"prompt\": "
+                   "TEXT, \"adapter\": "
                    "NAME}; prints one JSON line per prompt");
-  verb->add_option("--max-new-tokens", o->gen.max_new_tokens, "tokens to generate at most")->capture_default_str();
+  verb->add_option("--max-new-tokens", o->gen.max_new_tokens, "tokens to generate at most")
+      ->capture_default_str();
   verb->add_flag("--do-sample", o->gen.do_sample, "sample instead of greedy decoding");
-  verb->add_option("--temperature", o->gen.temperature, "sampling temperature")->capture_default_str();
-  verb->add_option("--top-k", o->gen.top_k, "keep the k most likely tokens (0: off)")->capture_default_str();
-  verb->add_option("--top-p", o->gen.top_p, "nucleus sampling mass (1: off)")->capture_default_str();
-  verb->add_option("--repetition-penalty", o->gen.repetition_penalty, "transformers' repetition penalty")
+  verb->add_option("--temperature", o->gen.temperature, "sampling temperature")
+      ->capture_default_str();
+  verb->add_option("--top-k", o->gen.top_k, "keep the k most likely tokens (0: off)")
+      ->capture_default_str();
+  verb->add_option("--top-p", o->gen.top_p, "nucleus sampling mass (1: off)")
+      ->capture_default_str();
+  verb->add_option("--repetition-penalty", o->gen.repetition_penalty,
+                   "transformers' repetition penalty")
       ->capture_default_str();
   verb->add_option("--seed", o->gen.seed, "sampling seed")->capture_default_str();
-  verb->add_option("--stop-token", o->stop_tokens, "stop token id (repeatable; default: the model's eos ids)");
-  verb->add_flag("--no-special-tokens", o->no_special_tokens, "do not add BOS / template tokens to the prompt");
+  verb->add_option("--stop-token", o->stop_tokens,
+                   "stop token id (repeatable; default: the model's eos ids)");
+  verb->add_flag("--no-special-tokens", o->no_special_tokens,
+                 "do not add BOS / template tokens to the prompt");
   verb->callback([o] { run(*o); });
 }
 

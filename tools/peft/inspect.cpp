@@ -1,5 +1,6 @@
-// peft inspect --model DIR [--config lora.json | --adapter DIR] [--kappa TOP_P] [--json]: architecture summary,
-// the modules a LoRA config targets (r, alpha, scaling), PEFT's trainable-parameters line and KappaTune targets.
+// peft inspect --model DIR [--config lora.json | --adapter DIR] [--kappa TOP_P] [--json]:
+// architecture summary, the modules a LoRA config targets (r, alpha, scaling), PEFT's
+// trainable-parameters line and KappaTune targets.
 #include <torch/nn/module.h>
 
 #include <cstdio>
@@ -27,8 +28,8 @@ struct InspectOptions {
   double kappa_top_p = 0.2;
 };
 
-// KappaTune on the base weights (find_kappa_target_modules): every candidate with its kappa, the selection and a
-// LoraConfig snippet holding it.
+// KappaTune on the base weights (find_kappa_target_modules): every candidate with its kappa, the
+// selection and a LoraConfig snippet holding it.
 nlohmann::ordered_json kappa_report(torch::nn::Module& model, double top_p, bool show_progress) {
   const KappaTuneSelector selector(model, KappaOptions{.show_progress = show_progress});
   nlohmann::ordered_json candidates = nlohmann::ordered_json::array();
@@ -44,7 +45,8 @@ nlohmann::ordered_json kappa_report(torch::nn::Module& model, double top_p, bool
   k["top_p"] = top_p;
   k["candidates"] = candidates;
   k["target_modules"] = modules;
-  k["target_parameters"] = params.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(params);
+  k["target_parameters"] =
+      params.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(params);
   k["lora_config"] = snippet;
   return k;
 }
@@ -64,8 +66,10 @@ void print_kappa(const nlohmann::ordered_json& k) {
       std::cout << line;
     }
   };
-  std::cout << "KappaTune (top_p=" << k["top_p"].get<double>() << "), lowest condition number first:\n"
-            << "target_modules: " << k["target_modules"].size() << " of " << n_modules << " Linear module(s)\n";
+  std::cout << "KappaTune (top_p=" << k["top_p"].get<double>()
+            << "), lowest condition number first:\n"
+            << "target_modules: " << k["target_modules"].size() << " of " << n_modules
+            << " Linear module(s)\n";
   list(k["target_modules"]);
   if (k["target_parameters"].is_null()) {
     std::cout << "target_parameters: none (" << n_params << " 3-D MoE parameter(s) analyzed)\n";
@@ -89,7 +93,8 @@ LoraConfig read_config(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     throw ConfigError("--config", "\"" + path + "\" is not valid JSON: " + e.what());
   }
-  PEFT_CHECK(j.is_object(), ConfigError, "--config", "\"" << path << "\" must hold a JSON object of LoraConfig fields");
+  PEFT_CHECK(j.is_object(), ConfigError, "--config",
+             "\"" << path << "\" must hold a JSON object of LoraConfig fields");
   if (!j.contains("peft_type")) j["peft_type"] = "LORA";
   LoraConfig c = lora_config_from_json_text(j.dump(), path);
   c.validate();
@@ -144,7 +149,8 @@ void run(const InspectOptions& o) {
     std::cout << out.dump(2) << "\n";
     return;
   }
-  std::cout << "model: " << model->model_type() << " (" << model->class_name() << ") from " << o.model.model_dir << "\n"
+  std::cout << "model: " << model->model_type() << " (" << model->class_name() << ") from "
+            << o.model.model_dir << "\n"
             << "  layers: " << model->num_hidden_layers() << ", vocab: " << model->vocab_size()
             << ", parameters: " << base_params << ", dtype: " << o.model.dtype << "\n";
   std::cout << "  PEFT's default target_modules:";
@@ -152,16 +158,17 @@ void run(const InspectOptions& o) {
   std::cout << "\n";
   if (o.kappa) print_kappa(kappa);
   if (!pm) return;
-  std::cout << "adapter \"" << out["adapter"].get<std::string>() << "\": " << out["targeted_modules"].size()
-            << " targeted module(s)\n";
+  std::cout << "adapter \"" << out["adapter"].get<std::string>()
+            << "\": " << out["targeted_modules"].size() << " targeted module(s)\n";
   for (const auto& t : out["targeted_modules"]) {
     char line[512];
-    std::snprintf(line, sizeof(line), "  %-48s %-9s r=%-4d alpha=%-8g scaling=%g\n", t["name"].get<std::string>().c_str(),
-                  t["type"].get<std::string>().c_str(), t["r"].get<int>(), t["lora_alpha"].get<double>(),
-                  t["scaling"].get<double>());
+    std::snprintf(line, sizeof(line), "  %-48s %-9s r=%-4d alpha=%-8g scaling=%g\n",
+                  t["name"].get<std::string>().c_str(), t["type"].get<std::string>().c_str(),
+                  t["r"].get<int>(), t["lora_alpha"].get<double>(), t["scaling"].get<double>());
     std::cout << line;
   }
-  for (const auto& m : out["modules_to_save"]) std::cout << "  modules_to_save copy: " << m.get<std::string>() << "\n";
+  for (const auto& m : out["modules_to_save"])
+    std::cout << "  modules_to_save copy: " << m.get<std::string>() << "\n";
   std::cout << out["trainable_parameters_line"].get<std::string>() << "\n";
 }
 
@@ -169,14 +176,16 @@ void run(const InspectOptions& o) {
 
 void register_inspect(CLI::App& app) {
   auto o = std::make_shared<InspectOptions>();
-  auto* verb = app.add_subcommand("inspect", "architecture summary, targeted modules and trainable parameters");
+  auto* verb = app.add_subcommand(
+      "inspect", "architecture summary, targeted modules and trainable parameters");
   add_model_options(verb, o->model);
   verb->add_option("--config", o->config_path, "a LoraConfig as JSON (adapter_config.json keys)");
   verb->add_option("--adapter", o->adapter_dir, "a PEFT adapter folder");
   verb->add_flag("--json", o->json, "machine-readable output");
-  auto* kappa = verb->add_option("--kappa", o->kappa_top_p,
-                                 "KappaTune: select the lowest-condition-number fraction TOP_P of the Linear "
-                                 "layers (and 3-D MoE parameters) as LoRA targets (PEFT find_kappa_target_modules)");
+  auto* kappa = verb->add_option(
+      "--kappa", o->kappa_top_p,
+      "KappaTune: select the lowest-condition-number fraction TOP_P of the Linear "
+      "layers (and 3-D MoE parameters) as LoRA targets (PEFT find_kappa_target_modules)");
   kappa->type_name("TOP_P");
   verb->callback([o, kappa] {
     o->kappa = kappa->count() > 0;

@@ -1,6 +1,8 @@
-// peft logits --model DIR [--adapter [NAME=]DIR]... [--merge | --row-adapters FILE] --input-ids FILE --out FILE:
-// runs the model on input_ids (and attention_mask) read from a safetensors file and writes float32 `logits`.
-// --row-adapters names the adapter of each batch row, one per line ("__base__": the base model): a mixed batch.
+// peft logits --model DIR [--adapter [NAME=]DIR]... [--merge | --row-adapters FILE] --input-ids
+// FILE --out FILE: runs the model on input_ids (and attention_mask) read from a safetensors file
+// and writes float32 `logits`.
+// --row-adapters names the adapter of each batch row, one per line ("__base__": the base model): a
+// mixed batch.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -57,11 +59,13 @@ void run(const LogitsOptions& o) {
   std::optional<nn::MixedBatchGuard> mixed;
   if (!o.row_adapters_path.empty()) {
     PEFT_CHECK(pm && !o.merge, ConfigError, "logits",
-               "--row-adapters needs --adapter NAME=DIR and no --merge (a mixed batch runs unmerged adapters)");
+               "--row-adapters needs --adapter NAME=DIR and no --merge (a mixed batch runs "
+               "unmerged adapters)");
     std::vector<std::string> names = read_lines(o.row_adapters_path);
-    PEFT_CHECK(static_cast<int64_t>(names.size()) == in.input_ids.size(0), ShapeMismatchError, "logits",
+    PEFT_CHECK(static_cast<int64_t>(names.size()) == in.input_ids.size(0), ShapeMismatchError,
+               "logits",
                "\"" << o.row_adapters_path << "\" names " << names.size() << " adapters for "
-                     << in.input_ids.size(0) << " rows of input_ids; expected one line per row");
+                    << in.input_ids.size(0) << " rows of input_ids; expected one line per row");
     mixed.emplace(*model, std::move(names));
   }
   torch::NoGradGuard no_grad;
@@ -74,16 +78,23 @@ void run(const LogitsOptions& o) {
 
 void register_logits(CLI::App& app) {
   auto o = std::make_shared<LogitsOptions>();
-  auto* verb = app.add_subcommand("logits", "write the model's logits for input ids read from a safetensors file");
+  auto* verb = app.add_subcommand(
+      "logits", "write the model's logits for input ids read from a safetensors file");
   add_model_options(verb, o->model);
   add_quantize_options(verb, o->model);
   verb->add_option("--adapter", o->adapters,
-                   "[NAME=]DIR: a PEFT adapter folder (repeatable: all active, outputs summed, unless --row-adapters)");
-  verb->add_option("--row-adapters", o->row_adapters_path,
-                   "text file naming the adapter of each input row, one per line (\"__base__\": no adapter)");
-  verb->add_flag("--merge", o->merge, "merge the adapters into the weights first (merge_and_unload)");
-  verb->add_option("--input-ids", o->input_path, "safetensors file with int64 input_ids (+ attention_mask)")->required();
-  verb->add_option("--out", o->out_path, "output safetensors file (float32 tensor \"logits\")")->required();
+                   "[NAME=]DIR: a PEFT adapter folder (repeatable: all active, outputs summed, "
+                   "unless --row-adapters)");
+  verb->add_option(
+      "--row-adapters", o->row_adapters_path,
+      "text file naming the adapter of each input row, one per line (\"__base__\": no adapter)");
+  verb->add_flag("--merge", o->merge,
+                 "merge the adapters into the weights first (merge_and_unload)");
+  verb->add_option("--input-ids", o->input_path,
+                   "safetensors file with int64 input_ids (+ attention_mask)")
+      ->required();
+  verb->add_option("--out", o->out_path, "output safetensors file (float32 tensor \"logits\")")
+      ->required();
   verb->callback([o] { run(*o); });
 }
 

@@ -1,5 +1,6 @@
-// peft: the command-line face of peft.cpp. One file per verb (inspect, logits, merge, generate, train, init).
-// Errors print one line "error: ..." and exit 2 for usage / configuration errors, 1 otherwise.
+// peft: the command-line face of peft.cpp. One file per verb (inspect, logits, merge, generate,
+// train, init). Errors print one line "error: ..." and exit 2 for usage / configuration errors, 1
+// otherwise.
 
 #include <c10/util/Exception.h>
 

@@ -1,5 +1,6 @@
-// peft merge --model DIR --adapter DIR --out DIR: a Hugging Face checkpoint folder with the adapter merged in
-// (config, tokenizer files and generation config copied), loadable by --model here and by transformers.
+// peft merge --model DIR --adapter DIR --out DIR: a Hugging Face checkpoint folder with the adapter
+// merged in (config, tokenizer files and generation config copied), loadable by --model here and by
+// transformers.
 
 #include <filesystem>
 #include <iostream>
@@ -19,12 +20,18 @@ struct MergeOptions {
   bool safe_merge = false;
 };
 
-// Files of a model folder that are neither weights nor config.json (models::save_pretrained writes those), copied
-// as they are.
+// Files of a model folder that are neither weights nor config.json (models::save_pretrained writes
+// those), copied as they are.
 bool is_side_file(const std::string& name) {
-  static const char* names[] = {"generation_config.json", "tokenizer.json",    "tokenizer_config.json",
-                                "tokenizer.model",        "special_tokens_map.json", "vocab.json",
-                                "vocab.txt",              "merges.txt",        "added_tokens.json",
+  static const char* names[] = {"generation_config.json",
+                                "tokenizer.json",
+                                "tokenizer_config.json",
+                                "tokenizer.model",
+                                "special_tokens_map.json",
+                                "vocab.json",
+                                "vocab.txt",
+                                "merges.txt",
+                                "added_tokens.json",
                                 "chat_template.jinja"};
   for (const char* n : names) {
     if (name == n) return true;
@@ -34,26 +41,31 @@ bool is_side_file(const std::string& name) {
 
 void run(const MergeOptions& o) {
   PEFT_CHECK(!o.adapters.empty(), ConfigError, "merge", "--adapter is required");
-  PEFT_CHECK(fs::absolute(o.out_dir).lexically_normal() != fs::absolute(o.model.model_dir).lexically_normal(),
-             ConfigError, "merge", "--out must differ from --model (the base checkpoint is never overwritten)");
+  PEFT_CHECK(fs::absolute(o.out_dir).lexically_normal() !=
+                 fs::absolute(o.model.model_dir).lexically_normal(),
+             ConfigError, "merge",
+             "--out must differ from --model (the base checkpoint is never overwritten)");
   auto model = load_model(o.model);
   auto pm = load_adapters(model, o.adapters);
   pm->merge_and_unload(o.safe_merge);
   models::save_pretrained(*model, o.out_dir);
   copy_model_side_files(o.model.model_dir, o.out_dir, is_side_file);
-  std::cout << "merged " << o.adapters.size() << " adapter(s) into " << o.model.model_dir << "; wrote " << o.out_dir
-            << "\n";
+  std::cout << "merged " << o.adapters.size() << " adapter(s) into " << o.model.model_dir
+            << "; wrote " << o.out_dir << "\n";
 }
 
 }  // namespace
 
 void register_merge(CLI::App& app) {
   auto o = std::make_shared<MergeOptions>();
-  auto* verb = app.add_subcommand("merge", "write a checkpoint folder with the adapter merged into the weights");
+  auto* verb = app.add_subcommand(
+      "merge", "write a checkpoint folder with the adapter merged into the weights");
   add_model_options(verb, o->model);
-  verb->add_option("--adapter", o->adapters, "PEFT adapter folder (repeatable: merged together)")->required();
+  verb->add_option("--adapter", o->adapters, "PEFT adapter folder (repeatable: merged together)")
+      ->required();
   verb->add_option("--out", o->out_dir, "output model folder")->required();
-  verb->add_flag("--safe-merge", o->safe_merge, "check the merged weights for NaN / Inf before writing them");
+  verb->add_flag("--safe-merge", o->safe_merge,
+                 "check the merged weights for NaN / Inf before writing them");
   verb->callback([o] { run(*o); });
 }
 

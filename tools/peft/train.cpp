@@ -35,14 +35,15 @@ struct TrainOptions {
 };
 
 std::optional<Tokenizer> try_tokenizer(const std::string& dir) {
-  if (!fs::exists(fs::path(dir) / "tokenizer.json") && !fs::exists(fs::path(dir) / "tokenizer.model")) {
+  if (!fs::exists(fs::path(dir) / "tokenizer.json") &&
+      !fs::exists(fs::path(dir) / "tokenizer.model")) {
     return std::nullopt;
   }
   return Tokenizer::from_dir(dir);
 }
 
-// The prompt shown before and after training: --sample-prompt, else the "prompt" of the first eval (or training)
-// line; none (no sample) for other formats.
+// The prompt shown before and after training: --sample-prompt, else the "prompt" of the first eval
+// (or training) line; none (no sample) for other formats.
 std::string default_sample_prompt(const std::string& path) {
   std::ifstream in(path);
   std::string line;
@@ -55,7 +56,8 @@ std::string default_sample_prompt(const std::string& path) {
   return "";
 }
 
-std::string sample(models::PretrainedModel& model, const Tokenizer& tok, const std::string& prompt, int64_t n) {
+std::string sample(models::PretrainedModel& model, const Tokenizer& tok, const std::string& prompt,
+                   int64_t n) {
   GenerationConfig gen;
   gen.max_new_tokens = n;
   if (tok.eos_token_id()) gen.eos_token_ids = {*tok.eos_token_id()};
@@ -68,7 +70,8 @@ std::string sample(models::PretrainedModel& model, const Tokenizer& tok, const s
 }
 
 // "title:" then the prompt and, in brackets, what the model wrote, each line indented.
-void print_sample(const std::string& title, const std::string& prompt, const std::string& generated) {
+void print_sample(const std::string& title, const std::string& prompt,
+                  const std::string& generated) {
   std::string text = prompt + "[" + generated + "]";
   std::string out = "  ";
   for (const char c : text) {
@@ -79,7 +82,8 @@ void print_sample(const std::string& title, const std::string& prompt, const std
 }
 
 void run(TrainOptions o) {
-  PEFT_CHECK(o.config.empty() || o.adapter.empty(), ConfigError, "train", "give --config or --adapter, not both");
+  PEFT_CHECK(o.config.empty() || o.adapter.empty(), ConfigError, "train",
+             "give --config or --adapter, not both");
   PEFT_CHECK(o.resume.empty() || (o.config.empty() && o.adapter.empty()), ConfigError, "train",
              "--resume takes the adapter from the checkpoint; drop --config / --adapter");
   if (o.steps) o.args.max_steps = *o.steps;
@@ -97,7 +101,8 @@ void run(TrainOptions o) {
   auto train_data = train::load_jsonl(o.data, tok, o.data_options);
   std::vector<train::Example> eval_data;
   if (!o.eval_data.empty()) eval_data = train::load_jsonl(o.eval_data, tok, o.data_options);
-  // transformers' Trainer calls set_seed(args.seed) first: adapter init and dropout masks follow --seed.
+  // transformers' Trainer calls set_seed(args.seed) first: adapter init and dropout masks follow
+  // --seed.
   torch::manual_seed(o.args.seed);
   std::shared_ptr<PeftModel> pm;
   if (!o.resume.empty()) {
@@ -116,77 +121,104 @@ void run(TrainOptions o) {
     pm = std::make_shared<PeftModel>(model, config, "default");
   }
   std::cout << pm->trainable_parameters_line() << "\n";
-  const std::string prompt = !o.sample_prompt.empty()
-                                 ? o.sample_prompt
-                                 : default_sample_prompt(o.eval_data.empty() ? o.data : o.eval_data);
-  const bool show_sample = !o.no_sample && tok && !prompt.empty() &&
-                           model->task() == models::ModelTask::kCausalLm;
-  if (show_sample) print_sample("sample before training", prompt, sample(*model, *tok, prompt, o.sample_tokens));
+  const std::string prompt =
+      !o.sample_prompt.empty() ? o.sample_prompt
+                               : default_sample_prompt(o.eval_data.empty() ? o.data : o.eval_data);
+  const bool show_sample =
+      !o.no_sample && tok && !prompt.empty() && model->task() == models::ModelTask::kCausalLm;
+  if (show_sample)
+    print_sample("sample before training", prompt, sample(*model, *tok, prompt, o.sample_tokens));
   train::Trainer trainer(model, pm, o.args, std::move(train_data), std::move(eval_data));
   if (!o.resume.empty()) {
     trainer.resume_from_checkpoint(o.resume);
     std::cout << "resumed from " << o.resume << "\n";
   }
-  std::cout << "training " << trainer.total_steps() << " steps (" << train::to_string(o.args.optimizer) << ", lr "
-            << o.args.adamw.lr << ", " << train::to_string(o.args.lr_scheduler) << " schedule)\n";
+  std::cout << "training " << trainer.total_steps() << " steps ("
+            << train::to_string(o.args.optimizer) << ", lr " << o.args.adamw.lr << ", "
+            << train::to_string(o.args.lr_scheduler) << " schedule)\n";
   const auto result = trainer.train();
   std::cout << std::fixed << std::setprecision(4);
   if (result.eval_loss_before && result.eval_loss_after) {
-    std::cout << "eval loss: " << *result.eval_loss_before << " -> " << *result.eval_loss_after << "\n";
+    std::cout << "eval loss: " << *result.eval_loss_before << " -> " << *result.eval_loss_after
+              << "\n";
   }
-  std::cout << std::setprecision(1) << "trained " << result.steps << " steps in " << result.seconds << " s ("
-            << result.tokens_per_second << " tokens/s)\n";
-  if (show_sample) print_sample("sample after training", prompt, sample(*model, *tok, prompt, o.sample_tokens));
+  std::cout << std::setprecision(1) << "trained " << result.steps << " steps in " << result.seconds
+            << " s (" << result.tokens_per_second << " tokens/s)\n";
+  if (show_sample)
+    print_sample("sample after training", prompt, sample(*model, *tok, prompt, o.sample_tokens));
   const fs::path out(o.out);
-  std::cout << "adapter saved to " << out.string() << " (adapter_config.json, adapter_model.safetensors); loss curve "
+  std::cout << "adapter saved to " << out.string()
+            << " (adapter_config.json, adapter_model.safetensors); loss curve "
             << (out / "loss_curve.svg").string() << "; log "
-            << (o.args.log_file.empty() ? (out / "train_log.jsonl").string() : o.args.log_file) << "\n";
+            << (o.args.log_file.empty() ? (out / "train_log.jsonl").string() : o.args.log_file)
+            << "\n";
 }
 
 }  // namespace
 
 void register_train(CLI::App& app) {
   auto o = std::make_shared<TrainOptions>();
-  auto* v = app.add_subcommand("train", "fine-tune a LoRA adapter; the output folder is a PEFT adapter");
+  auto* v =
+      app.add_subcommand("train", "fine-tune a LoRA adapter; the output folder is a PEFT adapter");
   add_model_options(v, o->model);
   add_quantize_options(v, o->model);
-  v->add_option("--data", o->data, "training data (JSONL: text | prompt+completion | messages | input_ids)")
+  v->add_option("--data", o->data,
+                "training data (JSONL: text | prompt+completion | messages | input_ids)")
       ->required();
-  v->add_option("--out", o->out, "output folder (PEFT adapter, log, loss_curve.svg, checkpoints)")->required();
+  v->add_option("--out", o->out, "output folder (PEFT adapter, log, loss_curve.svg, checkpoints)")
+      ->required();
   v->add_option("--config", o->config, "adapter_config.json / LoraConfig JSON for a new adapter");
-  v->add_option("--adapter", o->adapter, "start from this PEFT adapter folder (config and weights)");
-  v->add_option("--eval-data", o->eval_data, "held-out JSONL; eval loss before, during and after training");
+  v->add_option("--adapter", o->adapter,
+                "start from this PEFT adapter folder (config and weights)");
+  v->add_option("--eval-data", o->eval_data,
+                "held-out JSONL; eval loss before, during and after training");
   v->add_option("--steps", o->steps, "optimizer updates");
   v->add_option("--epochs", o->epochs, "passes over the data (default 1)");
-  v->add_option("--batch-size", o->args.batch_size, "examples per micro-batch")->capture_default_str();
+  v->add_option("--batch-size", o->args.batch_size, "examples per micro-batch")
+      ->capture_default_str();
   v->add_option("--grad-accum", o->args.gradient_accumulation_steps, "micro-batches per update")
       ->capture_default_str();
   v->add_option("--lr", o->args.adamw.lr, "learning rate")->capture_default_str();
-  v->add_option("--weight-decay", o->args.adamw.weight_decay, "decoupled weight decay")->capture_default_str();
+  v->add_option("--weight-decay", o->args.adamw.weight_decay, "decoupled weight decay")
+      ->capture_default_str();
   v->add_option("--adam-eps", o->args.adamw.eps, "AdamW epsilon")->capture_default_str();
   v->add_option("--optimizer", o->optimizer, "adamw | loraplus | lorafa")->capture_default_str();
-  v->add_option("--loraplus-lr-ratio", o->args.loraplus.loraplus_lr_ratio, "LoRA+: lr of B = lr x ratio")
+  v->add_option("--loraplus-lr-ratio", o->args.loraplus.loraplus_lr_ratio,
+                "LoRA+: lr of B = lr x ratio")
       ->capture_default_str();
-  v->add_option("--loraplus-lr-embedding", o->args.loraplus.loraplus_lr_embedding, "LoRA+: lr of embedding factors")
+  v->add_option("--loraplus-lr-embedding", o->args.loraplus.loraplus_lr_embedding,
+                "LoRA+: lr of embedding factors")
       ->capture_default_str();
-  v->add_option("--lr-scheduler", o->scheduler, "constant | linear | cosine")->capture_default_str();
-  v->add_option("--warmup-steps", o->args.warmup_steps, "linear warmup updates")->capture_default_str();
-  v->add_option("--max-grad-norm", o->args.max_grad_norm, "clip the gradient norm (0: off)")->capture_default_str();
+  v->add_option("--lr-scheduler", o->scheduler, "constant | linear | cosine")
+      ->capture_default_str();
+  v->add_option("--warmup-steps", o->args.warmup_steps, "linear warmup updates")
+      ->capture_default_str();
+  v->add_option("--max-grad-norm", o->args.max_grad_norm, "clip the gradient norm (0: off)")
+      ->capture_default_str();
   v->add_flag("--no-shuffle", o->no_shuffle, "keep the data order");
-  v->add_option("--seed", o->args.seed, "seed of the shuffling, adapter init and dropout")->capture_default_str();
+  v->add_option("--seed", o->args.seed, "seed of the shuffling, adapter init and dropout")
+      ->capture_default_str();
   v->add_option("--log-file", o->args.log_file, "JSONL log (default OUT/train_log.jsonl)");
-  v->add_option("--log-every", o->args.log_every, "progress line every N updates (non-terminal output)")
+  v->add_option("--log-every", o->args.log_every,
+                "progress line every N updates (non-terminal output)")
       ->capture_default_str();
-  v->add_option("--eval-every", o->args.eval_every, "evaluate every N updates (0: before and after only)")
+  v->add_option("--eval-every", o->args.eval_every,
+                "evaluate every N updates (0: before and after only)")
       ->capture_default_str();
-  v->add_option("--save-every", o->args.save_every, "checkpoint every N updates (0: none)")->capture_default_str();
+  v->add_option("--save-every", o->args.save_every, "checkpoint every N updates (0: none)")
+      ->capture_default_str();
   v->add_option("--resume", o->resume, "continue from OUT/checkpoint-<step>");
-  v->add_option("--max-length", o->data_options.max_length, "truncate (or, with --packing, cut) to N tokens")
+  v->add_option("--max-length", o->data_options.max_length,
+                "truncate (or, with --packing, cut) to N tokens")
       ->capture_default_str();
-  v->add_flag("--packing", o->data_options.packing, "concatenate examples into blocks of --max-length tokens");
-  v->add_flag("--gradient-checkpointing", o->args.gradient_checkpointing, "recompute activations in backward");
-  v->add_option("--sample-prompt", o->sample_prompt, "prompt generated from before and after training");
-  v->add_option("--sample-tokens", o->sample_tokens, "tokens of the sample generation")->capture_default_str();
+  v->add_flag("--packing", o->data_options.packing,
+              "concatenate examples into blocks of --max-length tokens");
+  v->add_flag("--gradient-checkpointing", o->args.gradient_checkpointing,
+              "recompute activations in backward");
+  v->add_option("--sample-prompt", o->sample_prompt,
+                "prompt generated from before and after training");
+  v->add_option("--sample-tokens", o->sample_tokens, "tokens of the sample generation")
+      ->capture_default_str();
   v->add_flag("--no-sample", o->no_sample, "skip the sample generations");
   v->callback([o] { run(*o); });
 }

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "peft/config.h"
 #include "peft/batch.h"
+#include "peft/config.h"
 
 namespace peft {
 

@@ -1,5 +1,6 @@
-// Hugging Face checkpoint folders: reading config.json and (sharded) safetensors weights into a module,
-// and writing a module back as a checkpoint folder. Counterpart: transformers' from_pretrained / save_pretrained.
+// Hugging Face checkpoint folders: reading config.json and (sharded) safetensors weights into a
+// module, and writing a module back as a checkpoint folder. Counterpart: transformers'
+// from_pretrained / save_pretrained.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -27,14 +28,16 @@ struct CheckpointLoadReport {
   std::vector<std::string> tied;        // absent but filled from their tied source
 };
 
-// Copies checkpoint tensors into `module`'s parameters and buffers by name, converting dtype and device.
-// `tied` lists (key, source key) pairs: a missing key is filled from its source. All missing and mis-shaped
-// tensors are collected and thrown at once (FormatError for missing, ShapeMismatchError for shapes).
-CheckpointLoadReport load_state_into(torch::nn::Module& module, const std::map<std::string, at::Tensor>& tensors,
-                                     const std::string& source,
-                                     const std::vector<std::pair<std::string, std::string>>& tied = {});
+// Copies checkpoint tensors into `module`'s parameters and buffers by name, converting dtype and
+// device. `tied` lists (key, source key) pairs: a missing key is filled from its source. All
+// missing and mis-shaped tensors are collected and thrown at once (FormatError for missing,
+// ShapeMismatchError for shapes).
+CheckpointLoadReport load_state_into(
+    torch::nn::Module& module, const std::map<std::string, at::Tensor>& tensors,
+    const std::string& source, const std::vector<std::pair<std::string, std::string>>& tied = {});
 
-// Writes `module`'s parameters (minus `skip` keys) as dir/model.safetensors (metadata {"format": "pt"}).
+// Writes `module`'s parameters (minus `skip` keys) as dir/model.safetensors (metadata {"format":
+// "pt"}).
 void save_checkpoint_tensors(const torch::nn::Module& module, const std::string& dir,
                              const std::vector<std::string>& skip = {},
                              std::optional<c10::ScalarType> dtype = std::nullopt);

@@ -1,5 +1,6 @@
-// The containers that give adapter parameters PEFT's names: a ModuleDict keyed by adapter name, and one LoRA factor
-// (a weight and optional bias), so that parameters read ...lora_A.<adapter>.weight exactly as in PEFT.
+// The containers that give adapter parameters PEFT's names: a ModuleDict keyed by adapter name, and
+// one LoRA factor (a weight and optional bias), so that parameters read ...lora_A.<adapter>.weight
+// exactly as in PEFT.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,6 +1,6 @@
-// What one adapter of one layer is: rank, alpha and scaling, dropout, init and the variant switches, resolved from
-// a LoraConfig for that layer (rank_pattern / alpha_pattern applied). PEFT counterpart: the arguments of
-// LoraLayer.update_layer.
+// What one adapter of one layer is: rank, alpha and scaling, dropout, init and the variant
+// switches, resolved from a LoraConfig for that layer (rank_pattern / alpha_pattern applied). PEFT
+// counterpart: the arguments of LoraLayer.update_layer.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +26,8 @@ struct AdapterSettings {
   InitLoraWeights init_lora_weights;
   // ---- variant switches (src/lora/variants/registry.cpp chooses the variant from them) ----
   bool use_dora = false;
-  // aLoRA: the adapter acts on the invocation sequence's last occurrence and every position after it.
+  // aLoRA: the adapter acts on the invocation sequence's last occurrence and every position after
+  // it.
   std::optional<std::vector<int64_t>> alora_invocation_tokens;
   // Arrow: the adapter is a router over the layer's task adapters.
   std::optional<ArrowConfig> arrow_config;
@@ -34,14 +35,16 @@ struct AdapterSettings {
   std::optional<LoraGAConfig> lora_ga_config;
   // LoftQ's bits / iterations (init_lora_weights = "loftq").
   std::optional<LoftQConfig> loftq_config;
-  // The adapter's whole config when it came from one (PeftModel sets it), so that a variant can read its own
-  // sub-config (PEFT hands `config` to resolve_lora_variant and LoraVariant.init); null for hand-built settings.
+  // The adapter's whole config when it came from one (PeftModel sets it), so that a variant can
+  // read its own sub-config (PEFT hands `config` to resolve_lora_variant and LoraVariant.init);
+  // null for hand-built settings.
   std::shared_ptr<const LoraConfig> config;
   // alpha / r, or alpha / sqrt(r) with rsLoRA.
   double base_scaling() const;
 };
 
-// The rows of a batch that one adapter serves in a mixed batch (PEFT's forward(..., adapter_names=[...])).
+// The rows of a batch that one adapter serves in a mixed batch (PEFT's forward(...,
+// adapter_names=[...])).
 struct AdapterRows {
   std::string adapter;
   std::vector<int64_t> rows;  // ascending batch indices

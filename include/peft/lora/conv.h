@@ -1,5 +1,6 @@
 // Adapter-ready Conv1d / Conv2d / Conv3d. PEFT counterpart: lora._ConvNd (tuners/lora/layer.py):
-// lora_A = ConvNd(in, r, kernel, stride, padding), lora_B = ConvNd(r, out, 1, groups = base groups).
+// lora_A = ConvNd(in, r, kernel, stride, padding), lora_B = ConvNd(r, out, 1, groups = base
+// groups).
 #pragma once
 
 #include <vector>
@@ -16,7 +17,8 @@ struct ConvOptions {
   bool bias = true;
 };
 
-// W: (out, in / groups, *kernel). Init as PyTorch (kaiming_uniform a = sqrt(5); bias U(+-1/sqrt(fan_in))).
+// W: (out, in / groups, *kernel). Init as PyTorch (kaiming_uniform a = sqrt(5); bias
+// U(+-1/sqrt(fan_in))).
 class ConvNdImpl : public LoraLayerImpl {
  public:
   ConvNdImpl(int dims, int64_t in_channels, int64_t out_channels, std::vector<int64_t> kernel_size,
@@ -27,16 +29,20 @@ class ConvNdImpl : public LoraLayerImpl {
   int dims() const { return dims_; }
   int64_t groups() const { return options_.groups; }
   const std::vector<int64_t>& kernel_size() const { return kernel_; }
-  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const override;
-  // scaling * conv(conv(x, A), B): lora_A with the base's stride and padding, lora_B a 1x1 grouped conv.
+  at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight,
+                          const at::Tensor& bias) const override;
+  // scaling * conv(conv(x, A), B): lora_A with the base's stride and padding, lora_B a 1x1 grouped
+  // conv.
   at::Tensor lora_forward(const at::Tensor& x, const std::string& adapter) const override;
-  // (out, in, *kernel) = scaling * sum_r B[o, r] A[r, i, k...]. Merging a grouped conv is refused (as PEFT).
+  // (out, in, *kernel) = scaling * sum_r B[o, r] A[r, i, k...]. Merging a grouped conv is refused
+  // (as PEFT).
   at::Tensor lora_delta_weight(const std::string& adapter) const override;
 
  protected:
   void create_adapter(const std::string& adapter, const AdapterSettings& settings) override;
   void destroy_adapter(const std::string& adapter) override;
-  at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const override;
+  at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x,
+                                const std::string& adapter) const override;
 
  private:
   int dims_;

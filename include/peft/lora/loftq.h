@@ -1,7 +1,8 @@
-// LoftQ initialisation (quantization-aware LoRA init) as pure tensor functions, beside the other weight-based inits
-// of the LoRA layers (init_lora_weights = "loftq" calls loftq_init from the layer). PEFT counterpart:
-// src/peft/utils/loftq_utils.py — loftq_init (init_lora_weights = "loftq"), _loftq_init_new (the
-// single-shot variant behind replace_lora_weights_loftq) and _low_rank_decomposition.
+// LoftQ initialisation (quantization-aware LoRA init) as pure tensor functions, beside the other
+// weight-based inits of the LoRA layers (init_lora_weights = "loftq" calls loftq_init from the
+// layer). PEFT counterpart: src/peft/utils/loftq_utils.py — loftq_init (init_lora_weights =
+// "loftq"), _loftq_init_new (the single-shot variant behind replace_lora_weights_loftq) and
+// _low_rank_decomposition.
 //
 // LoftQ alternates quantization and a rank-r SVD so that the quantized base plus the adapter
 // approximates the original weight W: starting from res = W, each iteration sets Q =

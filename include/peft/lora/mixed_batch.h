@@ -1,6 +1,7 @@
-// Many adapters in one batch (PEFT's forward(..., adapter_names=[...])): every row of the batch runs with its own
-// adapter, or with none ("__base__"), in one forward. PEFT counterparts: LoraModel._enable_peft_forward_hooks and
-// LoraLayer._mixed_batch_forward, ModulesToSaveWrapper._mixed_batch_forward.
+// Many adapters in one batch (PEFT's forward(..., adapter_names=[...])): every row of the batch
+// runs with its own adapter, or with none ("__base__"), in one forward. PEFT counterparts:
+// LoraModel._enable_peft_forward_hooks and LoraLayer._mixed_batch_forward,
+// ModulesToSaveWrapper._mixed_batch_forward.
 #pragma once
 
 #include <torch/nn/module.h>
@@ -15,16 +16,19 @@ namespace peft::nn {
 // The name that selects the base model for a row.
 inline constexpr const char* kBaseAdapterName = "__base__";
 
-// PEFT's checks of adapter_names against a model: not in training mode (ConfigError) and every name other than
-// "__base__" the name of a LoRA adapter of some layer (AdapterNotFoundError listing the unknown ones and the
-// adapters there are).
-void check_adapter_names(const torch::nn::Module& model, const std::vector<std::string>& adapter_names);
+// PEFT's checks of adapter_names against a model: not in training mode (ConfigError) and every name
+// other than
+// "__base__" the name of a LoRA adapter of some layer (AdapterNotFoundError listing the unknown
+// ones and the adapters there are).
+void check_adapter_names(const torch::nn::Module& model,
+                         const std::vector<std::string>& adapter_names);
 
-// Installs adapter_names for every forward of `model` on this thread until destruction (the rest of the current
-// ForwardContext is kept). Row i of every batch gets adapter_names[i] alone, whatever the active adapters are;
-// names absent from a layer leave its rows to the base layer there. Layers refuse the batch (ShapeMismatchError)
-// when its size differs from the number of names, and (ConfigError) while adapters are merged or when a named
-// adapter uses DoRA. A modules_to_save layer gives each row its adapter's copy (the original module for
+// Installs adapter_names for every forward of `model` on this thread until destruction (the rest of
+// the current ForwardContext is kept). Row i of every batch gets adapter_names[i] alone, whatever
+// the active adapters are; names absent from a layer leave its rows to the base layer there. Layers
+// refuse the batch (ShapeMismatchError) when its size differs from the number of names, and
+// (ConfigError) while adapters are merged or when a named adapter uses DoRA. A modules_to_save
+// layer gives each row its adapter's copy (the original module for
 // "__base__" and for adapters without a copy there); trainable tokens likewise.
 class [[nodiscard]] MixedBatchGuard {
  public:

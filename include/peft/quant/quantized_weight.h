@@ -1,6 +1,7 @@
-// A frozen 2-D weight kept quantized in memory (NF4 / FP4 with optional double quantization, or LLM.int8
-// row-wise int8) and the fused dequantise-and-multiply that a quantized Linear runs. Counterparts:
-// bitsandbytes' Linear4bit / Params4bit (MatMul4Bit) and Linear8bitLt / Int8Params (MatMul8bitLt).
+// A frozen 2-D weight kept quantized in memory (NF4 / FP4 with optional double quantization, or
+// LLM.int8 row-wise int8) and the fused dequantise-and-multiply that a quantized Linear runs.
+// Counterparts: bitsandbytes' Linear4bit / Params4bit (MatMul4Bit) and Linear8bitLt / Int8Params
+// (MatMul8bitLt).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -26,18 +27,19 @@ std::string to_string(QuantMethod method);
 // transformers' BitsAndBytesConfig, the part that matters on a CPU.
 struct QuantizeOptions {
   QuantMethod method = QuantMethod::kNF4;
-  int64_t blocksize = 64;               // 4-bit only (bnb_4bit_blocksize; 64..4096)
-  bool double_quant = false;            // 4-bit only (bnb_4bit_use_double_quant)
-  double int8_threshold = 0.0;          // int8 only (llm_int8_threshold; 0 = no outlier decomposition)
-  // Dtype the forward computes in and dequantize() returns (bnb_4bit_compute_dtype); nullopt = the dtype
-  // of the weight that was quantized.
+  int64_t blocksize = 64;       // 4-bit only (bnb_4bit_blocksize; 64..4096)
+  bool double_quant = false;    // 4-bit only (bnb_4bit_use_double_quant)
+  double int8_threshold = 0.0;  // int8 only (llm_int8_threshold; 0 = no outlier decomposition)
+  // Dtype the forward computes in and dequantize() returns (bnb_4bit_compute_dtype); nullopt = the
+  // dtype of the weight that was quantized.
   std::optional<at::ScalarType> compute_dtype;
 };
 
 class QuantizedWeight {
  public:
   // W: (out, in) float32 / bfloat16 / float16 on any device.
-  static std::shared_ptr<QuantizedWeight> quantize(const at::Tensor& W, const QuantizeOptions& options);
+  static std::shared_ptr<QuantizedWeight> quantize(const at::Tensor& W,
+                                                   const QuantizeOptions& options);
   // Wraps already quantized data (a bitsandbytes checkpoint). q.shape must be 2-D.
   static std::shared_ptr<QuantizedWeight> from_4bit(Quantized4bit q, at::ScalarType compute_dtype);
   static std::shared_ptr<QuantizedWeight> from_int8(QuantizedInt8 q, at::ScalarType compute_dtype,
@@ -49,19 +51,20 @@ class QuantizedWeight {
   at::ScalarType compute_dtype() const { return compute_dtype_; }
   c10::Device device() const;
   double int8_threshold() const { return threshold_; }
-  const Quantized4bit& q4() const;     // method nf4 / fp4
-  const QuantizedInt8& q8() const;     // method int8
+  const Quantized4bit& q4() const;  // method nf4 / fp4
+  const QuantizedInt8& q8() const;  // method int8
 
   // The full (out, in) weight in compute_dtype (merging, inits, export; not used by forward).
   at::Tensor dequantize() const;
   // Rows [row0, row1) of the dequantized weight in float32 (the kernel's tile).
   at::Tensor dequantize_rows(int64_t row0, int64_t row1) const;
 
-  // y = x W^T + bias for x (..., in), in x's dtype. 4-bit: the weight is dequantized one tile of rows at a time
-  // into a small buffer and multiplied (never a full dequantized copy). int8: LLM.int8 (row-wise int8 input
-  // quantization, integer product, columns of x with |x| >= threshold computed in float against the
-  // dequantized weight). Differentiable with respect to x and bias; the quantized weight is frozen (its
-  // backward is grad_x = grad_y W, computed tile-wise the same way).
+  // y = x W^T + bias for x (..., in), in x's dtype. 4-bit: the weight is dequantized one tile of
+  // rows at a time into a small buffer and multiplied (never a full dequantized copy). int8:
+  // LLM.int8 (row-wise int8 input quantization, integer product, columns of x with |x| >= threshold
+  // computed in float against the dequantized weight). Differentiable with respect to x and bias;
+  // the quantized weight is frozen (its backward is grad_x = grad_y W, computed tile-wise the same
+  // way).
   at::Tensor linear(const at::Tensor& x, const at::Tensor& bias) const;
   // grad_y (..., out) -> grad_y W (..., in), tile-wise (the backward of linear; public for tests).
   at::Tensor grad_input(const at::Tensor& grad_y) const;
@@ -71,12 +74,14 @@ class QuantizedWeight {
   // Resident bytes of the packed data and its statistics.
   int64_t nbytes() const;
 
-  // bitsandbytes' state-dict entries for a layer whose weight key is `prefix + "weight"`: 4-bit "weight"
-  // (packed uint8), "weight.absmax", "weight.quant_map", ["weight.nested_absmax", "weight.nested_quant_map"],
-  // "weight.quant_state.bitsandbytes__<nf4|fp4>" (uint8 JSON); int8 "weight" (int8) and "SCB".
+  // bitsandbytes' state-dict entries for a layer whose weight key is `prefix + "weight"`: 4-bit
+  // "weight" (packed uint8), "weight.absmax", "weight.quant_map", ["weight.nested_absmax",
+  // "weight.nested_quant_map"], "weight.quant_state.bitsandbytes__<nf4|fp4>" (uint8 JSON); int8
+  // "weight" (int8) and "SCB".
   std::vector<std::pair<std::string, at::Tensor>> bnb_state_dict(const std::string& prefix) const;
 
-  // Rows per tile of the fused kernel (a multiple that keeps tiles on whole 4-bit blocks when possible).
+  // Rows per tile of the fused kernel (a multiple that keeps tiles on whole 4-bit blocks when
+  // possible).
   int64_t tile_rows() const { return tile_rows_; }
 
  private:
@@ -87,9 +92,10 @@ class QuantizedWeight {
   at::Tensor forward_impl(const at::Tensor& x, const at::Tensor& bias) const;
   at::Tensor forward_4bit(const at::Tensor& x2d, const at::Tensor& bias) const;
   at::Tensor forward_int8(const at::Tensor& x2d, const at::Tensor& bias) const;
-  // Rows [row0, row1) of the dequantized weight in float32, rounded to `round_to` (the operand of a GEMM emulated in
-  // bfloat16 / float16). 4-bit on the CPU decodes into `buffer` (float32 (rows per GEMM, in), contiguous; undefined:
-  // allocate) and returns it or its first rows; other cases allocate.
+  // Rows [row0, row1) of the dequantized weight in float32, rounded to `round_to` (the operand of a
+  // GEMM emulated in bfloat16 / float16). 4-bit on the CPU decodes into `buffer` (float32 (rows per
+  // GEMM, in), contiguous; undefined: allocate) and returns it or its first rows; other cases
+  // allocate.
   at::Tensor tile(int64_t row0, int64_t row1, const at::Tensor& buffer,
                   at::ScalarType round_to = at::ScalarType::Float) const;
   bool use_cpu_decode() const;
@@ -99,20 +105,19 @@ class QuantizedWeight {
   double threshold_ = 0.0;
   std::optional<Quantized4bit> q4_;
   std::optional<QuantizedInt8> q8_;
-  at::Tensor absmax_f32_;  // 4-bit: the float32 absmax (undefined with double quantization: per tile)
-  at::Tensor code_;        // 4-bit: the 16 code values (float32) on the data's device
+  at::Tensor
+      absmax_f32_;   // 4-bit: the float32 absmax (undefined with double quantization: per tile)
+  at::Tensor code_;  // 4-bit: the 16 code values (float32) on the data's device
   int64_t tile_rows_ = 64;
   bool force_aten_decode_ = false;  // tests: run the device-generic decode on the CPU too
 };
 
-// Reads the bitsandbytes entries of one quantized weight (`prefix + "weight"` and its quant-state keys, as
-// bnb_state_dict writes them) out of `tensors` (they are erased), or nullopt when `prefix + "weight"` is not
-// quantized there. `shape` is the layer's (out, in). FormatError naming `file` and the tensor for a malformed
-// or inconsistent entry.
-std::optional<std::shared_ptr<QuantizedWeight>> take_bnb_weight(std::map<std::string, at::Tensor>& tensors,
-                                                                const std::string& prefix,
-                                                                const std::vector<int64_t>& shape,
-                                                                at::ScalarType compute_dtype,
-                                                                const std::string& file);
+// Reads the bitsandbytes entries of one quantized weight (`prefix + "weight"` and its quant-state
+// keys, as bnb_state_dict writes them) out of `tensors` (they are erased), or nullopt when `prefix
+// + "weight"` is not quantized there. `shape` is the layer's (out, in). FormatError naming `file`
+// and the tensor for a malformed or inconsistent entry.
+std::optional<std::shared_ptr<QuantizedWeight>> take_bnb_weight(
+    std::map<std::string, at::Tensor>& tensors, const std::string& prefix,
+    const std::vector<int64_t>& shape, at::ScalarType compute_dtype, const std::string& file);
 
 }  // namespace peft::quant

@@ -1,5 +1,5 @@
-// Learning-rate schedules as transformers' get_scheduler builds them (LambdaLR over the optimizer's base lrs):
-// constant, linear and cosine, each with linear warmup.
+// Learning-rate schedules as transformers' get_scheduler builds them (LambdaLR over the optimizer's
+// base lrs): constant, linear and cosine, each with linear warmup.
 #pragma once
 
 #include <cstdint>
@@ -18,8 +18,8 @@ struct LrSchedule {
   int64_t total_steps = 1;  // num_training_steps (linear / cosine decay to 0 at this step)
   double num_cycles = 0.5;  // cosine: transformers' default (half a cosine wave)
 
-  // The multiplier of the base lr for the update with 0-based index `step` (LambdaLR's lr_lambda(step)):
-  // the first update uses factor(0), which is 0 during warmup as in transformers.
+  // The multiplier of the base lr for the update with 0-based index `step` (LambdaLR's
+  // lr_lambda(step)): the first update uses factor(0), which is 0 during warmup as in transformers.
   double factor(int64_t step) const;
 };
 

@@ -1,6 +1,7 @@
 // The adapter trainer: the loop of transformers' Trainer for a PeftModel (micro-batches, gradient
-// accumulation normalised by the label-token count of the whole step, clipping, schedule, optimizer), with
-// evaluation, atomic checkpoints and exact resume, progress display, a JSONL log and a loss-curve picture.
+// accumulation normalised by the label-token count of the whole step, clipping, schedule,
+// optimizer), with evaluation, atomic checkpoints and exact resume, progress display, a JSONL log
+// and a loss-curve picture.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +26,8 @@ class PretrainedModel;
 namespace peft::train {
 
 struct TrainingArguments {
-  std::string output_dir;  // the adapter, log and loss picture go here; checkpoints in checkpoint-<step>/
+  std::string
+      output_dir;  // the adapter, log and loss picture go here; checkpoints in checkpoint-<step>/
   int64_t max_steps = -1;  // optimizer updates; > 0 overrides num_train_epochs
   int64_t num_train_epochs = 1;
   int64_t batch_size = 8;  // examples per micro-batch
@@ -38,11 +40,11 @@ struct TrainingArguments {
   double max_grad_norm = 0.0;  // > 0: clip_grad_norm_ before every update
   bool shuffle = true;
   uint64_t seed = 42;
-  int64_t save_every = 0;  // > 0: checkpoint every N updates
-  int64_t eval_every = 0;  // > 0: evaluation every N updates (also before and after training)
+  int64_t save_every = 0;       // > 0: checkpoint every N updates
+  int64_t eval_every = 0;       // > 0: evaluation every N updates (also before and after training)
   int64_t eval_batch_size = 0;  // 0 = batch_size
-  int64_t log_every = 10;  // plain progress lines every N updates
-  std::string log_file;    // JSONL log; default <output_dir>/train_log.jsonl
+  int64_t log_every = 10;       // plain progress lines every N updates
+  std::string log_file;         // JSONL log; default <output_dir>/train_log.jsonl
   bool gradient_checkpointing = false;
   bool save_adapter = true;     // save_pretrained(output_dir) at the end
   bool write_loss_plot = true;  // <output_dir>/loss_curve.svg
@@ -59,24 +61,27 @@ struct TrainResult {
 
 class Trainer {
  public:
-  // `model` is the PeftModel's base model (the module whose forward runs); its task decides the loss.
-  Trainer(std::shared_ptr<models::PretrainedModel> model, std::shared_ptr<PeftModel> peft, TrainingArguments args,
-          std::vector<Example> train_data, std::vector<Example> eval_data = {});
+  // `model` is the PeftModel's base model (the module whose forward runs); its task decides the
+  // loss.
+  Trainer(std::shared_ptr<models::PretrainedModel> model, std::shared_ptr<PeftModel> peft,
+          TrainingArguments args, std::vector<Example> train_data,
+          std::vector<Example> eval_data = {});
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
   // Mean loss over the eval data (token-weighted for causal LMs), in eval mode without gradients.
   double evaluate();
-  // Restores a checkpoint-<step> folder written by this trainer: adapter weights, optimizer, schedule position,
-  // RNG state, data position and loss history. Training then continues exactly as if never interrupted.
+  // Restores a checkpoint-<step> folder written by this trainer: adapter weights, optimizer,
+  // schedule position, RNG state, data position and loss history. Training then continues exactly
+  // as if never interrupted.
   void resume_from_checkpoint(const std::string& dir);
   TrainResult train();
 
   int64_t total_steps() const;
   Optimizer& optimizer();
-  // Called after every update with its 1-based number; returning true stops training there (as an interruption
-  // would; nothing is saved beyond the checkpoints already written).
+  // Called after every update with its 1-based number; returning true stops training there (as an
+  // interruption would; nothing is saved beyond the checkpoints already written).
   std::function<bool(int64_t step)> should_stop;
   // Progress and messages (default std::cout; live line only when it is a terminal).
   std::ostream* out = nullptr;

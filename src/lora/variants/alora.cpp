@@ -1,6 +1,7 @@
-// aLoRA (activated LoRA): the adapter acts only from the last occurrence of its invocation token sequence onwards,
-// per batch row; positions before it see the base model. PEFT counterpart: ALoraLinearVariant (variants.py) with
-// the offsets of calculate_alora_offsets (peft/lora/forward_context.h).
+// aLoRA (activated LoRA): the adapter acts only from the last occurrence of its invocation token
+// sequence onwards, per batch row; positions before it see the base model. PEFT counterpart:
+// ALoraLinearVariant (variants.py) with the offsets of calculate_alora_offsets
+// (peft/lora/forward_context.h).
 #include <ATen/ATen.h>
 
 #include "peft/error.h"
@@ -13,7 +14,8 @@ namespace {
 
 class AloraVariant final : public LoraVariant {
  public:
-  explicit AloraVariant(std::vector<int64_t> invocation_tokens) : invocation_tokens_(std::move(invocation_tokens)) {}
+  explicit AloraVariant(std::vector<int64_t> invocation_tokens)
+      : invocation_tokens_(std::move(invocation_tokens)) {}
   const char* name() const override { return "aLoRA"; }
 
   at::Tensor forward(const LoraLayerImpl& layer, const std::string& adapter, const at::Tensor& x,
@@ -23,9 +25,10 @@ class AloraVariant final : public LoraVariant {
   }
 
   void check_mergeable(const LoraLayerImpl& /*layer*/, const std::string& adapter) const override {
-    throw UnsupportedError("merge", "aLoRA adapter \"" + adapter +
-                                        "\" cannot be merged: it acts only from the invocation sequence onwards "
-                                        "(PEFT raises too)");
+    throw UnsupportedError(
+        "merge", "aLoRA adapter \"" + adapter +
+                     "\" cannot be merged: it acts only from the invocation sequence onwards "
+                     "(PEFT raises too)");
   }
 
  private:
@@ -34,7 +37,8 @@ class AloraVariant final : public LoraVariant {
 
 }  // namespace
 
-std::shared_ptr<LoraVariant> make_alora_variant(const LoraLayerImpl& layer, const AdapterSettings& settings) {
+std::shared_ptr<LoraVariant> make_alora_variant(const LoraLayerImpl& layer,
+                                                const AdapterSettings& settings) {
   PEFT_CHECK(layer.is_linear(), UnsupportedError, "lora",
              "aLoRA (alora_invocation_tokens) supports Linear layers only; this layer is a "
                  << to_string(layer.kind()) << " (hint: target only linear modules)");

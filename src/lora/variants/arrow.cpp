@@ -1,5 +1,7 @@
-// The Arrow router variant on one layer (PEFT ArrowLoraLinearLayer + ArrowLinearVariant): lazy GenKnowSub and
-// prototypes, then token-wise top-k routing over the layer's task adapters.
+// The Arrow router variant on one layer (PEFT ArrowLoraLinearLayer + ArrowLinearVariant): lazy
+// GenKnowSub and prototypes, then token-wise top-k routing over the layer's task adapters.
+#include "peft/lora/variants/arrow.h"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/types.h>
@@ -12,7 +14,6 @@
 #include "../../strings.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
-#include "peft/lora/variants/arrow.h"
 #include "variants.h"
 
 namespace peft::nn {
@@ -37,7 +38,8 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
 // The adapter's (A, B) weights on this layer; undefined tensors when it has none (an Embedding's or
 // a tied adapter: PEFT's `k in lora_A` is false for them).
 std::pair<at::Tensor, at::Tensor> factors(const LoraLayerImpl& layer, const std::string& adapter) {
-  return {layer.adapter_tensor(adapter, "lora_A.weight"), layer.adapter_tensor(adapter, "lora_B.weight")};
+  return {layer.adapter_tensor(adapter, "lora_A.weight"),
+          layer.adapter_tensor(adapter, "lora_B.weight")};
 }
 
 std::pair<at::Tensor, at::Tensor> required_factors(const LoraLayerImpl& layer,
@@ -57,7 +59,8 @@ std::pair<at::Tensor, at::Tensor> required_factors(const LoraLayerImpl& layer,
 ArrowLinearVariant::ArrowLinearVariant(ArrowConfig config)
     : config_(std::move(config)), task_names_(config_.task_adapter_names) {}
 
-void ArrowLinearVariant::check_mergeable(const LoraLayerImpl& /*layer*/, const std::string& /*adapter*/) const {
+void ArrowLinearVariant::check_mergeable(const LoraLayerImpl& /*layer*/,
+                                         const std::string& /*adapter*/) const {
   throw UnsupportedError("merge", kMergeRefusal);
 }
 
@@ -125,11 +128,11 @@ void ArrowLinearVariant::gen_know_sub(const LoraLayerImpl& layer) const {
     if (!As.empty()) {
       PEFT_CHECK(A.sizes() == As.front().sizes() && B.sizes() == Bs.front().sizes(),
                  ShapeMismatchError, "arrow",
-                 "general adapter \"" << name << "\" has A " << peft::detail::shape_string(A.sizes())
-                                      << ", B " << peft::detail::shape_string(B.sizes())
-                                      << "; the first has A "
-                                      << peft::detail::shape_string(As.front().sizes()) << ", B "
-                                      << peft::detail::shape_string(Bs.front().sizes()));
+                 "general adapter \""
+                     << name << "\" has A " << peft::detail::shape_string(A.sizes()) << ", B "
+                     << peft::detail::shape_string(B.sizes()) << "; the first has A "
+                     << peft::detail::shape_string(As.front().sizes()) << ", B "
+                     << peft::detail::shape_string(Bs.front().sizes()));
     }
     As.push_back(A.detach());
     Bs.push_back(B.detach());
@@ -156,9 +159,10 @@ void ArrowLinearVariant::gen_know_sub(const LoraLayerImpl& layer) const {
   gks_pending_.clear();
 }
 
-at::Tensor ArrowLinearVariant::top_right_singular_vec_from_BA(const at::Tensor& A, const at::Tensor& B,
-                                                        std::optional<int64_t> rng_seed, int iters,
-                                                        double eps) {
+at::Tensor ArrowLinearVariant::top_right_singular_vec_from_BA(const at::Tensor& A,
+                                                              const at::Tensor& B,
+                                                              std::optional<int64_t> rng_seed,
+                                                              int iters, double eps) {
   torch::NoGradGuard no_grad;
   // Right singular vectors of dW = B A are the eigenvectors of dW^T dW = A^T (B^T B) A; power
   // iteration on that operator never forms dW (out, in) or the (in, in) matrix.
@@ -212,7 +216,7 @@ void ArrowLinearVariant::prepare(const LoraLayerImpl& layer) const {
 }
 
 at::Tensor ArrowLinearVariant::forward(const LoraLayerImpl& layer, const std::string& adapter,
-                                 const at::Tensor& x, at::Tensor result) const {
+                                       const at::Tensor& x, at::Tensor result) const {
   Snapshot snap;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -228,8 +232,9 @@ at::Tensor ArrowLinearVariant::forward(const LoraLayerImpl& layer, const std::st
                  ShapeMismatchError, "arrow",
                  "task adapter \""
                      << name << "\" has A " << peft::detail::shape_string(A.sizes()) << ", B "
-                     << peft::detail::shape_string(B.sizes()) << " but \"" << snap.task_names.front()
-                     << "\" has A " << peft::detail::shape_string(As.front().sizes()) << ", B "
+                     << peft::detail::shape_string(B.sizes()) << " but \""
+                     << snap.task_names.front() << "\" has A "
+                     << peft::detail::shape_string(As.front().sizes()) << ", B "
                      << peft::detail::shape_string(Bs.front().sizes())
                      << " (hint: Arrow stacks the task adapters, so they need one rank)");
     }
@@ -242,7 +247,8 @@ at::Tensor ArrowLinearVariant::forward(const LoraLayerImpl& layer, const std::st
   const int64_t out = Bs.front().size(0);
   PEFT_CHECK(config_.top_k <= E, ConfigError, "arrow",
              "top_k=" << config_.top_k << " but the layer has only " << E << " task adapters ["
-                      << peft::detail::join(snap.task_names) << "] (PEFT fails in torch.topk here)");
+                      << peft::detail::join(snap.task_names)
+                      << "] (PEFT fails in torch.topk here)");
 
   // Tokens: x (..., in) -> (T, in), cast to the task adapters' dtype (PEFT _cast_input_dtype).
   const auto dtype = As.front().scalar_type();
@@ -284,11 +290,12 @@ std::shared_ptr<ArrowLinearVariant> arrow_router(const LoraLayerImpl& layer) {
 
 namespace variants {
 
-std::shared_ptr<LoraVariant> make_arrow_variant(const LoraLayerImpl& layer, const AdapterSettings& settings) {
+std::shared_ptr<LoraVariant> make_arrow_variant(const LoraLayerImpl& layer,
+                                                const AdapterSettings& settings) {
   // PEFT resolves the Arrow variant for Linear layers only (GPT-2 Conv1D is a Linear here).
   PEFT_CHECK(layer.is_linear(), ConfigError, "add_adapter",
-             "Invalid or unsupported variant combination: arrow_config on a " << to_string(layer.kind())
-                                                                              << " layer; only Linear layers support Arrow");
+             "Invalid or unsupported variant combination: arrow_config on a "
+                 << to_string(layer.kind()) << " layer; only Linear layers support Arrow");
   auto variant = std::make_shared<ArrowLinearVariant>(*settings.arrow_config);
   return variant;
 }

@@ -1,5 +1,6 @@
-// Where LoRA variants are chosen: every variant is one line below (PEFT: each layer type's lora_variants table and
-// resolve_lora_variant). Adding a variant = its file in this folder plus its line here.
+// Where LoRA variants are chosen: every variant is one line below (PEFT: each layer type's
+// lora_variants table and resolve_lora_variant). Adding a variant = its file in this folder plus
+// its line here.
 #include <string>
 #include <vector>
 
@@ -12,22 +13,26 @@ namespace peft::nn {
 namespace {
 
 struct VariantSpec {
-  const char* key;                                // the LoraConfig field that asks for the variant
-  bool (*requested)(const AdapterSettings& s);    // whether an adapter's settings ask for it
-  std::shared_ptr<LoraVariant> (*make)(const LoraLayerImpl& layer, const AdapterSettings& s);  // checks and builds
+  const char* key;                              // the LoraConfig field that asks for the variant
+  bool (*requested)(const AdapterSettings& s);  // whether an adapter's settings ask for it
+  std::shared_ptr<LoraVariant> (*make)(const LoraLayerImpl& layer,
+                                       const AdapterSettings& s);  // checks and builds
 };
 
 // Sorted by key, as PEFT sorts the requested keys.
 const VariantSpec kVariants[] = {
-    {"alora_invocation_tokens", [](const AdapterSettings& s) { return s.alora_invocation_tokens.has_value(); },
+    {"alora_invocation_tokens",
+     [](const AdapterSettings& s) { return s.alora_invocation_tokens.has_value(); },
      variants::make_alora_variant},
-    {"arrow_config", [](const AdapterSettings& s) { return s.arrow_config.has_value(); }, variants::make_arrow_variant},
+    {"arrow_config", [](const AdapterSettings& s) { return s.arrow_config.has_value(); },
+     variants::make_arrow_variant},
     {"use_dora", [](const AdapterSettings& s) { return s.use_dora; }, variants::make_dora_variant},
 };
 
 }  // namespace
 
-std::shared_ptr<LoraVariant> resolve_lora_variant(const LoraLayerImpl& layer, const AdapterSettings& settings) {
+std::shared_ptr<LoraVariant> resolve_lora_variant(const LoraLayerImpl& layer,
+                                                  const AdapterSettings& settings) {
   std::vector<std::string> requested;
   const VariantSpec* chosen = nullptr;
   for (const auto& spec : kVariants) {
@@ -37,9 +42,10 @@ std::shared_ptr<LoraVariant> resolve_lora_variant(const LoraLayerImpl& layer, co
   }
   if (!chosen) return nullptr;
   PEFT_CHECK(requested.size() == 1, ConfigError, "lora",
-             "Invalid or unsupported variant combination: (" << peft::detail::join(requested, ", ", "'")
-                                                             << ") (hint: a LoRA adapter takes at most one of "
-                                                                "DoRA, aLoRA and Arrow)");
+             "Invalid or unsupported variant combination: ("
+                 << peft::detail::join(requested, ", ", "'")
+                 << ") (hint: a LoRA adapter takes at most one of "
+                    "DoRA, aLoRA and Arrow)");
   return chosen->make(layer, settings);
 }
 

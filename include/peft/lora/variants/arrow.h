@@ -1,7 +1,7 @@
-// Arrow's router as a LoRA variant: token-wise top-k routing over the layer's task adapters by their SVD prototypes,
-// with optional General Knowledge Subtraction (GenKnowSub). PEFT counterparts: ArrowLinearVariant (variants.py) and
-// ArrowLoraLinearLayer (tuners/lora/arrow.py). Setting up a router model (create_arrow_model, add_arrow_router) is
-// peft/arrow.h.
+// Arrow's router as a LoRA variant: token-wise top-k routing over the layer's task adapters by
+// their SVD prototypes, with optional General Knowledge Subtraction (GenKnowSub). PEFT
+// counterparts: ArrowLinearVariant (variants.py) and ArrowLoraLinearLayer (tuners/lora/arrow.py).
+// Setting up a router model (create_arrow_model, add_arrow_router) is peft/arrow.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,16 +18,17 @@
 
 namespace peft {
 
-// The router adapter's name (PEFT hard-codes it, and so does its task / general adapter bookkeeping).
+// The router adapter's name (PEFT hard-codes it, and so does its task / general adapter
+// bookkeeping).
 inline constexpr const char* kArrowRouterName = "arrow_router";
 inline constexpr const char* kArrowTaskPrefix = "task_";
 inline constexpr const char* kArrowGksPrefix = "gks_";
 
 namespace nn {
 
-// One per router adapter per layer. Lazily, on the first forward after a change of the layer's adapters:
-// GenKnowSub (use_gks), then one prototype per task adapter. forward may run on several threads; the lazy state is
-// guarded by a mutex.
+// One per router adapter per layer. Lazily, on the first forward after a change of the layer's
+// adapters: GenKnowSub (use_gks), then one prototype per task adapter. forward may run on several
+// threads; the lazy state is guarded by a mutex.
 class ArrowLinearVariant final : public LoraVariant {
  public:
   explicit ArrowLinearVariant(ArrowConfig config);
@@ -38,24 +39,26 @@ class ArrowLinearVariant final : public LoraVariant {
                      at::Tensor result) const override;
   // PEFT: "Cannot merge an active Arrow router adapter. Remove it first."
   void check_mergeable(const LoraLayerImpl& layer, const std::string& adapter) const override;
-  // PEFT ArrowLoraLinearLayer.on_adapter_change: the task adapters are every adapter of the layer except the
-  // router and gks_<digits>; when they changed, the prototypes are rebuilt on the next forward and new ones get
-  // GenKnowSub once.
+  // PEFT ArrowLoraLinearLayer.on_adapter_change: the task adapters are every adapter of the layer
+  // except the router and gks_<digits>; when they changed, the prototypes are rebuilt on the next
+  // forward and new ones get GenKnowSub once.
   void on_adapter_change(LoraLayerImpl& layer) override;
 
-  // Runs what the next forward would run first: GenKnowSub (once, or on newly added task adapters), then the
-  // prototypes (when invalid).
+  // Runs what the next forward would run first: GenKnowSub (once, or on newly added task adapters),
+  // then the prototypes (when invalid).
   void prepare(const LoraLayerImpl& layer) const;
 
   // ---- state, for inspection ----
   const ArrowConfig& config() const { return config_; }
   std::vector<std::string> task_adapter_names() const;
-  // (E, in) unit rows in the task adapters' dtype; undefined until built (PEFT's non-persistent buffer).
+  // (E, in) unit rows in the task adapters' dtype; undefined until built (PEFT's non-persistent
+  // buffer).
   at::Tensor prototypes() const;
   bool gks_done() const;
 
-  // Dominant right singular vector of B A by `iters` power iterations on v -> A^T (B^T B) (A v) in float32, from
-  // v0 ~ randn(in) (a private generator seeded with `rng_seed` when given); sign arbitrary. A: (r, in), B: (out, r).
+  // Dominant right singular vector of B A by `iters` power iterations on v -> A^T (B^T B) (A v) in
+  // float32, from v0 ~ randn(in) (a private generator seeded with `rng_seed` when given); sign
+  // arbitrary. A: (r, in), B: (out, r).
   static at::Tensor top_right_singular_vec_from_BA(const at::Tensor& A, const at::Tensor& B,
                                                    std::optional<int64_t> rng_seed, int iters = 15,
                                                    double eps = 1e-8);
