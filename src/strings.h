@@ -23,6 +23,20 @@ inline std::string join(const std::vector<std::string>& items, const std::string
   return out;
 }
 
+// One problem as it is; several as "N <plural>: 1) a; 2) b" (the message of every "check
+// everything, throw once").
+inline std::string numbered_list(const std::vector<std::string>& items, const std::string& plural) {
+  if (items.size() == 1) return items.front();
+  std::string out = std::to_string(items.size()) + " " + plural + ": ";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i) out += "; ";
+    out += std::to_string(i + 1);
+    out += ") ";
+    out += items[i];
+  }
+  return out;
+}
+
 // Python's tuple spelling of a shape: (8, 4096), (4,), ().
 inline std::string shape_string(c10::IntArrayRef shape) {
   std::string out = "(";

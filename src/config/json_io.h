@@ -14,6 +14,7 @@
 #include <variant>
 #include <vector>
 
+#include "../strings.h"
 #include "peft/config.h"
 #include "peft/error.h"
 
@@ -42,16 +43,7 @@ class Reader {
 
   void throw_if_errors() const {
     if (errors_.empty()) return;
-    std::string message = source_ + ": ";
-    if (errors_.size() == 1) {
-      message += errors_[0];
-    } else {
-      message += std::to_string(errors_.size()) + " invalid values: ";
-      for (size_t i = 0; i < errors_.size(); ++i) {
-        message += (i ? "; " : "") + std::to_string(i + 1) + ") " + errors_[i];
-      }
-    }
-    throw ConfigError(kConfigComponent, message);
+    throw ConfigError(kConfigComponent, source_ + ": " + numbered_list(errors_, "invalid values"));
   }
 
  private:
@@ -158,6 +150,13 @@ struct FieldSpec {
     #name,                                                                                     \
     [](Reader& rd, const OJson& v, const std::string& k, S& s) { read_value(rd, v, k, s.name); }, \
     [](const S& s) { return write_value(s.name); }                                             \
+  }
+// A float field that PEFT declares as int (lora_alpha, stable_gamma): integral values written as integers.
+#define PEFT_JSON_INT_FIELD(S, name)                                                           \
+  FieldSpec<S> {                                                                               \
+    #name,                                                                                     \
+    [](Reader& rd, const OJson& v, const std::string& k, S& s) { read_value(rd, v, k, s.name); }, \
+    [](const S& s) { return int_if_integral(s.name); }                                         \
   }
 // clang-format on
 

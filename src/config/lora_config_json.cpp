@@ -39,11 +39,7 @@ const auto kCordaFields = std::to_array({
 const auto kLoraGaFields = std::to_array({
     PEFT_JSON_FIELD(LoraGAConfig, direction),
     PEFT_JSON_FIELD(LoraGAConfig, scale),
-    FieldSpec<LoraGAConfig>{"stable_gamma",
-                            [](Reader& rd, const OJson& v, const std::string& k, LoraGAConfig& s) {
-                              read_value(rd, v, k, s.stable_gamma);
-                            },
-                            [](const LoraGAConfig& s) { return int_if_integral(s.stable_gamma); }},
+    PEFT_JSON_INT_FIELD(LoraGAConfig, stable_gamma),
 });
 
 // PEFT's asdict() also writes the non-init adapter name lists (None until Arrow fills them).
@@ -116,11 +112,7 @@ const auto kLoraFields = std::to_array({
     PEFT_JSON_FIELD(LoraConfig, r),
     PEFT_JSON_FIELD(LoraConfig, target_modules),
     PEFT_JSON_FIELD(LoraConfig, exclude_modules),
-    FieldSpec<LoraConfig>{"lora_alpha",
-                          [](Reader& rd, const OJson& v, const std::string& k, LoraConfig& s) {
-                            read_value(rd, v, k, s.lora_alpha);
-                          },
-                          [](const LoraConfig& s) { return int_if_integral(s.lora_alpha); }},
+    PEFT_JSON_INT_FIELD(LoraConfig, lora_alpha),
     PEFT_JSON_FIELD(LoraConfig, lora_dropout),
     PEFT_JSON_FIELD(LoraConfig, fan_in_fan_out),
     PEFT_JSON_FIELD(LoraConfig, bias),
@@ -175,6 +167,7 @@ const auto kLoraFields = std::to_array({
 static_assert(kLoraFields.size() == 41);
 
 #undef PEFT_JSON_FIELD
+#undef PEFT_JSON_INT_FIELD
 
 // PEFT <= 0.20.0 had no KaSA and so never wrote `kasa_config`. Returns false when peft_version
 // names such a release ("0.20.0", "0.19.1", "0.20.0rc1"); true for newer, dev ("0.20.1.dev0@abc")

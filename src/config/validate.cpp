@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "../strings.h"
 #include "peft/config.h"
 #include "peft/error.h"
 
@@ -176,16 +177,8 @@ void LoraConfig::validate() const {
   }
 
   if (problems.empty()) return;
-  std::string message = "invalid LoraConfig: ";
-  if (problems.size() == 1) {
-    message += problems[0];
-  } else {
-    message += std::to_string(problems.size()) + " problems: ";
-    for (size_t i = 0; i < problems.size(); ++i) {
-      message += (i ? "; " : "") + std::to_string(i + 1) + ") " + problems[i];
-    }
-  }
-  throw ConfigError(kComponent, message);
+  throw ConfigError(kComponent,
+                    "invalid LoraConfig: " + detail::numbered_list(problems, "problems"));
 }
 
 }  // namespace peft

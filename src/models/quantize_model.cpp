@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "peft/dtype.h"
 #include "peft/error.h"
 #include "peft/lora/linear.h"
 #include "peft/quant/quantized_weight.h"
@@ -49,10 +50,10 @@ std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> tak
       if (qc.contains("llm_int8_threshold") && qc["llm_int8_threshold"].is_number()) {
         threshold = qc["llm_int8_threshold"].get<double>();
       }
-      const std::string dt = qc.value("bnb_4bit_compute_dtype", std::string());
-      if (dt == "bfloat16") bnb_compute = at::kBFloat16;
-      if (dt == "float16") bnb_compute = at::kHalf;
-      if (dt == "float32") bnb_compute = at::kFloat;
+      if (qc.contains("bnb_4bit_compute_dtype") && qc["bnb_4bit_compute_dtype"].is_string()) {
+        bnb_compute = parse_dtype(qc["bnb_4bit_compute_dtype"].get<std::string>(),
+                                  "config.json quantization_config.bnb_4bit_compute_dtype");
+      }
     }
   }
   std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> out;

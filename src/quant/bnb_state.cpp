@@ -14,6 +14,7 @@
 #include <sstream>
 #include <string>
 
+#include "peft/dtype.h"
 #include "peft/error.h"
 #include "peft/quant/quantized_weight.h"
 
@@ -22,27 +23,6 @@ namespace peft::quant {
 namespace {
 
 constexpr const char* kComponent = "bitsandbytes";
-
-// torch dtype names as QuantState.as_dict writes them (str(dtype).strip("torch.")).
-std::string dtype_name(at::ScalarType st) {
-  switch (st) {
-    case at::kBFloat16:
-      return "bfloat16";
-    case at::kHalf:
-      return "float16";
-    default:
-      return "float32";
-  }
-}
-
-// getattr(torch, name) for the names bitsandbytes writes (older versions wrote "torch.float16").
-std::optional<at::ScalarType> parse_dtype_name(std::string name) {
-  if (name.rfind("torch.", 0) == 0) name = name.substr(6);
-  if (name == "float32" || name == "float") return at::kFloat;
-  if (name == "float16" || name == "half") return at::kHalf;
-  if (name == "bfloat16") return at::kBFloat16;
-  return std::nullopt;
-}
 
 // Python's repr(float) (what json.dumps writes): the shortest round-tripping digits, positional
 // notation for exponents in [-4, 16), otherwise d[.ddd]e+XX.
@@ -264,7 +244,7 @@ std::optional<std::shared_ptr<QuantizedWeight>> take_bnb_weight(
            "has blocksize " + std::to_string(q.blocksize) + "; expected one of 64, 128, ..., 4096");
   }
   const std::string dt = r.string_field(j, qs_key, "dtype");
-  const auto dtype = parse_dtype_name(dt);
+  const auto dtype = find_dtype(dt);
   if (!dtype)
     r.fail(qs_key, "has dtype \"" + dt + "\"; expected \"float32\", \"float16\" or \"bfloat16\"");
   q.dtype = *dtype;
@@ -326,7 +306,7 @@ std::optional<std::shared_ptr<QuantizedWeight>> take_bnb_weight(
     q.offset = static_cast<float>(off.get<double>());  // torch.tensor(float(...)): float32
     if (j.contains("nested_dtype")) {
       const std::string nd = r.string_field(j, qs_key, "nested_dtype");
-      if (parse_dtype_name(nd) != at::kFloat)
+      if (find_dtype(nd) != at::kFloat)
         r.fail(qs_key, "has nested_dtype \"" + nd + "\"; expected \"float32\"");
     }
     const int64_t nested_blocks = (nblocks + q.nested_blocksize - 1) / q.nested_blocksize;

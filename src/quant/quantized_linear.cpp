@@ -139,6 +139,19 @@ at::Tensor QuantizedWeight::forward_impl(const at::Tensor& x, const at::Tensor& 
   return y.to(x.scalar_type()).view(out_shape);
 }
 
+void QuantizedWeight::for_each_tile(
+    int64_t step, at::ScalarType round_to, at::ScalarType mm,
+    const std::function<void(int64_t row0, int64_t row1, const at::Tensor& tile)>& f) const {
+  // On the CPU every tile is decoded into this one buffer (float32, `step` rows).
+  const at::Tensor buffer = use_cpu_decode()
+                                ? at::empty({step, in_}, at::TensorOptions().dtype(at::kFloat))
+                                : at::Tensor();
+  for (int64_t r0 = 0; r0 < out_; r0 += step) {
+    const int64_t r1 = std::min(out_, r0 + step);
+    f(r0, r1, round_to != mm ? tile(r0, r1, buffer, round_to) : tile(r0, r1, buffer).to(mm));
+  }
+}
+
 // MatMul4Bit: linear(x.to(compute_dtype), dequantize_4bit(W).to(compute_dtype), bias), one tile of
 // rows at a time.
 at::Tensor QuantizedWeight::forward_4bit(const at::Tensor& x2d, const at::Tensor& bias) const {
@@ -146,17 +159,11 @@ at::Tensor QuantizedWeight::forward_4bit(const at::Tensor& x2d, const at::Tensor
   const at::Tensor xc = gemm_operand(x2d, plan);
   at::Tensor y = at::empty({xc.size(0), out_}, xc.options());
   const int64_t step = rows_per_gemm(tile_rows_, in_, out_, 4, xc.size(0));
-  const at::Tensor buffer = use_cpu_decode()
-                                ? at::empty({step, in_}, at::TensorOptions().dtype(at::kFloat))
-                                : at::Tensor();
-  for (int64_t r0 = 0; r0 < out_; r0 += step) {
-    const int64_t r1 = std::min(out_, r0 + step);
-    const at::Tensor t =
-        plan.emulated() ? tile(r0, r1, buffer, plan.compute) : tile(r0, r1, buffer).to(plan.mm);
+  for_each_tile(step, plan.compute, plan.mm, [&](int64_t r0, int64_t r1, const at::Tensor& t) {
     // out[:, r0:r1] = x @ tile^T, written in place (a column block of y is a valid BLAS output).
     at::Tensor dst = y.narrow(1, r0, r1 - r0);
     at::mm_out(dst, xc, t.t());
-  }
+  });
   if (bias.defined()) y.add_(gemm_operand(bias, plan));
   return plan.emulated() ? y.to(plan.compute) : y;
 }
@@ -233,20 +240,14 @@ at::Tensor QuantizedWeight::grad_input(const at::Tensor& grad_y) const {
   const at::Tensor g = gemm_operand(grad_y.reshape({-1, out_}), plan);
   at::Tensor gx = at::empty({g.size(0), in_}, g.options());
   const int64_t step = rows_per_gemm(tile_rows_, in_, out_, 4, g.size(0));
-  const at::Tensor buffer = use_cpu_decode()
-                                ? at::empty({step, in_}, at::TensorOptions().dtype(at::kFloat))
-                                : at::Tensor();
-  for (int64_t r0 = 0; r0 < out_; r0 += step) {
-    const int64_t r1 = std::min(out_, r0 + step);
-    const at::Tensor t =
-        plan.emulated() ? tile(r0, r1, buffer, plan.compute) : tile(r0, r1, buffer).to(plan.mm);
+  for_each_tile(step, plan.compute, plan.mm, [&](int64_t r0, int64_t r1, const at::Tensor& t) {
     const at::Tensor g_tile = g.narrow(1, r0, r1 - r0);
     if (r0 == 0) {
       at::mm_out(gx, g_tile, t);
     } else {
       gx.addmm_(g_tile, t);
     }
-  }
+  });
   std::vector<int64_t> shape = grad_y.sizes().vec();
   shape.back() = in_;
   return (plan.emulated() ? gx.to(plan.compute) : gx).to(grad_y.scalar_type()).view(shape);

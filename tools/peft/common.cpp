@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <set>
 
+#include "peft/dtype.h"
 #include "peft/error.h"
 #include "peft/io/atomic_write.h"
 #include "peft/runtime.h"
@@ -44,18 +45,10 @@ void copy_model_side_files(const std::string& model_dir, const std::string& out_
   }
 }
 
-c10::ScalarType parse_dtype(const std::string& name) {
-  if (name == "float32" || name == "fp32") return c10::kFloat;
-  if (name == "bfloat16" || name == "bf16") return c10::kBFloat16;
-  if (name == "float16" || name == "fp16") return c10::kHalf;
-  throw ConfigError("--dtype",
-                    "unknown dtype \"" + name + "\"; expected float32, bfloat16 or float16");
-}
-
 std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options) {
   set_num_threads(options.threads);
   models::LoadOptions lo;
-  lo.dtype = parse_dtype(options.dtype);
+  lo.dtype = peft::parse_dtype(options.dtype, "--dtype");
   if (!options.quantize.empty()) {
     quant::QuantizeOptions q;
     q.method = quant::parse_quant_method(options.quantize);

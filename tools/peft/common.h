@@ -42,9 +42,6 @@ std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::Pretraine
 void copy_model_side_files(const std::string& model_dir, const std::string& out_dir,
                            const std::function<bool(const std::string& name)>& keep);
 
-// "float32" | "bfloat16" | "float16" (also fp32 / bf16 / fp16); ConfigError listing them otherwise.
-c10::ScalarType parse_dtype(const std::string& name);
-
 // Verb registration: each adds its subcommand with a callback to `app`.
 void register_inspect(CLI::App& app);
 void register_logits(CLI::App& app);

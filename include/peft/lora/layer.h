@@ -34,9 +34,8 @@ class LoraLayerImpl : public torch::nn::Module {
  public:
   ~LoraLayerImpl() override;
   LayerKind kind() const { return kind_; }
-  bool is_linear() const {
-    return kind_ == LayerKind::kLinear || kind_ == LayerKind::kConv1D;
-  }  // "all-linear"
+  // Linear or GPT-2 Conv1D: what "all-linear" selects.
+  bool is_linear() const { return kind_ == LayerKind::kLinear || kind_ == LayerKind::kConv1D; }
   virtual int64_t in_features() const = 0;
   virtual int64_t out_features() const = 0;
 
@@ -46,127 +45,101 @@ class LoraLayerImpl : public torch::nn::Module {
   at::Tensor& bias() { return bias_; }
   const at::Tensor& bias() const { return bias_; }
   bool has_bias() const { return bias_.defined(); }
-  // A quantized base (Linear::quantize) keeps packed data in weight(); float_weight() is then a
-  // dequantized copy. Read base values through it (merging, weight-based inits, KappaTune,
-  // intruders).
+  // A quantized base keeps packed data in weight(); read base values through float_weight().
   virtual bool is_quantized() const { return false; }
   virtual at::Tensor float_weight() const { return weight_; }
   // Writes new base values (a quantized base quantizes them again).
   void set_base_weights(const at::Tensor& weight, const at::Tensor& bias);
 
   // ---- adapters ----
-  // Creates (or re-creates) the adapter on the base weight's device and dtype, initialised per
-  // settings.init_lora_weights, with the variant resolve_lora_variant picks. PEFT's errors
-  // (ConfigError, ...).
+  // Creates (or re-creates) the adapter, initialised per settings.init_lora_weights, with the
+  // variant resolve_lora_variant picks; PEFT's errors.
   void update_layer(const std::string& adapter, const AdapterSettings& settings);
   void delete_adapter(const std::string& adapter);
   bool has_adapter(const std::string& adapter) const { return settings_.count(adapter) != 0; }
   std::vector<std::string> adapter_names() const { return adapter_order_; }  // creation order
   const AdapterSettings& adapter_settings(const std::string& adapter) const;
   double scaling(const std::string& adapter) const;
-  void set_scale(const std::string& adapter,
-                 double factor);  // scaling = factor x base_scaling (PEFT set_scale)
-  // The adapter's tensors under PEFT's adapter-free keys ("lora_A.weight", "lora_B.weight",
-  // "lora_B.bias", "lora_embedding_A", "lora_embedding_B", and the variant's, e.g.
-  // "lora_magnitude_vector"). They stay valid until the adapter is deleted; write through them in
-  // place (copy_ under NoGradGuard).
+  void set_scale(const std::string& adapter, double factor);  // factor x base_scaling (PEFT)
+  // The adapter's tensors under PEFT's adapter-free keys ("lora_A.weight", "lora_B.bias",
+  // "lora_embedding_A", the variant's "lora_magnitude_vector", ...); write in place to change them.
   std::vector<std::pair<std::string, at::Tensor>> adapter_tensors(const std::string& adapter) const;
-  at::Tensor adapter_tensor(const std::string& adapter,
-                            const std::string& key) const;  // undefined when absent
-  // The adapter's variant, null for plain LoRA.
-  std::shared_ptr<LoraVariant> variant(const std::string& adapter) const;
-  // ensure_weight_tying: `adapter` of this Linear output head uses the LoRA of `source`, the
-  // Embedding whose weight it shares (variants/tied.cpp); nothing of its own is created or saved.
+  at::Tensor adapter_tensor(const std::string& adapter, const std::string& key) const;
+  std::shared_ptr<LoraVariant> variant(const std::string& adapter) const;  // null: plain LoRA
+  // ensure_weight_tying: this Linear head's `adapter` is the LoRA of `source`, the Embedding whose
+  // weight it shares (variants/tied.cpp).
   void tie_adapter_to(const std::string& adapter, const std::shared_ptr<LoraLayerImpl>& source);
 
-  // Active adapters are summed in this order; their parameters get requires_grad = trainable, the
-  // others false.
+  // Active adapters are summed in this order and get requires_grad = trainable, the others false.
   void set_active_adapters(const std::vector<std::string>& adapters, bool trainable = true);
   const std::vector<std::string>& active_adapters() const { return active_; }
-  // Disabled: forward = base layer (merged adapters are unmerged first), adapter parameters frozen.
+  // Disabled: forward = base layer (merged adapters unmerged first), adapters frozen.
   void enable_adapters(bool enabled);
   bool adapters_enabled() const { return enabled_; }
 
   // ---- merging ----
-  // What merging `adapter` adds to the base weight, in its layout and dtype.
-  at::Tensor get_delta_weight(const std::string& adapter) const;
-  // Merges `adapters` (default: the active ones) and their trainable tokens into the base; already
-  // merged ones are skipped with PEFT's warning. safe_merge checks the result for NaN / Inf before
-  // writing it.
+  at::Tensor get_delta_weight(const std::string& adapter) const;  // in the weight's layout
+  // Merges `adapters` (default: the active ones) and their trainable tokens; merged ones are
+  // skipped with PEFT's warning. safe_merge checks for NaN / Inf before writing.
   void merge(std::optional<std::vector<std::string>> adapters = std::nullopt,
              bool safe_merge = false);
   void unmerge();  // last merged first
   bool merged() const;
   const std::vector<std::string>& merged_adapters() const { return merged_; }
-  // Removes every adapter, copy and token slot (after merge_and_unload / unload): a plain layer
-  // again.
-  void remove_all_adapters();
+  void remove_all_adapters();  // after merge_and_unload / unload: a plain layer again
 
-  // ---- auxiliary trainable modules ----
-  // Null until the first token slot / copy; the ensure_ forms create the child module (trainable
-  // tokens need an Embedding or a Linear: UnsupportedError otherwise).
+  // ---- auxiliary modules: null until first used; ensure_ creates them ----
   TrainableTokensImpl* trainable_tokens() const { return tokens_.get(); }
-  TrainableTokensImpl& ensure_trainable_tokens();
+  TrainableTokensImpl& ensure_trainable_tokens();  // Embedding or Linear, else UnsupportedError
   ModulesToSaveImpl* modules_to_save() const { return modules_to_save_.get(); }
   ModulesToSaveImpl& ensure_modules_to_save();
 
-  // ---- data-driven inits (EVA, CorDA, LoRA-GA; PEFT uses forward hooks and module attributes)
-  // ----
+  // ---- data-driven inits (PEFT: forward hooks and module attributes) ----
   using InputObserver = std::function<void(const at::Tensor& input)>;
-  void set_input_observer(InputObserver observer) {
-    observer_ = std::move(observer);
-  }  // empty: removes it
+  void set_input_observer(InputObserver observer) { observer_ = std::move(observer); }
   LayerInitData& init_data() { return init_data_; }
   const LayerInitData& init_data() const { return init_data_; }
 
-  // The layer's forward: base + every active, unmerged adapter; with a mixed batch in the
-  // ForwardContext, row i gets adapter_names[i] alone (mixed_batch.h).
+  // Base + every active, unmerged adapter; in a mixed batch row i gets adapter_names[i] alone.
   at::Tensor forward_with_adapters(const at::Tensor& x) const;
 
   // ---- building blocks for variants and kernels ----
   // The base computation with explicit weights (a modules_to_save copy can stand in).
   virtual at::Tensor base_forward(const at::Tensor& x, const at::Tensor& weight,
                                   const at::Tensor& bias) const = 0;
-  // scaling * lora_B(lora_A(x)) (+ scaling * lora_B.bias), x cast to the factors' dtype; no
-  // dropout.
+  // scaling * lora_B(lora_A(x)) (+ scaling * lora_B.bias), x cast to the factors' dtype.
   virtual at::Tensor lora_forward(const at::Tensor& x, const std::string& adapter) const = 0;
-  // The adapter's dropout on x (identity in eval mode or with lora_dropout = 0).
+  // x cast to the factors' dtype, then the adapter's dropout (training only).
   at::Tensor lora_dropout(const at::Tensor& x, const std::string& adapter) const;
-  // Plain LoRA's delta, scaling * B A in the base weight's layout (what get_delta_weight returns
-  // without a variant).
+  // Plain LoRA's delta: scaling * B A in the base weight's layout.
   virtual at::Tensor lora_delta_weight(const std::string& adapter) const = 0;
-  // An adapter-keyed dict registered under `name` on first use (DoRA's "lora_magnitude_vector").
+  // An adapter-keyed dict registered as `name` on first use (DoRA's "lora_magnitude_vector").
   AdapterDictImpl& adapter_dict(const std::string& name);
   const AdapterDictImpl* find_adapter_dict(const std::string& name) const;
 
  protected:
   explicit LoraLayerImpl(LayerKind kind);
-  void register_base(at::Tensor weight, at::Tensor bias);  // once, from the concrete constructor
-  // Stores updated float_weight() values: a quantized base quantizes them again; a float base was
-  // updated in place.
+  void register_base(at::Tensor weight, at::Tensor bias);  // once, from the constructor
+  // Stores updated float_weight() values (a quantized base quantizes them again).
   virtual void commit_float_weight(const at::Tensor& w) { (void)w; }
-  // The adapter's own parameters, created (initialised per settings) and destroyed by update /
-  // delete.
+  // The adapter's own parameters, created initialised and destroyed by update / delete.
   virtual void create_adapter(const std::string& adapter, const AdapterSettings& settings) = 0;
   virtual void destroy_adapter(const std::string& adapter) = 0;
   virtual std::vector<std::pair<std::string, at::Tensor>> factor_tensors(
       const std::string& adapter) const;
-  // Plain LoRA's forward contribution; the default adds lora_forward(lora_dropout(x)).
+  // Plain LoRA's contribution: result + lora_forward(lora_dropout(x)).
   virtual at::Tensor add_adapter_output(at::Tensor result, const at::Tensor& x,
                                         const std::string& adapter) const;
-  // Mixed batch: each group's adapter on its rows; default PEFT's sub-batch loop (Linear /
-  // Embedding gather).
+  // Mixed batch: each group's adapter on its rows; PEFT's sub-batch loop unless overridden.
   virtual at::Tensor add_mixed_output(at::Tensor result, const at::Tensor& x,
                                       const std::vector<AdapterRows>& groups) const;
   at::Tensor add_mixed_output_loop(at::Tensor result, const at::Tensor& x,
                                    const std::vector<AdapterRows>& groups) const;
-  // Linear and Conv: A (a_shape), B (b_shape, plus a bias with lora_bias) in lora_A_ / lora_B_,
-  // initialised.
+  // Linear and Conv: A (a_shape), B (b_shape; a bias with lora_bias) in lora_A_ / lora_B_.
   void add_factors(const std::string& adapter, const AdapterSettings& settings,
                    const std::vector<int64_t>& a_shape, const std::vector<int64_t>& b_shape);
   void remove_factors(const std::string& adapter);
-  // scaling * (B2 @ A2) with B2 (out, r), A2 (r, in); half-precision factors on CPU multiply in
-  // float32.
+  // scaling * (B2 @ A2), B2 (out, r), A2 (r, in); half precision on CPU multiplies in float32.
   at::Tensor scaled_product(const at::Tensor& B2, const at::Tensor& A2,
                             const std::string& adapter) const;
   AdapterDict lora_A_{nullptr};
@@ -176,8 +149,7 @@ class LoraLayerImpl : public torch::nn::Module {
  private:
   at::Tensor add_output(at::Tensor result, const at::Tensor& x, const std::string& adapter) const;
   at::Tensor forward_mixed(const at::Tensor& x, const std::vector<std::string>& names) const;
-  // Weight-based inits (PiSSA, OLoRA, orthogonal, CorDA, LoRA-GA, LoftQ) of a Linear / Conv1D
-  // adapter (layer_init.cpp).
+  // PiSSA, OLoRA, orthogonal, CorDA, LoRA-GA, LoftQ on a Linear / Conv1D (layer_init.cpp).
   void init_from_weight(const AdapterSettings& settings, at::Tensor& A, at::Tensor& B);
   void adapters_changed();  // drops the mixed-batch cache, tells the variants
   LayerKind kind_;
@@ -197,10 +169,9 @@ class LoraLayerImpl : public torch::nn::Module {
   LayerInitData init_data_;
 };
 
-// The adapter-ready layers of a module tree, by full dotted name, in named_modules() order (layers
-// nested in another adapter-ready layer are not listed; a parameter's LoRA is named after PEFT's
-// ParamWrapper nesting).
-std::vector<std::pair<std::string, std::shared_ptr<LoraLayerImpl>>> lora_layers(
-    torch::nn::Module& root);
+// The adapter-ready layers of a module tree by full name, in named_modules() order (layers nested
+// in another one are not listed; a parameter's LoRA is named after PEFT's ParamWrapper nesting).
+using NamedLoraLayers = std::vector<std::pair<std::string, std::shared_ptr<LoraLayerImpl>>>;
+NamedLoraLayers lora_layers(torch::nn::Module& root);
 
 }  // namespace peft::nn

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -99,6 +100,11 @@ class QuantizedWeight {
   at::Tensor tile(int64_t row0, int64_t row1, const at::Tensor& buffer,
                   at::ScalarType round_to = at::ScalarType::Float) const;
   bool use_cpu_decode() const;
+  // Calls f(row0, row1, tile) for every `step` rows of the weight: the tile rounded to `round_to`,
+  // then in `mm` (the GEMM dtype). On the CPU 4-bit tiles are decoded into one reused buffer.
+  void for_each_tile(
+      int64_t step, at::ScalarType round_to, at::ScalarType mm,
+      const std::function<void(int64_t row0, int64_t row1, const at::Tensor& tile)>& f) const;
   QuantMethod method_ = QuantMethod::kNF4;
   int64_t out_ = 0, in_ = 0;
   at::ScalarType compute_dtype_ = at::ScalarType::Float;
