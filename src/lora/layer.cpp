@@ -17,7 +17,7 @@
 #include "peft/lora/param.h"
 #include "peft/lora/trainable_tokens.h"
 #include "peft/lora/variant.h"
-#include "variants/variants.h"
+#include "variants/tied.h"
 
 namespace peft::nn {
 

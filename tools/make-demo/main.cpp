@@ -6,13 +6,14 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
 #include "make_demo.h"
 #include "peft/generate.h"
+#include "peft/io/atomic_write.h"
 #include "peft/io/hf_checkpoint.h"
 #include "peft/models/model.h"
 #include "peft/runtime.h"
@@ -110,8 +111,7 @@ std::string thousands(int64_t n) {
 
 void write_readme(const Args& args, const ModelShape& shape, int64_t vocab, int64_t params,
                   const PretrainOptions& opt, const PretrainReport& rep, const QaDataset& data) {
-  std::ofstream f(args.out_dir + "/README.md", std::ios::binary);
-  if (!f) throw std::runtime_error("cannot write " + args.out_dir + "/README.md");
+  std::ostringstream f;
   f << "# Demo base model and fine-tuning data\n\n"
        "A tiny Llama (`model/`, "
     << thousands(params)
@@ -154,6 +154,7 @@ void write_readme(const Args& args, const ModelShape& shape, int64_t vocab, int6
     << data.train.size() << " lines) and `eval.jsonl` (" << data.eval.size()
     << " lines) of `{\"prompt\", \"completion\"}`; eval asks about facts that no training line "
        "mentions. See `data/README.md`.\n";
+  peft::io::write_file_atomically(args.out_dir + "/README.md", f.str(), "make-demo");
 }
 
 int run(const Args& args) {

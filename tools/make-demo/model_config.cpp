@@ -1,19 +1,16 @@
 // config.json (transformers' LlamaConfig for LlamaForCausalLM, every field written out, as
 // save_pretrained does) and generation_config.json of the demo base model.
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "make_demo.h"
+#include "peft/io/atomic_write.h"
 
 namespace make_demo {
 namespace {
 
 void write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot write " + path);
-  f << text;
-  if (!f) throw std::runtime_error("error writing " + path);
+  peft::io::write_file_atomically(path, text, "make-demo");
 }
 
 }  // namespace

@@ -3,11 +3,11 @@
 // tokenizer loads them and round-trips text exactly.
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "make_demo.h"
+#include "peft/io/atomic_write.h"
 #include "peft/tokenizer.h"
 
 namespace make_demo {
@@ -23,10 +23,7 @@ constexpr const char* kChatTemplate =
     R"({% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %})";
 
 void write_json(const std::string& path, const ojson& j) {
-  std::ofstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot write " + path);
-  f << j.dump(2, ' ', false) << "\n";
-  if (!f) throw std::runtime_error("error writing " + path);
+  peft::io::write_file_atomically(path, j.dump(2, ' ', false) + "\n", "make-demo");
 }
 
 ojson added_token(const std::string& content) {

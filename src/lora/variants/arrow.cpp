@@ -14,7 +14,6 @@
 #include "../../strings.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
-#include "variants.h"
 
 namespace peft::nn {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "peft/error.h"
 #include "peft/lora/layer.h"
-#include "variants.h"
+#include "peft/lora/variant.h"
 
 namespace peft::nn::variants {
 namespace {

@@ -1,22 +1,32 @@
-// Where LoRA variants are chosen: every variant is one line below (PEFT: each layer type's
-// lora_variants table and resolve_lora_variant). Adding a variant = its file in this folder plus
-// its line here.
+// Where LoRA variants are chosen (PEFT: each layer type's lora_variants table and
+// resolve_lora_variant). Adding a variant = its file in this folder, which defines its factory
+// make_<name>_variant, plus its line in kVariants below (and the factory's name on the line that
+// declares them).
 #include <string>
 #include <vector>
 
 #include "../../strings.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
-#include "variants.h"
+#include "peft/lora/variant.h"
 
 namespace peft::nn {
+namespace variants {
+
+// A variant file's factory: checks that the layer kind and settings suit the variant (ConfigError /
+// UnsupportedError with PEFT's messages) and builds the per-adapter variant object.
+using Factory = std::shared_ptr<LoraVariant>(const LoraLayerImpl& layer,
+                                             const AdapterSettings& settings);
+Factory make_alora_variant, make_arrow_variant, make_dora_variant;
+
+}  // namespace variants
+
 namespace {
 
 struct VariantSpec {
   const char* key;                              // the LoraConfig field that asks for the variant
   bool (*requested)(const AdapterSettings& s);  // whether an adapter's settings ask for it
-  std::shared_ptr<LoraVariant> (*make)(const LoraLayerImpl& layer,
-                                       const AdapterSettings& s);  // checks and builds
+  variants::Factory* make;
 };
 
 // Sorted by key, as PEFT sorts the requested keys.

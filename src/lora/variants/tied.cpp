@@ -2,11 +2,12 @@
 // the output head shares the embedding's weight, so its delta is the embedding's delta (vocab, dim)
 // and its forward adds s * (x B_e) A_e with the embedding's factors. Nothing of its own is created
 // or saved, and merging it does nothing: the embedding's merge already changed the shared weight.
+#include "tied.h"
+
 #include <ATen/ATen.h>
 
 #include "peft/error.h"
 #include "peft/lora/layer.h"
-#include "variants.h"
 
 namespace peft::nn::variants {
 namespace {
