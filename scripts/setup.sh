@@ -11,6 +11,7 @@ PACKAGES=(
   build-essential cmake pkg-config git
   ccache                  # compiler cache: repeated builds on one machine are cheap
   clang-format            # the lint test (ctest -L lint) checks the tree's formatting
+  clang                   # the fuzz preset: libFuzzer targets of the parsers (fuzz/)
   libtorch-dev            # LibTorch 1.13 (CPU)
   libopenblas0-pthread    # fast BLAS/LAPACK for LibTorch (the reference BLAS is 11-20x slower)
   nlohmann-json3-dev      # JSON (adapter_config.json, safetensors headers)

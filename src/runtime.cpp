@@ -6,9 +6,14 @@
 #include <fstream>
 #include <set>
 
+#include "peft/error.h"
+
 namespace peft {
 
 int set_num_threads(int threads) {
+  PEFT_CHECK(threads <= kMaxThreads, ConfigError, "runtime",
+             "threads must be at most " << kMaxThreads << "; got " << threads
+                                        << " (hint: 0 = one per physical core)");
   if (threads > 0) at::set_num_threads(threads);
   return at::get_num_threads();
 }

@@ -180,7 +180,7 @@ TEST_F(PeftCli, BadInputGivesOneErrorLineAndExitCode) {
   fs::create_directories(unknown);
   peft::test::write_file((unknown / "config.json").string(), R"({"model_type": "t5"})");
   auto arch = peft_cli("inspect --model " + q(unknown));
-  EXPECT_EQ(arch.code, 1) << arch.output;
+  EXPECT_EQ(arch.code, 2) << arch.output;  // a configuration error
   EXPECT_NE(arch.output.find("\"t5\" is not supported"), std::string::npos) << arch.output;
   EXPECT_NE(arch.output.find("llama"), std::string::npos)
       << arch.output;  // lists the supported ones

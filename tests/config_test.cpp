@@ -388,19 +388,35 @@ TEST(LoraConfig, MissingPeftTypeIsConfigError) {
   EXPECT_THROW(lora_config_from_json_text(R"({"peft_type": 3})"), ConfigError);
 }
 
-TEST(LoraConfig, OtherPeftTypeIsUnsupported) {
-  EXPECT_THROW(lora_config_from_json_text(R"({"peft_type": "IA3"})"), UnsupportedError);
+// A bad adapter_config.json is a configuration problem: ConfigError, the CLI's exit 2.
+TEST(LoraConfig, OtherPeftTypeIsConfigError) {
+  EXPECT_THROW(lora_config_from_json_text(R"({"peft_type": "IA3"})"), ConfigError);
+  EXPECT_THROW(lora_config_from_json_text(R"({"peft_type": "PREFIX_TUNING"})"), ConfigError);
 }
 
-TEST(LoraConfig, InvalidJsonIsFormatError) {
+TEST(LoraConfig, InvalidJsonIsConfigError) {
   EXPECT_THROW(lora_config_from_json_text("{\"peft_type\": \"LORA\",", "my/adapter_config.json"),
-               FormatError);
+               ConfigError);
   EXPECT_NE(message_of([] {
               lora_config_from_json_text("{oops", "my/adapter_config.json");
             }).find("my/adapter_config.json"),
             std::string::npos);
-  EXPECT_THROW(lora_config_from_json_text("[1, 2]"), FormatError);
-  EXPECT_THROW(lora_config_from_json_text(""), FormatError);
+  EXPECT_THROW(lora_config_from_json_text("[1, 2]"), ConfigError);
+  EXPECT_THROW(lora_config_from_json_text(""), ConfigError);
+}
+
+// JSON nested 100,000 deep (in an unknown key, in target_modules) is refused before anything
+// recurses over it (printing such a value overflowed the stack).
+TEST(LoraConfig, DeeplyNestedJsonIsRefused) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  for (const std::string key : {"target_modules", "some_unknown_key"}) {
+    const std::string text = R"({"peft_type": "LORA", ")" + key + "\": " + deep + "}";
+    EXPECT_THROW(lora_config_from_json_text(text, "deep/adapter_config.json"), ConfigError);
+    EXPECT_NE(message_of([&] {
+                lora_config_from_json_text(text, "deep/adapter_config.json");
+              }).find("nested more than"),
+              std::string::npos);
+  }
 }
 
 TEST(LoraConfig, AcceptsPeftShapes) {
@@ -635,7 +651,7 @@ TEST(LoraConfig, SaveAndLoadFiles) {
   EXPECT_THROW(load_lora_config(invalid), ConfigError);
   EXPECT_NO_THROW(lora_config_from_json_text(doc(R"("r": 0)")));
   test::write_file(invalid, "{not json");
-  EXPECT_THROW(load_lora_config(invalid), FormatError);
+  EXPECT_THROW(load_lora_config(invalid), ConfigError);
 }
 
 }  // namespace

@@ -159,15 +159,51 @@ TEST_F(HfCheckpoint, UnknownArchitectureListsTheSupportedOnes) {
   peft::test::write_file((dir / "config.json").string(), R"({"model_type": "t5", "d_model": 8})");
   try {
     peft::models::load_pretrained(dir.string());
-    FAIL() << "expected UnsupportedError";
-  } catch (const peft::UnsupportedError& e) {
+    FAIL() << "expected ConfigError";
+  } catch (const peft::ConfigError& e) {
     const std::string msg = e.what();
     for (const auto& t : peft::models::supported_model_types())
       EXPECT_NE(msg.find(t), std::string::npos) << t;
   }
   EXPECT_THROW(peft::models::load_pretrained((tmp.path() / "nothing").string()), peft::FormatError);
   peft::test::write_file((dir / "config.json").string(), "{not json");
-  EXPECT_THROW(peft::models::load_pretrained(dir.string()), peft::FormatError);
+  EXPECT_THROW(peft::models::load_pretrained(dir.string()), peft::ConfigError);
+  peft::test::write_file((dir / "config.json").string(),
+                         R"({"model_type": "llama", "x": )" + std::string(100000, '[') + "}");
+  EXPECT_THROW(peft::models::load_pretrained(dir.string()), peft::ConfigError);
+}
+
+// Sizes are checked against the mapped checkpoint and the machine's memory before the model is
+// built (num_hidden_layers: 3000 on this 2-layer checkpoint took seconds and gigabytes).
+TEST_F(HfCheckpoint, AbsurdConfigSizesFailBeforeAllocating) {
+  auto config = nlohmann::json::parse(peft::test::read_file((base / "config.json").string()));
+  const auto with = [&](const char* key, const nlohmann::json& value) {
+    const fs::path dir = with_weights(weights());
+    auto c = config;
+    c[key] = value;
+    peft::test::write_file((dir / "config.json").string(), c.dump());
+    return dir.string();
+  };
+  for (const auto& [key, value] :
+       std::vector<std::pair<const char*, nlohmann::json>>{{"num_hidden_layers", 3000},
+                                                           {"num_hidden_layers", 1000000000},
+                                                           {"vocab_size", 1000000000000},
+                                                           {"hidden_size", 1 << 30}}) {
+    try {
+      peft::models::load_pretrained(with(key, value));
+      FAIL() << key << " = " << value.dump();
+    } catch (const peft::ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("parameters"), std::string::npos) << e.what();
+    }
+  }
+  // Without a checkpoint, the machine's memory bounds from_config.
+  auto c = config;
+  c["vocab_size"] = 1000000000000;
+  EXPECT_THROW(peft::models::from_config(c.dump()), peft::ConfigError);
+  // A float where an integer belongs.
+  c = config;
+  c["hidden_size"] = 128.5;
+  EXPECT_THROW(peft::models::from_config(c.dump()), peft::ConfigError);
 }
 
 }  // namespace

@@ -162,3 +162,22 @@ TEST(TrainData, TokenIdsOutsideTheVocabularyNameTheLine) {
         << e.what();
   }
 }
+
+// Caught when the data is read, not mid-run ("Target 9999 is out of bounds."); all-masked data
+// would end with loss nan.
+TEST(TrainData, LabelsOutsideTheVocabularyAndAllMaskedDataAreRefused) {
+  auto bad = load("{\"input_ids\": [1, 2, 3], \"labels\": [1, 9999, 3]}\n", nullptr);
+  try {
+    train::check_token_ids(bad, 256, "train.jsonl");
+    FAIL();
+  } catch (const peft::FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("train.jsonl:1: label 9999"), std::string::npos)
+        << e.what();
+  }
+  auto masked = load(
+      "{\"input_ids\": [1, 2], \"labels\": [1, -100]}\n{\"input_ids\": [3], \"labels\": [3]}\n",
+      nullptr);
+  EXPECT_THROW(train::check_token_ids(masked, 256, "train.jsonl"), peft::FormatError);
+  auto fine = load("{\"input_ids\": [1, 2], \"labels\": [-100, 2]}\n", nullptr);
+  EXPECT_NO_THROW(train::check_token_ids(fine, 256, "train.jsonl"));
+}

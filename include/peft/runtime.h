@@ -10,6 +10,8 @@ namespace peft {
 // hurts with OpenBLAS: OpenBLAS runs its own thread pool, and OpenMP workers spin-waiting next to
 // it made a forward 1.6-4x slower on a 2-vCPU machine (1 physical core); with threads > physical
 // cores, also set OMP_WAIT_POLICY=PASSIVE.
+// Throws ConfigError when threads > kMaxThreads (100,000 OpenMP threads hang the process).
+inline constexpr int kMaxThreads = 1024;
 int set_num_threads(int threads = 0);
 
 // The BLAS / LAPACK shared libraries mapped into this process (e.g.

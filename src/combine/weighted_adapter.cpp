@@ -90,6 +90,16 @@ void add_weighted_adapter(PeftModel& model, const std::vector<std::string>& adap
              "add_weighted_adapter",
              adapters.size() << " adapters but " << weights.size()
                              << " weights (hint: one weight per adapter)");
+  // Divergence from PEFT: a NaN / infinite weight (PEFT computes an all-NaN adapter) is refused.
+  for (size_t i = 0; i < weights.size(); ++i) {
+    PEFT_CHECK(std::isfinite(weights[i]), ConfigError, "add_weighted_adapter",
+               "weight " << i << " (of adapter \"" << adapters[i] << "\") is " << weights[i]
+                         << "; expected a finite number");
+  }
+  PEFT_CHECK(
+      !options.density ||
+          (std::isfinite(*options.density) && *options.density >= 0 && *options.density <= 1),
+      ConfigError, "add_weighted_adapter", "density must be in [0, 1]; got " << *options.density);
   for (const auto& a : adapters) {
     PEFT_CHECK(
         !model.peft_config(a).target_parameters, ConfigError, "add_weighted_adapter",

@@ -9,6 +9,8 @@
 
 #include "json_io.h"
 #include "peft/io/atomic_write.h"
+#include "peft/io/json.h"
+#include "peft/io/read_file.h"
 
 namespace peft {
 namespace detail {
@@ -201,14 +203,11 @@ bool RawJson::operator==(const RawJson& other) const {
 }
 
 LoraConfig lora_config_from_json_text(const std::string& json_text, const std::string& source) {
-  OJson root;
-  try {
-    root = OJson::parse(json_text);
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(kConfigComponent, source + ": invalid JSON: " + e.what());
-  }
+  // A bad adapter_config.json is a configuration error (the CLI's exit 2).
+  const OJson root =
+      io::parse_ordered_json(json_text, kConfigComponent, source, io::JsonRole::kConfig);
   if (!root.is_object()) {
-    throw FormatError(kConfigComponent,
+    throw ConfigError(kConfigComponent,
                       source + ": expected a JSON object, found " + describe(root));
   }
 
@@ -224,9 +223,10 @@ LoraConfig lora_config_from_json_text(const std::string& json_text, const std::s
                       source + ": `peft_type`: expected a string, found " + describe(*peft_type));
   }
   if (peft_type->get<std::string>() != "LORA") {
-    throw UnsupportedError(kConfigComponent,
-                           source + ": peft_type \"" + peft_type->get<std::string>() +
-                               "\" is not supported; peft.cpp implements \"LORA\" only");
+    throw ConfigError(kConfigComponent,
+                      source + ": peft_type \"" + peft_type->get<std::string>() +
+                          "\" is not supported; expected \"LORA\" (hint: peft.cpp implements "
+                          "LoRA and its variants only)");
   }
 
   Reader rd(source);
@@ -270,21 +270,7 @@ std::string lora_config_to_json_text(const LoraConfig& config, int indent) {
 }
 
 LoraConfig load_lora_config(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) {
-    throw FormatError(
-        kConfigComponent,
-        "cannot read adapter config \"" + path +
-            "\": " + (std::filesystem::exists(path, ec) ? "not a regular file" : "no such file"));
-  }
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  if (!in) {
-    throw FormatError(kConfigComponent,
-                      "cannot read adapter config \"" + path + "\": " + std::strerror(errno));
-  }
-  LoraConfig config = lora_config_from_json_text(text.str(), path);
+  LoraConfig config = lora_config_from_json_text(io::read_file(path, kConfigComponent), path);
   config.validate();
   return config;
 }

@@ -14,6 +14,8 @@
 
 #include "../strings.h"
 #include "peft/error.h"
+#include "peft/io/json.h"
+#include "peft/io/read_file.h"
 #include "peft/io/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -21,13 +23,7 @@ namespace fs = std::filesystem;
 namespace peft::io {
 namespace {
 
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  PEFT_CHECK(f.good(), FormatError, "checkpoint", "cannot read \"" << p.string() << "\"");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+std::string read_text(const fs::path& p) { return read_file(p, "checkpoint"); }
 
 }  // namespace
 
@@ -38,8 +34,8 @@ std::string read_config_json(const std::string& dir) {
   PEFT_CHECK(fs::exists(p), FormatError, "checkpoint",
              "\"" << dir << "\" has no config.json (hint: is this a Hugging Face model folder?)");
   std::string text = read_text(p);
-  PEFT_CHECK(nlohmann::json::accept(text), FormatError, "checkpoint",
-             "\"" << p.string() << "\" is not valid JSON");
+  // A bad config.json is a configuration error (the CLI's exit 2).
+  (void)parse_json(text, "checkpoint", "\"" + p.string() + "\"", JsonRole::kConfig);
   return text;
 }
 
@@ -57,11 +53,7 @@ std::map<std::string, at::Tensor> load_checkpoint_tensors(const std::string& dir
         "\"" + dir + "\" has neither model.safetensors nor model.safetensors.index.json");
   }
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_text(index));
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError("checkpoint", "\"" + index.string() + "\" is not valid JSON: " + e.what());
-  }
+  j = parse_json(read_text(index), "checkpoint", "\"" + index.string() + "\"");
   PEFT_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), FormatError, "checkpoint",
              "\"" << index.string() << "\" has no \"weight_map\" object");
   std::map<std::string, std::set<std::string>> shards;  // file -> keys it should hold

@@ -24,6 +24,8 @@
 
 #include "peft/error.h"
 #include "peft/io/atomic_write.h"
+#include "peft/io/json.h"
+#include "peft/io/read_file.h"
 
 namespace peft::io {
 namespace {
@@ -187,14 +189,10 @@ struct SafetensorsFile::Impl {
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_shared<Impl>()) {
   impl_->path = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(kComponent, cat(quoted(path), ": cannot open: ", std::strerror(errno)));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error(kComponent, cat(quoted(path), ": not a regular file"));
-  }
-  const auto file_size = static_cast<uint64_t>(st.st_size);
+  // A FIFO, directory or symlink loop is refused here, without blocking.
+  RegularFile file(path, kComponent);
+  const uint64_t file_size = file.size();
+  const int fd = file.release();
   if (file_size < 8) {
     ::close(fd);
     format_error(path, "file shorter than 8 bytes: ", file_size,
@@ -228,11 +226,26 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : impl_(std::make_shar
   const uint64_t data_size = file_size - impl_->data_start;
 
   nlohmann::json header;
-  try {
-    const auto* first = reinterpret_cast<const char*>(bytes + 8);
-    header = nlohmann::json::parse(first, first + n);
-  } catch (const nlohmann::json::exception& e) {
-    format_error(path, "header is not valid JSON: ", e.what(), "; expected a JSON object");
+  {
+    const std::string_view text(reinterpret_cast<const char*>(bytes + 8), static_cast<size_t>(n));
+    check_json_depth(text, kComponent, quoted(path) + ": header");
+    // The JSON parser keeps the last of two equal keys; a tensor named twice is refused instead.
+    std::set<std::string> names;
+    const nlohmann::json::parser_callback_t no_duplicates =
+        [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+          if (depth == 1 && event == nlohmann::json::parse_event_t::key &&
+              !names.insert(parsed.get<std::string>()).second) {
+            format_error(path, "tensor ", quoted(parsed.get<std::string>()),
+                         " is named twice in the header; expected unique names (hint: the file "
+                         "is corrupt or hostile)");
+          }
+          return true;
+        };
+    try {
+      header = nlohmann::json::parse(text.begin(), text.end(), no_duplicates);
+    } catch (const nlohmann::json::exception& e) {
+      format_error(path, "header is not valid JSON: ", e.what(), "; expected a JSON object");
+    }
   }
   if (!header.is_object()) {
     format_error(path, "header is not a JSON object: ", header.type_name(),

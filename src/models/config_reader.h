@@ -4,10 +4,18 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 #include "peft/error.h"
 
 namespace peft::models::detail {
+
+// A value for an error message: its JSON, cut after 200 characters.
+inline std::string short_dump(const nlohmann::json& v) {
+  std::string s = v.dump();
+  if (s.size() > 200) s = s.substr(0, 200) + "... (" + std::to_string(s.size()) + " characters)";
+  return s;
+}
 
 class ConfigReader {
  public:
@@ -29,6 +37,13 @@ class ConfigReader {
   T get(const std::string& key, T fallback) const {
     return has(key) ? convert<T>(key, config_[key]) : fallback;
   }
+  // An integer field that must be > 0.
+  int64_t positive(const std::string& key) const {
+    const auto v = get<int64_t>(key);
+    PEFT_CHECK(v > 0, ConfigError, "config.json",
+               model_type_ << " config field \"" << key << "\" must be positive; got " << v);
+    return v;
+  }
   template <class T>
   std::optional<T> optional(const std::string& key) const {
     return has(key) ? std::optional<T>(convert<T>(key, config_[key])) : std::nullopt;
@@ -37,11 +52,17 @@ class ConfigReader {
  private:
   template <class T>
   T convert(const std::string& key, const nlohmann::json& v) const {
+    // nlohmann converts 128.5 to 128 without a word: an integer field must hold an integer.
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      PEFT_CHECK(v.is_number_integer(), ConfigError, "config.json",
+                 model_type_ << " config field \"" << key << "\" is " << short_dump(v)
+                             << "; expected an integer");
+    }
     try {
       return v.get<T>();
     } catch (const nlohmann::json::exception&) {
       throw ConfigError("config.json", model_type_ + " config field \"" + key +
-                                           "\" has the wrong type: " + v.dump());
+                                           "\" has the wrong type: " + short_dump(v));
     }
   }
   const nlohmann::json& config_;

@@ -49,13 +49,6 @@ struct LlamaSettings {
   std::vector<bool> sparse;        // per layer: mlp is a SparseMoeBlock (moe.h)
 };
 
-int64_t positive(const ConfigReader& c, const std::string& type, const std::string& key) {
-  const auto v = c.get<int64_t>(key);
-  PEFT_CHECK(v > 0, ConfigError, "config.json",
-             type << " config field \"" << key << "\" must be positive; got " << v);
-  return v;
-}
-
 // Per-layer sliding windows. Mistral / Mixtral: config.sliding_window on every layer (absent =
 // MistralConfig's 4096 / MixtralConfig's None, null = none). Qwen3-MoE: every layer when
 // use_sliding_window (Qwen3MoeConfig, v5). Qwen2 / Qwen3: layer_types when given, else
@@ -111,22 +104,22 @@ LlamaSettings read_settings(const nlohmann::json& config) {
   const F f = s.family;
   const std::string t = to_string(f);  // for messages
   ConfigReader c(config, t);
-  s.vocab_size = positive(c, t, "vocab_size");
-  s.hidden_size = positive(c, t, "hidden_size");
-  s.num_hidden_layers = positive(c, t, "num_hidden_layers");
+  s.vocab_size = c.positive("vocab_size");
+  s.hidden_size = c.positive("hidden_size");
+  s.num_hidden_layers = c.positive("num_hidden_layers");
   s.moe = read_moe_settings(c, f, s.hidden_size);
   s.sparse = read_sparse_layers(c, f, s.num_hidden_layers);
   // Mixtral's experts use intermediate_size, and so do the dense layers.
   if (f == F::kMixtral || std::find(s.sparse.begin(), s.sparse.end(), false) != s.sparse.end())
-    s.intermediate_size = positive(c, t, "intermediate_size");
-  s.num_attention_heads = positive(c, t, "num_attention_heads");
+    s.intermediate_size = c.positive("intermediate_size");
+  s.num_attention_heads = c.positive("num_attention_heads");
   s.num_key_value_heads =
-      c.has("num_key_value_heads") ? positive(c, t, "num_key_value_heads") : s.num_attention_heads;
+      c.has("num_key_value_heads") ? c.positive("num_key_value_heads") : s.num_attention_heads;
   PEFT_CHECK(s.num_attention_heads % s.num_key_value_heads == 0, ConfigError, "config.json",
              t << " config field \"num_key_value_heads\" (" << s.num_key_value_heads
                << ") must divide num_attention_heads (" << s.num_attention_heads << ")");
   if (c.has("head_dim")) {
-    s.head_dim = positive(c, t, "head_dim");
+    s.head_dim = c.positive("head_dim");
   } else {
     PEFT_CHECK(s.hidden_size % s.num_attention_heads == 0, ConfigError, "config.json",
                t << " config field \"hidden_size\" (" << s.hidden_size

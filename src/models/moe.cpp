@@ -19,13 +19,6 @@
 namespace peft::models::detail {
 namespace {
 
-int64_t positive_field(const ConfigReader& c, const std::string& type, const std::string& key) {
-  const auto v = c.get<int64_t>(key);
-  PEFT_CHECK(v > 0, ConfigError, "config.json",
-             type << " config field \"" << key << "\" must be positive; got " << v);
-  return v;
-}
-
 // s * (x A_e^T) B_e^T of every live adapter of `slot` for expert e, added to result. x is cast to
 // the factors' dtype and the sum back to result's (PEFT's Linear does the same with autocast
 // adapters).
@@ -61,14 +54,14 @@ std::optional<MoeSettings> read_moe_settings(const ConfigReader& c, LlamaFamily 
   const std::string experts_key = c.has(own) || !c.has(alias) ? own : alias;
   if (family == LlamaFamily::kQwen3Moe && c.get<int64_t>(experts_key) == 0)
     return std::nullopt;  // every layer dense
-  s.num_experts = positive_field(c, type, experts_key);
-  s.num_experts_per_tok = positive_field(c, type, "num_experts_per_tok");
+  s.num_experts = c.positive(experts_key);
+  s.num_experts_per_tok = c.positive("num_experts_per_tok");
   PEFT_CHECK(s.num_experts_per_tok <= s.num_experts, ConfigError, "config.json",
              type << " config field \"num_experts_per_tok\" (" << s.num_experts_per_tok
                   << ") exceeds the number of experts (" << experts_key << " = " << s.num_experts
                   << ")");
   if (mixtral) {
-    s.expert_intermediate_size = positive_field(c, type, "intermediate_size");
+    s.expert_intermediate_size = c.positive("intermediate_size");
     s.norm_topk_prob = true;  // MixtralTopKRouter always renormalises the top-k weights
     s.cast_router_weights = false;
     s.router_jitter_noise = c.get<double>("router_jitter_noise", 0.0);
@@ -76,7 +69,7 @@ std::optional<MoeSettings> read_moe_settings(const ConfigReader& c, LlamaFamily 
                type << " config field \"router_jitter_noise\" must be >= 0; got "
                     << s.router_jitter_noise);
   } else {
-    s.expert_intermediate_size = positive_field(c, type, "moe_intermediate_size");
+    s.expert_intermediate_size = c.positive("moe_intermediate_size");
     s.norm_topk_prob = c.get<bool>("norm_topk_prob", false);  // Qwen3MoeConfig default
     s.cast_router_weights = true;
   }

@@ -10,8 +10,10 @@
 #include "families.h"
 #include "peft/error.h"
 #include "peft/io/hf_checkpoint.h"
+#include "peft/io/json.h"
 #include "peft/models/model.h"
 #include "quantize_model.h"
+#include "size_check.h"
 
 namespace peft::models {
 namespace {
@@ -37,16 +39,16 @@ std::vector<std::string> supported_model_types() {
   return out;
 }
 
-std::shared_ptr<PretrainedModel> from_config(const std::string& config_json_text) {
-  nlohmann::json config;
-  try {
-    config = nlohmann::json::parse(config_json_text);
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError("config.json", std::string("not valid JSON: ") + e.what());
-  }
+namespace {
+
+// The parsed config.json and the factory of its model_type; a bad config.json is a configuration
+// error (the CLI's exit 2).
+std::pair<nlohmann::json, Factory> parse_config(const std::string& config_json_text) {
+  nlohmann::json config =
+      io::parse_json(config_json_text, "config.json", "config.json", io::JsonRole::kConfig);
   PEFT_CHECK(
       config.is_object() && config.contains("model_type") && config["model_type"].is_string(),
-      FormatError, "config.json",
+      ConfigError, "config.json",
       "no \"model_type\" string (hint: is this a Hugging Face config.json?)");
   const std::string type = config["model_type"].get<std::string>();
   auto it = registry().find(type);
@@ -56,21 +58,37 @@ std::shared_ptr<PretrainedModel> from_config(const std::string& config_json_text
       if (!supported.empty()) supported += ", ";
       supported += t;
     }
-    throw UnsupportedError("load_pretrained",
-                           "model_type \"" + type + "\" is not supported; supported: " + supported);
+    throw ConfigError("load_pretrained", "model_type \"" + type +
+                                             "\" is not supported; expected one of " + supported +
+                                             " (hint: config.json's \"model_type\")");
   }
-  auto model = it->second(config);
+  return {std::move(config), it->second};
+}
+
+}  // namespace
+
+std::shared_ptr<PretrainedModel> from_config(const std::string& config_json_text) {
+  const auto [config, factory] = parse_config(config_json_text);
+  detail::check_config_size(config);
+  auto model = factory(config);
   model->set_config_json(config_json_text);
   return model;
 }
 
 std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir,
                                                  const LoadOptions& options) {
-  auto model = from_config(io::read_config_json(dir));
+  const std::string config_text = io::read_config_json(dir);
+  const auto [config, factory] = parse_config(config_text);
+  // The weights are mapped, not read, so their sizes are known before the model is built.
+  auto tensors = io::load_checkpoint_tensors(dir);
+  uint64_t held = 0;
+  for (const auto& [name, t] : tensors) held += static_cast<uint64_t>(t.numel());
+  detail::check_config_size(config, held);
+  auto model = factory(config);
+  model->set_config_json(config_text);
   model->set_name_or_path(dir);
   const auto dtype = options.dtype.value_or(at::kFloat);
   model->to(options.device, dtype);
-  auto tensors = io::load_checkpoint_tensors(dir);
   model->convert_checkpoint(tensors);
   // A checkpoint saved by bitsandbytes keeps its own quantization; --quantize applies to float
   // checkpoints.

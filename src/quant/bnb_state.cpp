@@ -16,6 +16,7 @@
 
 #include "peft/dtype.h"
 #include "peft/error.h"
+#include "peft/io/json.h"
 #include "peft/quant/quantized_weight.h"
 
 namespace peft::quant {
@@ -224,6 +225,7 @@ std::optional<std::shared_ptr<QuantizedWeight>> take_bnb_weight(
   const std::string text(begin, begin + qs_bytes.numel());
   nlohmann::json j;
   try {
+    io::check_json_depth(text, "bitsandbytes", qs_key);
     j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     r.fail(qs_key,

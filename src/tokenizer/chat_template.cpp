@@ -2,6 +2,7 @@
 // tools=None, documents=None, add_generation_prompt, special tokens, **kwargs) and renders it.
 #include "peft/chat_template.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,37 @@ namespace detail::jinja {
 void fail(const SourcePos& pos, const std::string& message) {
   throw ConfigError("chat_template", "line " + std::to_string(pos.line) + ", column " +
                                          std::to_string(pos.column) + ": " + message);
+}
+
+void check_size(uint64_t size, const SourcePos& pos) {
+  if (size > Limits::kMaxBytes) {
+    fail(pos, "the result would hold " + std::to_string(size) + " bytes or items; the limit is " +
+                  std::to_string(Limits::kMaxBytes) + " (hint: a hostile or broken template)");
+  }
+}
+
+namespace {
+
+// The nesting of `j`, counted no further than limit + 1.
+int depth_up_to(const Json& j, int limit) {
+  if (!j.is_array() && !j.is_object()) return 0;
+  if (limit < 0) return 1;
+  int deepest = 0;
+  for (const auto& item : j) {
+    deepest = std::max(deepest, depth_up_to(item, limit - 1));
+    if (deepest > limit) break;
+  }
+  return deepest + 1;
+}
+
+}  // namespace
+
+void check_depth(const Json& j, const SourcePos& pos, const std::string& what) {
+  if (depth_up_to(j, Limits::kMaxValueDepth) > Limits::kMaxValueDepth) {
+    fail(pos, what + " nests more than " + std::to_string(Limits::kMaxValueDepth) +
+                  " levels (hint: a hostile template or message, e.g. a list put into itself in "
+                  "a loop)");
+  }
 }
 
 }  // namespace detail::jinja
@@ -34,6 +66,7 @@ std::string render_chat_template_json(const std::string& tmpl,
       {"bos_token", options.bos_token}, {"eos_token", options.eos_token}};
   for (auto it = options.extra.begin(); it != options.extra.end(); ++it)
     vars[it.key()] = it.value();
+  jinja::check_depth(vars, jinja::SourcePos{}, "the messages or template variables");
   const jinja::Body body = jinja::parse(jinja::tokenize(tmpl));
   return jinja::render(body, vars);
 }

@@ -26,6 +26,23 @@ struct SourcePos {
 // Throws ConfigError "[chat_template] line L, column C: <message>".
 [[noreturn]] void fail(const SourcePos& pos, const std::string& message);
 
+// Bounds on the work a template may ask for (a template may come from a stranger's
+// tokenizer_config.json). Real chat templates stay far below each.
+struct Limits {
+  static constexpr int kMaxParseDepth = 100;  // nested blocks / parentheses in the source
+  static constexpr int kMaxExprHeight = 400;  // levels of one expression's tree
+  static constexpr int kMaxEvalDepth = 1000;  // nested evaluation, macro calls included
+  static constexpr int64_t kMaxSteps =
+      1'000'000;  // statements, expressions, iterations (a 1,000-message chat: ~10^5)
+  static constexpr size_t kMaxBytes = size_t{64} << 20;  // any string or list, and the output
+  static constexpr int kMaxValueDepth = 128;             // nesting of a value that is printed
+};
+// Fails at `pos` when a value of `size` bytes (or items) would pass Limits::kMaxBytes.
+void check_size(uint64_t size, const SourcePos& pos);
+// Fails at `pos` (naming `what`) when `j` nests deeper than Limits::kMaxValueDepth: values are
+// copied and printed recursively, so no value may be deeper. Recurses at most that deep itself.
+void check_depth(const Json& j, const SourcePos& pos, const std::string& what);
+
 // ----------------------------------------------------------------------------------------------
 // lexer
 
@@ -86,6 +103,7 @@ struct Expr {
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
   std::vector<std::string> compare_ops;  // "==", "!=", "<", "<=", ">", ">=", "in", "not in"
   bool negated = false;
+  int height = 1;  // levels of this subtree (bounded: evaluating and freeing it recurse)
 };
 
 struct Node;

@@ -42,6 +42,37 @@ class Renderer {
     size_t parent = 0;  // lookups continue here (frame 0, the template's globals, has none)
   };
 
+  // ------------------------------------------------------------------------------------- limits
+
+  // Counts one step of work and one level of nesting for as long as it lives; fails past
+  // Limits::kMaxSteps steps in all or Limits::kMaxEvalDepth levels at once (a recursive macro, a
+  // loop that does not end in useful time).
+  class Step {
+   public:
+    Step(Renderer& r, const SourcePos& pos) : r_(r) {
+      if (++r_.steps_ > Limits::kMaxSteps) {
+        fail(pos, "the template ran more than " + std::to_string(Limits::kMaxSteps) +
+                      " steps (hint: a loop or recursion that does not end in useful time)");
+      }
+      if (++r_.depth_ > Limits::kMaxEvalDepth) {
+        --r_.depth_;
+        fail(pos, "the template nests more than " + std::to_string(Limits::kMaxEvalDepth) +
+                      " evaluations (hint: a macro that calls itself without end)");
+      }
+    }
+    ~Step() { --r_.depth_; }
+    Step(const Step&) = delete;
+    Step& operator=(const Step&) = delete;
+
+   private:
+    Renderer& r_;
+  };
+
+  static void append(std::string& out, const std::string& text, const SourcePos& pos) {
+    check_size(uint64_t{out.size()} + text.size(), pos);
+    out += text;
+  }
+
   // ------------------------------------------------------------------------------------- scopes
 
   const Value* find(const std::string& name) const {
@@ -67,10 +98,11 @@ class Renderer {
   }
 
   Flow exec(const Node& node, std::string& out) {
+    const Step step(*this, node.pos);
     if (const auto* text = std::get_if<TextNode>(&node.v)) {
-      out += text->text;
+      append(out, text->text, node.pos);
     } else if (const auto* output = std::get_if<OutputNode>(&node.v)) {
-      out += to_str(eval(*output->expr));
+      append(out, to_str(eval(*output->expr)), node.pos);
     } else if (const auto* branch = std::get_if<IfNode>(&node.v)) {
       for (const auto& [cond, body] : branch->branches) {
         if (truthy(eval(*cond))) return exec(body, out);
@@ -126,6 +158,7 @@ class Renderer {
     }
     const auto n = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < n; ++i) {
+      const Step step(*this, pos);
       push_frame(outer);
       const auto at = static_cast<size_t>(i);
       Json info = {
@@ -152,6 +185,9 @@ class Renderer {
       value = Value::of(body);
     }
     if (!set.attr.empty()) {
+      // Values carried across loop iterations live in namespaces: bounding their depth here
+      // bounds every value's (each iteration could wrap the last value in a list).
+      if (value.is_data()) check_depth(value.json(), pos, "the value of '" + set.attr + "'");
       const Value* ns = find(set.names[0]);
       if (!ns || ns->kind != Value::Kind::kNamespace) {
         fail(pos, "cannot assign attribute '" + set.attr + "' on '" + set.names[0] +
@@ -325,6 +361,7 @@ class Renderer {
   }
 
   Value eval(const Expr& e) {
+    const Step step(*this, e.pos);
     switch (e.kind) {
       case ExprKind::kLiteral:
         return Value::of(e.literal);
@@ -344,6 +381,7 @@ class Renderer {
           const Value val = eval(*e.children[++i]);
           out[to_str(v)] = val.is_data() ? val.json() : Json();
         }
+        check_depth(out, e.pos, e.kind == ExprKind::kList ? "a list" : "a dict");
         return Value::of(std::move(out));
       }
       case ExprKind::kGetAttr:
@@ -409,6 +447,8 @@ class Renderer {
   }
 
   std::vector<Frame> frames_;
+  int64_t steps_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

@@ -17,22 +17,23 @@ ExprPtr Parser::parse_tuple() {
   ExprPtr first = parse_expression();
   if (!at_op(",")) return first;
   auto list = make_expr(ExprKind::kList, pos);
-  list->children.push_back(std::move(first));
+  add_child(*list, std::move(first));
   while (skip_op(",")) {
     if (cur().kind == TokKind::kVarEnd || cur().kind == TokKind::kBlockEnd || at_op(")")) break;
-    list->children.push_back(parse_expression());
+    add_child(*list, parse_expression());
   }
   return list;
 }
 
 ExprPtr Parser::parse_expression() {
+  const Nest nest(*this);
   ExprPtr expr = parse_or();
   while (at_name("if")) {
     const SourcePos pos = next().pos;
     auto cond = make_expr(ExprKind::kCond, pos);
-    cond->children.push_back(std::move(expr));
-    cond->children.push_back(parse_or());
-    cond->children.push_back(skip_name("else") ? parse_expression() : nullptr);
+    add_child(*cond, std::move(expr));
+    add_child(*cond, parse_or());
+    add_child(*cond, skip_name("else") ? parse_expression() : nullptr);
     expr = std::move(cond);
   }
   return expr;
@@ -41,8 +42,8 @@ ExprPtr Parser::parse_expression() {
 ExprPtr Parser::binary(const char* op, const SourcePos& pos, ExprPtr lhs, ExprPtr rhs) {
   auto e = make_expr(ExprKind::kBinary, pos);
   e->name = op;
-  e->children.push_back(std::move(lhs));
-  e->children.push_back(std::move(rhs));
+  add_child(*e, std::move(lhs));
+  add_child(*e, std::move(rhs));
   return e;
 }
 
@@ -66,9 +67,10 @@ ExprPtr Parser::parse_and() {
 
 ExprPtr Parser::parse_not() {
   if (!at_name("not")) return parse_compare();
+  const Nest nest(*this);
   auto e = make_expr(ExprKind::kUnary, next().pos);
   e->name = "not";
-  e->children.push_back(parse_not());
+  add_child(*e, parse_not());
   return e;
 }
 
@@ -94,10 +96,10 @@ ExprPtr Parser::parse_compare() {
     }
     if (!cmp) {
       cmp = make_expr(ExprKind::kCompare, pos);
-      cmp->children.push_back(std::move(first));
+      add_child(*cmp, std::move(first));
     }
     cmp->compare_ops.push_back(op);
-    cmp->children.push_back(parse_math1());
+    add_child(*cmp, parse_math1());
   }
   return cmp ? std::move(cmp) : std::move(first);
 }
@@ -146,10 +148,11 @@ ExprPtr Parser::parse_pow() {
 ExprPtr Parser::parse_unary(bool with_filter) {
   ExprPtr node;
   if (at_op("-") || at_op("+")) {
+    const Nest nest(*this);  // "- - - x" recurses here
     const Token& op = next();
     node = make_expr(ExprKind::kUnary, op.pos);
     node->name = op.text;
-    node->children.push_back(parse_unary(false));
+    add_child(*node, parse_unary(false));
   } else {
     node = parse_primary();
   }
@@ -218,10 +221,10 @@ ExprPtr Parser::parse_primary() {
         expect_op(",");
         if (at_op(close)) break;
       }
-      e->children.push_back(parse_expression());
+      add_child(*e, parse_expression());
       if (is_dict) {
         expect_op(":");
-        e->children.push_back(parse_expression());
+        add_child(*e, parse_expression());
       }
     }
     next();
@@ -236,16 +239,16 @@ ExprPtr Parser::parse_postfix(ExprPtr node) {
       const SourcePos pos = next().pos;
       if (cur().kind == TokKind::kInt) {  // x.0 is x[0]
         auto e = make_expr(ExprKind::kGetItem, pos);
-        e->children.push_back(std::move(node));
+        add_child(*e, std::move(node));
         auto idx = make_expr(ExprKind::kLiteral, cur().pos);
         idx->literal = static_cast<int64_t>(std::stoll(next().text));
-        e->children.push_back(std::move(idx));
+        add_child(*e, std::move(idx));
         node = std::move(e);
         continue;
       }
       auto e = make_expr(ExprKind::kGetAttr, pos);
       e->name = expect_name();
-      e->children.push_back(std::move(node));
+      add_child(*e, std::move(node));
       node = std::move(e);
     } else if (at_op("[")) {
       node = parse_subscript(std::move(node));
@@ -273,13 +276,13 @@ ExprPtr Parser::parse_subscript(ExprPtr node) {
   if (colons == 0) {
     if (!parts[0]) fail(pos, "empty subscript; expected an index or a slice");
     auto e = make_expr(ExprKind::kGetItem, pos);
-    e->children.push_back(std::move(node));
-    e->children.push_back(std::move(parts[0]));
+    add_child(*e, std::move(node));
+    add_child(*e, std::move(parts[0]));
     return e;
   }
   auto e = make_expr(ExprKind::kSlice, pos);
-  e->children.push_back(std::move(node));
-  for (auto& p : parts) e->children.push_back(std::move(p));
+  add_child(*e, std::move(node));
+  for (auto& p : parts) add_child(*e, std::move(p));
   return e;
 }
 
@@ -290,10 +293,14 @@ void Parser::parse_args(Expr& e) {
     if (cur().kind == TokKind::kName && peek().kind == TokKind::kOp && peek().text == "=") {
       std::string key = next().text;
       next();
-      e.kwargs.emplace_back(std::move(key), parse_expression());
+      {
+        ExprPtr value = parse_expression();
+        e.height = std::max(e.height, value->height + 1);
+        e.kwargs.emplace_back(std::move(key), std::move(value));
+      }
     } else {
       if (!e.kwargs.empty()) fail(cur().pos, "positional argument after a keyword argument");
-      e.children.push_back(parse_expression());
+      add_child(e, parse_expression());
     }
     if (!skip_op(",")) break;
   }
@@ -302,7 +309,7 @@ void Parser::parse_args(Expr& e) {
 
 ExprPtr Parser::parse_call(ExprPtr callee) {
   auto e = make_expr(ExprKind::kCall, callee->pos);
-  e->children.push_back(std::move(callee));
+  add_child(*e, std::move(callee));
   parse_args(*e);
   return e;
 }
@@ -313,7 +320,7 @@ ExprPtr Parser::parse_filter_expr(ExprPtr node) {
       next();
       auto e = make_expr(ExprKind::kFilter, cur().pos);
       e->name = expect_name();
-      e->children.push_back(std::move(node));
+      add_child(*e, std::move(node));
       if (at_op("(")) parse_args(*e);
       node = std::move(e);
     } else if (at_name("is")) {
@@ -321,14 +328,14 @@ ExprPtr Parser::parse_filter_expr(ExprPtr node) {
       auto e = make_expr(ExprKind::kTest, cur().pos);
       e->negated = skip_name("not");
       e->name = expect_name();
-      e->children.push_back(std::move(node));
+      add_child(*e, std::move(node));
       if (at_op("(")) {
         parse_args(*e);
       } else if ((cur().kind == TokKind::kName && !at_name("else") && !at_name("or") &&
                   !at_name("and") && !at_name("is")) ||
                  cur().kind == TokKind::kString || cur().kind == TokKind::kInt ||
                  cur().kind == TokKind::kFloat || at_op("[") || at_op("{")) {
-        e->children.push_back(parse_postfix(parse_primary()));  // "is divisibleby 3"
+        add_child(*e, parse_postfix(parse_primary()));  // "is divisibleby 3"
       }
       node = std::move(e);
     } else if (at_op("(")) {

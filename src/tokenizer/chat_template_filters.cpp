@@ -78,8 +78,9 @@ JsonStyle json_style(const Args& args, const SourcePos& pos) {
     style.indent = indent.json().get<std::string>();
   } else if (indent.is_data() && !indent.json().is_null()) {
     style.pretty = true;
-    style.indent.assign(
-        static_cast<size_t>(std::max<int64_t>(0, args.integer(1, "indent", 0, pos))), ' ');
+    const int64_t width = std::max<int64_t>(0, args.integer(1, "indent", 0, pos));
+    check_size(static_cast<uint64_t>(width), pos);
+    style.indent.assign(static_cast<size_t>(width), ' ');
   }
   if (style.pretty) style.item_sep = ",";
   const Value seps = args.get(2, "separators");
@@ -146,6 +147,7 @@ Value apply_filter(const std::string& name, const Value& v, const Args& args,
   }
   if (name == "indent") {
     const int64_t width = args.integer(0, "width", 4, pos);
+    check_size(static_cast<uint64_t>(std::max<int64_t>(width, 0)), pos);
     const bool first = truthy(args.get(1, "first"));
     const bool blank = truthy(args.get(2, "blank"));
     const std::string pad(static_cast<size_t>(width < 0 ? 0 : width), ' ');
@@ -158,6 +160,7 @@ Value apply_filter(const std::string& name, const Value& v, const Args& args,
           s.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
       if ((is_first ? first : true) && (blank || !py_strip(line, true, true).empty())) out += pad;
       out += line;
+      check_size(out.size(), pos);
       if (nl == std::string::npos) break;
       out += '\n';
       start = nl + 1;

@@ -10,6 +10,7 @@
 
 #include "../strings.h"
 #include "chat_template_ast.h"
+#include "peft/error.h"
 
 namespace peft::detail::jinja {
 namespace {
@@ -49,7 +50,15 @@ std::string json_str(const std::string& s, bool ensure_ascii) {
   return Json(s).dump(-1, ' ', ensure_ascii, nlohmann::detail::error_handler_t::replace);
 }
 
+[[noreturn]] void too_deep() {
+  throw ConfigError("chat_template", "a value nested more than " +
+                                         std::to_string(Limits::kMaxValueDepth) +
+                                         " levels deep cannot be printed (hint: a hostile template "
+                                         "or message, e.g. a list put into itself in a loop)");
+}
+
 void dump(const Json& j, const JsonStyle& style, int depth, std::string& out) {
+  if (depth > Limits::kMaxValueDepth) too_deep();
   auto newline = [&](int d) {
     out += '\n';
     for (int i = 0; i < d; ++i) out += style.indent;
@@ -113,7 +122,10 @@ std::string html_escape(const std::string& s) {
   }
   return out;
 }
-std::string repr(const Json& j) {
+namespace {
+
+std::string repr_at(const Json& j, int depth) {
+  if (depth > Limits::kMaxValueDepth) too_deep();
   if (j.is_null()) return "None";
   if (j.is_boolean()) return j.get<bool>() ? "True" : "False";
   if (j.is_number_float()) return float_repr(j.get<double>());
@@ -125,10 +137,14 @@ std::string repr(const Json& j) {
     if (!first) out += ", ";
     first = false;
     if (j.is_object()) out += str_repr(it.key()) + ": ";
-    out += repr(it.value());
+    out += repr_at(it.value(), depth + 1);
   }
   return out + (j.is_array() ? "]" : "}");
 }
+
+}  // namespace
+
+std::string repr(const Json& j) { return repr_at(j, 0); }
 std::string to_str(const Value& v) {
   switch (v.kind) {
     case Value::Kind::kUndefined:

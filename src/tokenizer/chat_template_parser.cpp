@@ -31,6 +31,17 @@ ExprPtr make_expr(ExprKind kind, const SourcePos& pos) {
   return e;
 }
 
+void add_child(Expr& parent, ExprPtr child) {
+  if (child) {
+    parent.height = std::max(parent.height, child->height + 1);
+    if (parent.height > Limits::kMaxExprHeight) {
+      fail(parent.pos, "an expression nests more than " + std::to_string(Limits::kMaxExprHeight) +
+                           " levels (hint: a hostile or broken template)");
+    }
+  }
+  parent.children.push_back(std::move(child));
+}
+
 std::string describe_token(const Token& t) {
   switch (t.kind) {
     case TokKind::kText:
@@ -95,6 +106,7 @@ Body Parser::parse_body(const std::set<std::string>& ends, std::string& end) {
 }
 
 Node Parser::parse_statement(const SourcePos& pos, const std::set<std::string>& outer_ends) {
+  const Nest nest(*this);
   const Token& name = next();
   const std::string& tag = name.text;
   if (tag == "if") return parse_if(pos);

@@ -12,6 +12,9 @@
 namespace peft::detail::jinja {
 
 ExprPtr make_expr(ExprKind kind, const SourcePos& pos);
+// Appends `child` (may be null) to parent.children, keeping parent.height; fails past
+// Limits::kMaxExprHeight (a chain of 100,000 '+' is a tree that deep).
+void add_child(Expr& parent, ExprPtr child);
 std::string describe_token(const Token& t);  // for "unexpected '}}'"
 
 class Parser {
@@ -81,8 +84,30 @@ class Parser {
   ExprPtr parse_filter_expr(ExprPtr node);  // | filter, is test
   void check_names(const Expr& e) const;    // unknown filters and tests
 
+  // One level of nesting (a block, a parenthesis, a unary operator) while it lives; fails past
+  // Limits::kMaxParseDepth (100,000 parentheses would otherwise overflow the stack).
+  class Nest {
+   public:
+    explicit Nest(Parser& p) : p_(p) {
+      if (++p_.depth_ > Limits::kMaxParseDepth) {
+        --p_.depth_;
+        fail(p_.cur().pos, "the template nests more than " +
+                               std::to_string(Limits::kMaxParseDepth) +
+                               " levels (blocks, parentheses or operators) (hint: a hostile or "
+                               "broken template)");
+      }
+    }
+    ~Nest() { --p_.depth_; }
+    Nest(const Nest&) = delete;
+    Nest& operator=(const Nest&) = delete;
+
+   private:
+    Parser& p_;
+  };
+
   const std::vector<Token>& t_;
   size_t i_ = 0;
+  int depth_ = 0;
   int loop_depth_ = 0;
   bool soft_ = false;  // inside an if statement: unknown filters and tests fail only when run
 };

@@ -149,7 +149,12 @@ bool less(const Value& a, const Value& b, const SourcePos& pos) {
 }
 
 Value binary_op(const std::string& op, const Value& a, const Value& b, const SourcePos& pos) {
-  if (op == "~") return Value::of(to_str(a) + to_str(b));
+  if (op == "~") {
+    std::string l = to_str(a);
+    const std::string r = to_str(b);
+    check_size(uint64_t{l.size()} + r.size(), pos);
+    return Value::of(l += r);
+  }
   require_defined(a, pos);
   require_defined(b, pos);
   const Json& x = a.json();
@@ -182,8 +187,11 @@ Value binary_op(const std::string& op, const Value& a, const Value& b, const Sou
         out = op == "//" ? q : m;
       } else if (op == "**") {
         if (r < 0) return Value::of(std::pow(static_cast<double>(l), static_cast<double>(r)));
+        // 0, 1 and -1 never overflow: answer them directly (1 ** 10**18 would loop 10**18 times).
+        if (l == 0 || l == 1) return Value::of(r == 0 ? int64_t{1} : l);
+        if (l == -1) return Value::of(r % 2 == 0 ? int64_t{1} : int64_t{-1});
         out = 1;
-        for (int64_t i = 0; i < r && !overflow; ++i)
+        for (int64_t i = 0; i < r && !overflow; ++i)  // |l| >= 2: overflows within 64 steps
           overflow = __builtin_mul_overflow(out, l, &out);
       }
       if (overflow) fail(pos, "integer overflow in '" + op + "'");
@@ -202,6 +210,7 @@ Value binary_op(const std::string& op, const Value& a, const Value& b, const Sou
   if (op == "+" && x.is_string() && y.is_string()) {
     const std::string& l = x.get_ref<const std::string&>();
     const std::string& r = y.get_ref<const std::string&>();
+    check_size(uint64_t{l.size()} + r.size(), pos);
     if (!a.markup && !b.markup) return Value::of(l + r);
     // Markup.__add__ / __radd__ escape the plain operand (functionary's template relies on it).
     Value out = Value::of((a.markup ? l : html_escape(l)) + (b.markup ? r : html_escape(r)));
@@ -209,6 +218,7 @@ Value binary_op(const std::string& op, const Value& a, const Value& b, const Sou
     return out;
   }
   if (op == "+" && x.is_array() && y.is_array()) {
+    check_size(uint64_t{x.size()} + y.size(), pos);
     Json out = x;
     for (const auto& item : y) out.push_back(item);
     return Value::of(std::move(out));
@@ -217,6 +227,16 @@ Value binary_op(const std::string& op, const Value& a, const Value& b, const Sou
       (is_int(x) || is_int(y))) {
     const Json& seq = is_int(x) ? y : x;
     const int64_t n = is_int(x) ? as_int(x) : as_int(y);
+    const uint64_t unit = seq.is_string() ? seq.get_ref<const std::string&>().size() : seq.size();
+    if (n > 0 && unit > 0) {
+      // Checked before allocating: 'x' * 100000000000 would ask for 100 GB.
+      check_size(static_cast<uint64_t>(n) > Limits::kMaxBytes / unit
+                     ? Limits::kMaxBytes + 1
+                     : unit * static_cast<uint64_t>(n),
+                 pos);
+    } else if (n > 0 && static_cast<uint64_t>(n) > Limits::kMaxBytes) {
+      check_size(static_cast<uint64_t>(n), pos);  // '' * 10**18 would loop 10**18 times
+    }
     Json out = seq.is_string() ? Json("") : Json::array();
     for (int64_t i = 0; i < n; ++i) {
       if (seq.is_string()) {

@@ -11,19 +11,15 @@
 #include "models.h"
 #include "normalizers.h"
 #include "peft/error.h"
+#include "peft/io/json.h"
+#include "peft/io/read_file.h"
 #include "post_processors.h"
 #include "pre_tokenizers.h"
 #include "unicode.h"
 
 namespace peft::detail::tok {
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error("tokenizer", "\"" + path + "\": cannot open: " + std::strerror(errno));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+std::string read_text_file(const std::string& path) { return io::read_file(path, "tokenizer"); }
 
 namespace {
 
@@ -159,6 +155,7 @@ std::unique_ptr<Backend> load_tokenizer_json(const std::string& path) {
   const std::string text = read_text_file(path);
   json root;
   try {
+    io::check_json_depth(text, "tokenizer", "\"" + path + "\"");
     root = json::parse(text);
   } catch (const json::parse_error& e) {
     throw FormatError("tokenizer", "\"" + path + "\": not valid JSON: " + e.what() +

@@ -5,6 +5,7 @@
 #include "backend.h"
 #include "json_util.h"
 #include "peft/error.h"
+#include "peft/io/json.h"
 
 namespace peft::detail::tok {
 namespace {
@@ -13,7 +14,9 @@ namespace fs = std::filesystem;
 
 json read_json(const fs::path& path) {
   try {
-    return json::parse(read_text_file(path.string()));
+    const std::string text = read_text_file(path.string());
+    io::check_json_depth(text, "tokenizer", "\"" + path.string() + "\"");
+    return json::parse(text);
   } catch (const json::parse_error& e) {
     throw FormatError("tokenizer", "\"" + path.string() + "\": not valid JSON: " + e.what());
   }

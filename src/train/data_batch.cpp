@@ -31,15 +31,38 @@ std::vector<Example> pack_examples(const std::vector<Example>& examples, int64_t
 
 void check_token_ids(const std::vector<Example>& examples, int64_t vocab_size,
                      const std::string& path) {
+  int64_t learned = 0;  // label tokens that enter the loss
+  bool causal = false;
   for (const auto& ex : examples) {
+    const std::string at = path + ":" + std::to_string(ex.line) + ": ";
     for (const int64_t id : ex.input_ids) {
       if (id < 0 || id >= vocab_size) {
-        throw FormatError(
-            "data", path + ":" + std::to_string(ex.line) + ": token id " + std::to_string(id) +
-                        " is outside the model's vocabulary [0, " + std::to_string(vocab_size) +
-                        ") (hint: data tokenized for another model?)");
+        throw FormatError("data", at + "token id " + std::to_string(id) +
+                                      " is outside the model's vocabulary [0, " +
+                                      std::to_string(vocab_size) +
+                                      ") (hint: data tokenized for another model?)");
       }
     }
+    if (ex.label) continue;  // sequence classification
+    causal = true;
+    for (size_t i = 0; i < ex.labels.size(); ++i) {
+      const int64_t id = ex.labels[i];
+      if (id == -100) continue;
+      if (id < 0 || id >= vocab_size) {
+        throw FormatError("data", at + "label " + std::to_string(id) +
+                                      " is outside the model's vocabulary [0, " +
+                                      std::to_string(vocab_size) +
+                                      "); expected a token id or -100 (no loss) (hint: labels "
+                                      "tokenized for another model?)");
+      }
+      if (i > 0) ++learned;  // the loss predicts token i from tokens < i: label 0 never counts
+    }
+  }
+  if (causal && learned == 0 && !examples.empty()) {
+    throw FormatError("data", path +
+                                  ": no example has a label token to learn (every label after "
+                                  "the first is -100), so the loss would be NaN (hint: check the "
+                                  "labels / the prompt-completion split)");
   }
 }
 

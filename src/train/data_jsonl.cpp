@@ -4,6 +4,8 @@
 
 #include "../strings.h"
 #include "peft/error.h"
+#include "peft/io/json.h"
+#include "peft/io/read_file.h"
 #include "peft/tokenizer.h"
 #include "peft/train/data.h"
 
@@ -162,6 +164,7 @@ Example parse_line(const json& obj, const Tokenizer* tokenizer, const DataOption
 
 std::vector<Example> load_jsonl(const std::string& path, const Tokenizer* tokenizer,
                                 const DataOptions& options) {
+  io::RegularFile(path, "data");  // a FIFO or a directory is refused before the stream opens it
   std::ifstream in(path, std::ios::binary);
   if (!in)
     throw FormatError("data",
@@ -176,6 +179,7 @@ std::vector<Example> load_jsonl(const std::string& path, const Tokenizer* tokeni
     const LineContext at{path, line};
     json obj;
     try {
+      io::check_json_depth(text, "data", path + ":" + std::to_string(line));
       obj = json::parse(text);
     } catch (const json::parse_error& e) {
       at.fail(std::string("not valid JSON: ") + e.what(), "one JSON object per line");

@@ -50,20 +50,38 @@ int64_t Trainer::State::micro_batches_per_epoch() const {
   return ceil_div(static_cast<int64_t>(train.size()), args.batch_size);
 }
 
-Trainer::Trainer(std::shared_ptr<models::PretrainedModel> model, std::shared_ptr<PeftModel> peft,
-                 TrainingArguments args, std::vector<Example> train_data,
-                 std::vector<Example> eval_data)
-    : s_(std::make_unique<State>()) {
-  PEFT_CHECK(model && peft, ConfigError, "trainer", "a model with an injected adapter is required");
-  PEFT_CHECK(!train_data.empty(), ConfigError, "trainer", "the training data is empty");
+void check_training_arguments(const TrainingArguments& args) {
   PEFT_CHECK(args.batch_size > 0, ConfigError, "trainer",
              "batch_size must be > 0; got " << args.batch_size);
   PEFT_CHECK(args.gradient_accumulation_steps > 0, ConfigError, "trainer",
              "gradient_accumulation_steps must be > 0; got " << args.gradient_accumulation_steps);
   PEFT_CHECK(args.max_steps > 0 || args.num_train_epochs > 0, ConfigError, "trainer",
              "give max_steps > 0 or num_train_epochs > 0");
-  PEFT_CHECK(args.adamw.lr >= 0, ConfigError, "trainer",
-             "the learning rate must be >= 0; got " << args.adamw.lr);
+  // A NaN or infinite hyperparameter would train an all-NaN adapter and save it.
+  const std::pair<const char*, double> finite[] = {
+      {"lr", args.adamw.lr},
+      {"weight_decay", args.adamw.weight_decay},
+      {"adam beta1", args.adamw.beta1},
+      {"adam beta2", args.adamw.beta2},
+      {"adam eps", args.adamw.eps},
+      {"max_grad_norm", args.max_grad_norm},
+      {"loraplus_lr_ratio", args.loraplus.loraplus_lr_ratio},
+      {"loraplus_lr_embedding", args.loraplus.loraplus_lr_embedding}};
+  for (const auto& [name, value] : finite) {
+    PEFT_CHECK(std::isfinite(value) && value >= 0, ConfigError, "trainer",
+               name << " must be a finite number >= 0; got " << value);
+  }
+  PEFT_CHECK(args.warmup_steps >= 0, ConfigError, "trainer",
+             "warmup_steps must be >= 0; got " << args.warmup_steps);
+}
+
+Trainer::Trainer(std::shared_ptr<models::PretrainedModel> model, std::shared_ptr<PeftModel> peft,
+                 TrainingArguments args, std::vector<Example> train_data,
+                 std::vector<Example> eval_data)
+    : s_(std::make_unique<State>()) {
+  PEFT_CHECK(model && peft, ConfigError, "trainer", "a model with an injected adapter is required");
+  PEFT_CHECK(!train_data.empty(), ConfigError, "trainer", "the training data is empty");
+  check_training_arguments(args);
   PEFT_CHECK(!args.output_dir.empty(), ConfigError, "trainer", "output_dir is required");
   s_->model = std::move(model);
   s_->peft = std::move(peft);
@@ -131,7 +149,7 @@ TrainResult Trainer::train() {
   const int64_t accum = s.args.gradient_accumulation_steps;
   const int64_t n = static_cast<int64_t>(s.train.size());
   fs::create_directories(s.args.output_dir);
-  s.open_log(/*rewrite_history=*/s.global_step > 0);
+  s.start_log(/*keep_history=*/s.global_step > 0);
   ProgressReporter progress(os, !quiet && out == nullptr && ProgressReporter::stdout_is_terminal(),
                             std::max<int64_t>(1, s.args.log_every));
   auto say = [&](const std::string& line) {
@@ -258,7 +276,7 @@ TrainResult Trainer::train() {
     }
     write_loss_plot((fs::path(s.args.output_dir) / "loss_curve.svg").string(), plot);
   }
-  s.log.flush();
+  s.publish_log();
   return result;
 }
 

@@ -9,6 +9,8 @@
 
 #include "peft/error.h"
 #include "peft/io/atomic_write.h"
+#include "peft/io/json.h"
+#include "peft/io/read_file.h"
 #include "peft/io/safetensors.h"
 #include "trainer_state.h"
 
@@ -36,11 +38,10 @@ std::vector<std::pair<std::string, at::Generator>> generators(
 }
 
 std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in)
+  if (!fs::exists(p))
     throw FormatError("trainer", "cannot read \"" + p.string() +
                                      "\" (hint: is this a checkpoint-<step> folder?)");
-  return std::string(std::istreambuf_iterator<char>(in), {});
+  return io::read_file(p, "trainer");
 }
 
 }  // namespace
@@ -50,25 +51,24 @@ std::string Trainer::State::log_path() const {
                                : args.log_file;
 }
 
-void Trainer::State::open_log(bool rewrite_history) {
-  const std::string path = log_path();
-  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
-  log.open(path, std::ios::binary | std::ios::trunc);
-  if (!log) throw Error("trainer", "cannot write the log file \"" + path + "\"");
-  if (rewrite_history) {
-    for (const auto& r : log_history) log << r.dump() << "\n";
-  } else {
-    log_history.clear();
-  }
-  log.flush();
+void Trainer::State::start_log(bool keep_history) {
+  if (!keep_history) log_history.clear();
 }
 
-void Trainer::State::append_log(json record) {
-  if (log.is_open()) {
-    log << record.dump() << "\n";
-    log.flush();
-  }
-  log_history.push_back(std::move(record));
+void Trainer::State::append_log(json record) { log_history.push_back(std::move(record)); }
+
+void Trainer::State::publish_log() const {
+  const fs::path path(log_path());
+  if (path.has_parent_path()) fs::create_directories(path.parent_path());
+  io::write_file_atomically(
+      path.string(),
+      [&](const io::ByteSink& sink) {
+        for (const auto& r : log_history) {
+          const std::string line = r.dump() + "\n";
+          sink(line.data(), line.size());
+        }
+      },
+      "trainer");
 }
 
 void Trainer::State::save_checkpoint() {
@@ -101,6 +101,7 @@ void Trainer::State::save_checkpoint() {
   io::write_file_atomically((tmp / "trainer_state.json").string(), state.dump(2) + "\n", "trainer");
   fs::remove_all(final_dir);
   fs::rename(tmp, final_dir);
+  publish_log();
 }
 
 void Trainer::resume_from_checkpoint(const std::string& dir) {
@@ -108,7 +109,8 @@ void Trainer::resume_from_checkpoint(const std::string& dir) {
   const fs::path d(dir);
   json state;
   try {
-    state = json::parse(read_text(d / "trainer_state.json"));
+    state = io::parse_json(read_text(d / "trainer_state.json"), "trainer",
+                           (d / "trainer_state.json").string());
   } catch (const json::exception& e) {
     throw FormatError("trainer",
                       (d / "trainer_state.json").string() + ": not valid JSON: " + e.what());

@@ -2,7 +2,6 @@
 // (trainer_checkpoint.cpp).
 #pragma once
 
-#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <vector>
@@ -33,12 +32,15 @@ struct Trainer::State {
   // One JSON object per logged event, as written to the JSONL log ({"step","loss","lr",...} /
   // {"step","eval_loss"}).
   std::vector<nlohmann::json> log_history;
-  std::ofstream log;
 
   int64_t micro_batches_per_epoch() const;
   std::string log_path() const;
-  void open_log(bool rewrite_history);
+  // Starts the history (kept when resuming); the log file is untouched until publish_log.
+  void start_log(bool keep_history);
   void append_log(nlohmann::json record);
+  // Replaces the JSONL log with the whole history through the atomic write path, so the file is
+  // always the previous complete log or the new one (never truncated by a run that fails early).
+  void publish_log() const;
   void save_checkpoint();
 };
 

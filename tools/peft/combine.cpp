@@ -12,6 +12,7 @@
 #include "common.h"
 #include "peft/error.h"
 #include "peft/io/adapter_io.h"
+#include "peft/io/output_path.h"
 
 namespace fs = std::filesystem;
 
@@ -86,6 +87,9 @@ std::vector<NamedDir> validate(CombineOptions& o) {
     problems.push_back("--majority-sign: " + std::string(e.what()));
   }
   if (!problems.empty()) throw ConfigError("combine", join(problems, "; "));
+  std::vector<io::NamedPath> in_paths = {{"--model", o.model.model_dir}};
+  for (const auto& nd : named) in_paths.push_back({"--adapter", nd.dir});
+  io::check_output_outside_inputs({"--out", o.out_dir}, in_paths, "combine");
   return named;
 }
 

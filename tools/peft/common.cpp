@@ -17,7 +17,8 @@ void add_model_options(CLI::App* verb, ModelOptions& options) {
   verb->add_option("--dtype", options.dtype, "parameter dtype: float32 | bfloat16 | float16")
       ->capture_default_str();
   verb->add_option("--threads", options.threads,
-                   "intra-op threads (default: LibTorch's, one per physical core)");
+                   "intra-op threads (default: LibTorch's, one per physical core)")
+      ->check(CLI::Range(0, kMaxThreads));
 }
 
 void add_quantize_options(CLI::App* verb, ModelOptions& options) {
@@ -67,6 +68,12 @@ std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options)
   return models::load_pretrained(options.model_dir, lo);
 }
 
+std::string adapter_dir_of(const std::string& entry) {
+  const auto eq = entry.find('=');
+  if (eq != std::string::npos && eq > 0 && entry.find('/') > eq) return entry.substr(eq + 1);
+  return entry;
+}
+
 std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::PretrainedModel>& model,
                                          const std::vector<std::string>& dirs, bool is_trainable) {
   if (dirs.empty()) return nullptr;
@@ -74,12 +81,10 @@ std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::Pretraine
   std::set<std::string> used;
   std::vector<std::string> names;
   for (size_t i = 0; i < dirs.size(); ++i) {
-    std::string dir = dirs[i];
+    const std::string dir = adapter_dir_of(dirs[i]);
     std::string name = "default";
-    const auto eq = dir.find('=');
-    if (eq != std::string::npos && eq > 0 && dir.find('/') > eq) {  // NAME=DIR
-      name = dir.substr(0, eq);
-      dir = dir.substr(eq + 1);
+    if (dir != dirs[i]) {  // NAME=DIR
+      name = dirs[i].substr(0, dirs[i].size() - dir.size() - 1);
       PEFT_CHECK(!used.count(name), ConfigError, "--adapter",
                  "adapter name \"" << name << "\" is given twice");
     } else if (i > 0) {

@@ -30,6 +30,9 @@ void add_quantize_options(CLI::App* verb, ModelOptions& options);
 // Sets the thread count and loads the checkpoint.
 std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options);
 
+// The folder of an --adapter entry: DIR for "NAME=DIR" (a NAME has no '/'), else the entry.
+std::string adapter_dir_of(const std::string& entry);
+
 // Loads adapter folders onto `model`: an entry NAME=DIR under NAME; a plain DIR as "default" when
 // first, else under its folder name (made unique). All become active (outputs summed). Returns
 // nullptr when `dirs` is empty.

@@ -24,6 +24,8 @@
 
 #include "common.h"
 #include "peft/error.h"
+#include "peft/io/json.h"
+#include "peft/io/read_file.h"
 #include "peft/lora/forward_context.h"
 #include "peft/lora/mixed_batch.h"
 #include "peft/tokenizer.h"
@@ -46,9 +48,11 @@ struct GenerateOptions {
 // eos_token_id from generation_config.json, else config.json (an int or a list).
 std::vector<int64_t> eos_ids(const std::string& dir) {
   for (const char* file : {"generation_config.json", "config.json"}) {
-    std::ifstream f(fs::path(dir) / file);
-    if (!f.good()) continue;
-    auto j = nlohmann::json::parse(f, nullptr, false);
+    const fs::path p = fs::path(dir) / file;
+    if (!fs::exists(p)) continue;
+    const std::string text = io::read_file(p, "generate");
+    io::check_json_depth(text, "generate", p.string());
+    auto j = nlohmann::json::parse(text, nullptr, false);
     if (j.is_discarded() || !j.contains("eos_token_id")) continue;
     const auto& e = j["eos_token_id"];
     if (e.is_number_integer()) return {e.get<int64_t>()};
@@ -87,8 +91,7 @@ struct PromptLine {
 // The lines of a --prompts file: plain text, or a JSON object with "prompt" and an optional
 // "adapter".
 std::vector<PromptLine> read_prompts(const std::string& path) {
-  std::ifstream f(path);
-  PEFT_CHECK(f.good(), Error, "generate", "cannot open --prompts file \"" << path << "\"");
+  std::istringstream f(io::read_file(path, "generate"));
   std::vector<PromptLine> out;
   std::string line;
   for (int number = 1; std::getline(f, line); ++number) {
@@ -98,6 +101,7 @@ std::vector<PromptLine> read_prompts(const std::string& path) {
       out.push_back({line, std::nullopt});
       continue;
     }
+    io::check_json_depth(line, "generate", path + " line " + std::to_string(number));
     auto j = nlohmann::json::parse(line, nullptr, false);
     PEFT_CHECK(!j.is_discarded() && j.is_object() && j.contains("prompt") &&
                    j["prompt"].is_string() && (!j.contains("adapter") || j["adapter"].is_string()),

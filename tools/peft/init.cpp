@@ -21,6 +21,7 @@
 #include "peft/init/eva.h"
 #include "peft/init/loraga.h"
 #include "peft/io/hf_checkpoint.h"
+#include "peft/io/output_path.h"
 #include "peft/lora/layer.h"
 #include "peft/tokenizer.h"
 #include "peft/train/data.h"
@@ -82,6 +83,12 @@ void run(const InitOptions& o) {
                                     << "(JSONL as for `peft train`)");
   const std::string residual =
       o.residual_out.empty() ? (fs::path(o.out) / "residual_model").string() : o.residual_out;
+  const std::vector<io::NamedPath> inputs = {
+      {"--model", o.model.model_dir}, {"--config", o.config}, {"--data", o.data}};
+  io::check_output_outside_inputs({"--out", o.out}, inputs, "init");
+  if (config.init_lora_weights.mutates_base()) {
+    io::check_output_outside_inputs({"--residual-out", residual}, inputs, "init");
+  }
   auto model = load_model(o.model);
   std::vector<train::Batch> batches;
   if (config.init_lora_weights.needs_data()) batches = load_batches(o, *model);

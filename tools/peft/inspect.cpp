@@ -13,6 +13,8 @@
 #include "common.h"
 #include "peft/config.h"
 #include "peft/error.h"
+#include "peft/io/json.h"
+#include "peft/io/read_file.h"
 #include "peft/kappa.h"
 #include "peft/lora/layer.h"
 
@@ -83,16 +85,8 @@ void print_kappa(const nlohmann::ordered_json& k) {
 
 // A lora.json may be a full adapter_config.json or just the LoraConfig fields (peft_type optional).
 LoraConfig read_config(const std::string& path) {
-  std::ifstream f(path);
-  PEFT_CHECK(f.good(), ConfigError, "--config", "cannot read \"" << path << "\"");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  nlohmann::ordered_json j;
-  try {
-    j = nlohmann::ordered_json::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw ConfigError("--config", "\"" + path + "\" is not valid JSON: " + e.what());
-  }
+  nlohmann::ordered_json j = io::parse_ordered_json(io::read_file(path, "--config"), "--config",
+                                                    "\"" + path + "\"", io::JsonRole::kConfig);
   PEFT_CHECK(j.is_object(), ConfigError, "--config",
              "\"" << path << "\" must hold a JSON object of LoraConfig fields");
   if (!j.contains("peft_type")) j["peft_type"] = "LORA";

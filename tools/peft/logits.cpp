@@ -8,12 +8,14 @@
 #include <torch/utils.h>
 
 #include <cctype>
-#include <fstream>
 #include <iostream>
 #include <optional>
+#include <sstream>
 
 #include "common.h"
 #include "peft/error.h"
+#include "peft/io/output_path.h"
+#include "peft/io/read_file.h"
 #include "peft/io/safetensors.h"
 #include "peft/lora/mixed_batch.h"
 
@@ -31,8 +33,7 @@ struct LogitsOptions {
 
 // The non-empty lines of a text file (trailing whitespace removed).
 std::vector<std::string> read_lines(const std::string& path) {
-  std::ifstream f(path);
-  PEFT_CHECK(f.good(), Error, "logits", "cannot open \"" << path << "\"");
+  std::istringstream f(io::read_file(path, "logits"));
   std::vector<std::string> out;
   std::string line;
   while (std::getline(f, line)) {
@@ -43,6 +44,11 @@ std::vector<std::string> read_lines(const std::string& path) {
 }
 
 void run(const LogitsOptions& o) {
+  std::vector<io::NamedPath> in_paths = {{"--model", o.model.model_dir},
+                                         {"--input-ids", o.input_path},
+                                         {"--row-adapters", o.row_adapters_path}};
+  for (const auto& a : o.adapters) in_paths.push_back({"--adapter", adapter_dir_of(a)});
+  io::check_output_outside_inputs({"--out", o.out_path}, in_paths, "logits");
   auto model = load_model(o.model);
   auto pm = load_adapters(model, o.adapters);
   PEFT_CHECK(!o.merge || pm, ConfigError, "logits", "--merge needs at least one --adapter");
@@ -51,9 +57,21 @@ void run(const LogitsOptions& o) {
   PEFT_CHECK(inputs.count("input_ids"), FormatError, "logits",
              "\"" << o.input_path << "\" has no tensor \"input_ids\" (hint: int64 (batch, seq))");
   models::ForwardInput in;
-  in.input_ids = inputs.at("input_ids").to(at::kLong);
+  const at::Tensor& ids = inputs.at("input_ids");
+  PEFT_CHECK(at::isIntegralType(ids.scalar_type(), /*includeBool=*/false), FormatError, "logits",
+             "\"" << o.input_path << "\": input_ids is " << ids.scalar_type()
+                  << "; expected an integer tensor (hint: token ids are int64, not floats)");
+  in.input_ids = ids.to(at::kLong);
   PEFT_CHECK(in.input_ids.dim() == 2, ShapeMismatchError, "logits",
              "input_ids has " << in.input_ids.dim() << " dimensions; expected 2 (batch, seq)");
+  if (in.input_ids.numel() > 0) {
+    const int64_t lo = in.input_ids.min().item<int64_t>();
+    const int64_t hi = in.input_ids.max().item<int64_t>();
+    PEFT_CHECK(lo >= 0 && hi < model->vocab_size(), FormatError, "logits",
+               "\"" << o.input_path << "\": token id " << (lo < 0 ? lo : hi)
+                    << " is outside the model's vocabulary [0, " << model->vocab_size()
+                    << ") (hint: ids tokenized for another model?)");
+  }
   if (inputs.count("attention_mask")) in.attention_mask = inputs.at("attention_mask").to(at::kLong);
   if (inputs.count("token_type_ids")) in.token_type_ids = inputs.at("token_type_ids").to(at::kLong);
   std::optional<nn::MixedBatchGuard> mixed;

@@ -5,9 +5,30 @@
 #include <c10/util/Exception.h>
 
 #include <iostream>
+#include <string>
+#include <string_view>
 
 #include "common.h"
 #include "peft/error.h"
+
+namespace {
+
+// One line of bounded length: a message quoting a hostile input (a megabyte of JSON) is cut in the
+// middle, keeping its start (what failed) and its end (the hint).
+void print_error(std::string_view message, std::string_view suffix = "") {
+  constexpr size_t kHead = 1500, kTail = 500;
+  std::string line(message);
+  for (char& c : line) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  if (line.size() > kHead + kTail + 100) {
+    line = line.substr(0, kHead) + " [... " + std::to_string(line.size() - kHead - kTail) +
+           " bytes elided ...] " + line.substr(line.size() - kTail);
+  }
+  std::cerr << "error: " << line << suffix << "\n";
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"peft: Hugging Face PEFT's LoRA in C++ (peft.cpp)", "peft"};
@@ -27,19 +48,19 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "error: " << e.what() << " (run `peft --help`)\n";
+    print_error(e.what(), " (run `peft --help`)");
     return 2;
   } catch (const peft::ConfigError& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    print_error(e.what());
     return 2;
   } catch (const peft::Error& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    print_error(e.what());
     return 1;
   } catch (const c10::Error& e) {
-    std::cerr << "error: " << e.what_without_backtrace() << "\n";
+    print_error(e.what_without_backtrace());
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    print_error(e.what());
     return 1;
   }
   return 0;

@@ -7,6 +7,7 @@
 
 #include "common.h"
 #include "peft/error.h"
+#include "peft/io/output_path.h"
 
 namespace fs = std::filesystem;
 
@@ -41,10 +42,9 @@ bool is_side_file(const std::string& name) {
 
 void run(const MergeOptions& o) {
   PEFT_CHECK(!o.adapters.empty(), ConfigError, "merge", "--adapter is required");
-  PEFT_CHECK(fs::absolute(o.out_dir).lexically_normal() !=
-                 fs::absolute(o.model.model_dir).lexically_normal(),
-             ConfigError, "merge",
-             "--out must differ from --model (the base checkpoint is never overwritten)");
+  std::vector<io::NamedPath> inputs = {{"--model", o.model.model_dir}};
+  for (const auto& a : o.adapters) inputs.push_back({"--adapter", adapter_dir_of(a)});
+  io::check_output_outside_inputs({"--out", o.out_dir}, inputs, "merge");
   auto model = load_model(o.model);
   auto pm = load_adapters(model, o.adapters);
   pm->merge_and_unload(o.safe_merge);

@@ -4,15 +4,18 @@
 #include <torch/utils.h>
 
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "common.h"
 #include "peft/config.h"
 #include "peft/error.h"
 #include "peft/generate.h"
+#include "peft/io/json.h"
+#include "peft/io/output_path.h"
+#include "peft/io/read_file.h"
 #include "peft/tokenizer.h"
 #include "peft/train/trainer.h"
 
@@ -45,9 +48,11 @@ std::optional<Tokenizer> try_tokenizer(const std::string& dir) {
 // The prompt shown before and after training: --sample-prompt, else the "prompt" of the first eval
 // (or training) line; none (no sample) for other formats.
 std::string default_sample_prompt(const std::string& path) {
-  std::ifstream in(path);
+  std::istringstream in(io::read_file(path, "data"));
   std::string line;
   while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    io::check_json_depth(line, "data", path);
     auto j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.is_object()) return "";
     if (j.contains("prompt") && j["prompt"].is_string()) return j["prompt"].get<std::string>();
@@ -93,6 +98,14 @@ void run(TrainOptions o) {
   o.args.lr_scheduler = train::parse_schedule_kind(o.scheduler);
   o.args.shuffle = !o.no_shuffle;
   o.args.output_dir = o.out;
+  train::check_training_arguments(o.args);  // before anything is loaded or printed
+  const std::vector<io::NamedPath> inputs = {{"--model", o.model.model_dir},
+                                             {"--data", o.data},
+                                             {"--eval-data", o.eval_data},
+                                             {"--config", o.config},
+                                             {"--adapter", o.adapter}};
+  io::check_output_outside_inputs({"--out", o.out}, inputs, "train");
+  io::check_output_outside_inputs({"--log-file", o.args.log_file}, inputs, "train");
   // Everything is read and checked before anything is written.
   const auto tokenizer = try_tokenizer(o.model.model_dir);
   const Tokenizer* tok = tokenizer ? &*tokenizer : nullptr;
@@ -172,12 +185,16 @@ void register_train(CLI::App& app) {
                 "start from this PEFT adapter folder (config and weights)");
   v->add_option("--eval-data", o->eval_data,
                 "held-out JSONL; eval loss before, during and after training");
-  v->add_option("--steps", o->steps, "optimizer updates");
-  v->add_option("--epochs", o->epochs, "passes over the data (default 1)");
+  // Counts are checked here (CLI11's validators: a usage error, exit 2), not silently replaced.
+  v->add_option("--steps", o->steps, "optimizer updates")->check(CLI::PositiveNumber);
+  v->add_option("--epochs", o->epochs, "passes over the data (default 1)")
+      ->check(CLI::PositiveNumber);
   v->add_option("--batch-size", o->args.batch_size, "examples per micro-batch")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   v->add_option("--grad-accum", o->args.gradient_accumulation_steps, "micro-batches per update")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   v->add_option("--lr", o->args.adamw.lr, "learning rate")->capture_default_str();
   v->add_option("--weight-decay", o->args.adamw.weight_decay, "decoupled weight decay")
       ->capture_default_str();
@@ -192,7 +209,8 @@ void register_train(CLI::App& app) {
   v->add_option("--lr-scheduler", o->scheduler, "constant | linear | cosine")
       ->capture_default_str();
   v->add_option("--warmup-steps", o->args.warmup_steps, "linear warmup updates")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   v->add_option("--max-grad-norm", o->args.max_grad_norm, "clip the gradient norm (0: off)")
       ->capture_default_str();
   v->add_flag("--no-shuffle", o->no_shuffle, "keep the data order");
@@ -201,16 +219,20 @@ void register_train(CLI::App& app) {
   v->add_option("--log-file", o->args.log_file, "JSONL log (default OUT/train_log.jsonl)");
   v->add_option("--log-every", o->args.log_every,
                 "progress line every N updates (non-terminal output)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   v->add_option("--eval-every", o->args.eval_every,
                 "evaluate every N updates (0: before and after only)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   v->add_option("--save-every", o->args.save_every, "checkpoint every N updates (0: none)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   v->add_option("--resume", o->resume, "continue from OUT/checkpoint-<step>");
   v->add_option("--max-length", o->data_options.max_length,
-                "truncate (or, with --packing, cut) to N tokens")
-      ->capture_default_str();
+                "truncate (or, with --packing, cut) to N tokens (0: no limit)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   v->add_flag("--packing", o->data_options.packing,
               "concatenate examples into blocks of --max-length tokens");
   v->add_flag("--gradient-checkpointing", o->args.gradient_checkpointing,
@@ -218,7 +240,8 @@ void register_train(CLI::App& app) {
   v->add_option("--sample-prompt", o->sample_prompt,
                 "prompt generated from before and after training");
   v->add_option("--sample-tokens", o->sample_tokens, "tokens of the sample generation")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   v->add_flag("--no-sample", o->no_sample, "skip the sample generations");
   v->callback([o] { run(*o); });
 }

@@ -56,8 +56,9 @@ Example tokenize_conversation(const std::vector<std::pair<std::string, std::stri
 // tail is kept.
 std::vector<Example> pack_examples(const std::vector<Example>& examples, int64_t block);
 
-// Throws FormatError naming `path` and the line of the first example with a token id outside [0,
-// vocab_size).
+// Throws FormatError naming `path` and the line of the first example with a token id or a label
+// outside [0, vocab_size) (a label may be -100), and when no causal-LM example has a label the
+// loss can learn from (all masked: the loss would be NaN).
 void check_token_ids(const std::vector<Example>& examples, int64_t vocab_size,
                      const std::string& path);
 

@@ -50,6 +50,11 @@ struct TrainingArguments {
   bool write_loss_plot = true;  // <output_dir>/loss_curve.svg
 };
 
+// ConfigError naming the first bad argument: counts out of range, or a NaN / infinite / negative
+// hyperparameter (which would train an all-NaN adapter and save it). The Trainer calls it; callers
+// may call it first to fail before loading anything.
+void check_training_arguments(const TrainingArguments& args);
+
 struct TrainResult {
   std::vector<double> losses;  // per update, measured before the update
   std::optional<double> eval_loss_before, eval_loss_after;
