@@ -4,11 +4,14 @@ function(peft_target_defaults target)
   set_target_properties(${target} PROPERTIES CXX_EXTENSIONS OFF)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wshadow -Wconversion
                                              # g++ 12 flags fields omitted from designated initializers
-                                             -Wno-missing-field-initializers
-                                             # g++ 12 false positives on std::string at -O2 (GCC bug 105329)
-                                             -Wno-restrict
-                                             # ... and on std::string members of aggregates (GCC bug 107138)
-                                             -Wno-maybe-uninitialized)
+                                             -Wno-missing-field-initializers)
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+    target_compile_options(${target} PRIVATE
+                           # g++ 12 false positives on std::string at -O2 (GCC bug 105329)
+                           -Wno-restrict
+                           # ... and on std::string members of aggregates (GCC bug 107138)
+                           -Wno-maybe-uninitialized)
+  endif()
   if(PEFT_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
   endif()

@@ -4,7 +4,7 @@
 file(GLOB_RECURSE files RELATIVE ${SOURCE_DIR}
      ${SOURCE_DIR}/include/*.h ${SOURCE_DIR}/src/*.h ${SOURCE_DIR}/src/*.cpp ${SOURCE_DIR}/tools/*.h
      ${SOURCE_DIR}/tools/*.cpp ${SOURCE_DIR}/tests/*.h ${SOURCE_DIR}/tests/*.cpp ${SOURCE_DIR}/bench/*.h
-     ${SOURCE_DIR}/bench/*.cpp ${SOURCE_DIR}/examples/*.cpp ${SOURCE_DIR}/fuzz/*.cpp)
+     ${SOURCE_DIR}/bench/*.cpp ${SOURCE_DIR}/examples/*.cpp ${SOURCE_DIR}/fuzz/*.cpp ${SOURCE_DIR}/fuzz/*.h)
 list(FILTER files EXCLUDE REGEX "^(build|\\.deps)")
 list(SORT files)
 set(unformatted "")

@@ -4,17 +4,22 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <bit>
 #include <cstdint>
+#include <cstring>
 
 namespace peft::quant::detail {
 
 // c10::BFloat16's round_to_nearest_even (NaN -> 0x7FC0) as a float32 value:
 // .to(bfloat16).to(float32).
+// (memcpy rather than std::bit_cast: the fuzz preset compiles this file as C++17.)
 inline float round_bf16(float v) {
-  const auto u = std::bit_cast<uint32_t>(v);
+  uint32_t u = 0;
+  std::memcpy(&u, &v, sizeof u);
   const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-  return std::bit_cast<float>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC00000u : rounded);
+  const uint32_t bits = (u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC00000u : rounded;
+  float out = 0;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
 }
 
 // Rounds a contiguous float32 CPU tensor to `dtype` (bfloat16 / float16; float32: nothing) in

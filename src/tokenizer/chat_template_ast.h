@@ -125,6 +125,7 @@ struct ForNode {  // {% for a, b in iterable if filter %}body{% else %}else_body
   ExprPtr filter;  // may be null
   Body body;
   Body else_body;
+  bool uses_loop = true;  // false: nothing in the body reads `loop` (its record is not built)
 };
 struct SetNode {  // {% set name = value %}, {% set name.attr = value %}, {% set name %}body{%
                   // endset %}

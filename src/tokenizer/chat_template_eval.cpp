@@ -161,13 +161,15 @@ class Renderer {
       const Step step(*this, pos);
       push_frame(outer);
       const auto at = static_cast<size_t>(i);
-      Json info = {
-          {"index", i + 1},  {"index0", i},        {"revindex", n - i}, {"revindex0", n - i - 1},
-          {"first", i == 0}, {"last", i == n - 1}, {"length", n},       {"depth", 1},
-          {"depth0", 0}};
-      if (i > 0 && items[at - 1].is_data()) info["previtem"] = items[at - 1].json();
-      if (i + 1 < n && items[at + 1].is_data()) info["nextitem"] = items[at + 1].json();
-      frames_.back().vars["loop"] = Value::of(std::move(info));
+      if (loop.uses_loop) {
+        Json info = {
+            {"index", i + 1},  {"index0", i},        {"revindex", n - i}, {"revindex0", n - i - 1},
+            {"first", i == 0}, {"last", i == n - 1}, {"length", n},       {"depth", 1},
+            {"depth0", 0}};
+        if (i > 0 && items[at - 1].is_data()) info["previtem"] = items[at - 1].json();
+        if (i + 1 < n && items[at + 1].is_data()) info["nextitem"] = items[at + 1].json();
+        frames_.back().vars["loop"] = Value::of(std::move(info));
+      }
       bind_targets(loop.targets, items[at], pos);
       const Flow flow = exec(loop.body, out);
       frames_.pop_back();

@@ -166,6 +166,7 @@ ExprPtr Parser::parse_primary() {
   switch (tok.kind) {
     case TokKind::kName: {
       next();
+      if (tok.text == "loop") ++loop_refs_;
       auto e = make_expr(ExprKind::kLiteral, tok.pos);
       if (tok.text == "true" || tok.text == "True") {
         e->literal = true;

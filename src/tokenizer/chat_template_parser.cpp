@@ -181,7 +181,9 @@ Node Parser::parse_for(const SourcePos& pos) {
   expect_block_end();
   std::string end;
   ++loop_depth_;
+  const int64_t loop_refs = loop_refs_;
   node.body = parse_body({"else", "endfor"}, end);
+  node.uses_loop = loop_refs_ != loop_refs;
   --loop_depth_;
   if (end == "else") {
     expect_block_end();

@@ -109,7 +109,8 @@ class Parser {
   size_t i_ = 0;
   int depth_ = 0;
   int loop_depth_ = 0;
-  bool soft_ = false;  // inside an if statement: unknown filters and tests fail only when run
+  int64_t loop_refs_ = 0;  // names "loop" parsed so far
+  bool soft_ = false;      // inside an if statement: unknown filters and tests fail only when run
 };
 
 }  // namespace peft::detail::jinja
