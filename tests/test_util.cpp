@@ -50,15 +50,18 @@ std::string compare(const at::Tensor& actual, const at::Tensor& expected, double
   return os.str();
 }
 
-CliRun peft_cli(const std::string& args) {
-  const std::string cmd = std::string(PEFT_CLI_PATH) + " " + args + " 2>&1";
+CliRun peft_cli(const std::string& args, const std::string& env) {
+  // `exec`: the shell becomes the command, so a signal that ends it shows in the status.
+  const std::string cmd =
+      (env.empty() ? "" : "export " + env + "; ") + "exec " + PEFT_CLI_PATH + " " + args + " 2>&1";
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) return {-1, "popen failed"};
   std::string out;
   std::array<char, 4096> buf{};
   while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
   const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out,
+          WIFSIGNALED(status) ? WTERMSIG(status) : 0};
 }
 
 void write_file(const std::string& path, const std::string& text) {

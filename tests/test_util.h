@@ -45,14 +45,16 @@ class TempDir {
 std::string compare(const at::Tensor& actual, const at::Tensor& expected, double atol,
                     double rtol = 0.0);
 
-// Writes `text` to `path` (creating parent dirs).
 // Runs the `peft` command with `args` (shell-quoted by the caller); stdout and stderr together.
+// `env` ("NAME=value ...") is put before the command.
 struct CliRun {
   int code;  // exit status (-1 when it did not exit normally)
   std::string output;
+  int signal = 0;  // the signal that ended it, if one did
 };
-CliRun peft_cli(const std::string& args);
+CliRun peft_cli(const std::string& args, const std::string& env = "");
 
+// Writes `text` to `path` (creating parent dirs).
 void write_file(const std::string& path, const std::string& text);
 
 // GPT-2's byte-to-unicode table as a tokenizer.json vocab: printable bytes map to themselves, the

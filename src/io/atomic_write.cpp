@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +12,8 @@
 #include <system_error>
 
 #include "peft/error.h"
+#include "peft/io/crash_point.h"
+#include "temporary.h"
 
 namespace fs = std::filesystem;
 
@@ -41,15 +42,6 @@ void write_all(int fd, const void* data, size_t size) {
   }
 }
 
-// Makes a rename in `dir` durable. Some file systems refuse fsync on a directory (EINVAL): nothing
-// more can be done there, and the file itself is already on disk.
-void sync_directory(const fs::path& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  (void)::fsync(fd);
-  ::close(fd);
-}
-
 }  // namespace
 
 void write_file_atomically(const std::string& path,
@@ -57,29 +49,39 @@ void write_file_atomically(const std::string& path,
                            const char* component) {
   const fs::path target(path);
   if (path.empty() || !target.has_filename()) fail(component, path, "not a file path", EINVAL);
-  static std::atomic<uint64_t> counter{0};
   std::string tmp;
   int fd = -1;
   for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
-    tmp = (target.parent_path() / ("." + target.filename().string() + ".tmp-" +
-                                   std::to_string(::getpid()) + "-" + std::to_string(counter++)))
-              .string();
+    tmp = detail::temporary_beside(target, "tmp").string();
     fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0 && errno != EEXIST) break;
   }
   if (fd < 0) fail(component, path, "cannot create a temporary file next to it", errno);
+  crash_point("write:opened");
   try {
-    write([fd](const void* data, size_t size) { write_all(fd, data, size); });
+    bool first = true;
+    write([fd, &first](const void* data, size_t size) {
+      if (first && size > 1) {  // a kill in the middle of the data, for the crash tests
+        first = false;
+        write_all(fd, data, size / 2);
+        crash_point("write:partial");
+        write_all(fd, static_cast<const char*>(data) + size / 2, size - size / 2);
+        return;
+      }
+      write_all(fd, data, size);
+    });
     if (::fsync(fd) != 0)
       throw std::system_error(errno, std::generic_category(), "flushing the temporary file");
     const int rc = ::close(fd);
     fd = -1;
     if (rc != 0)
       throw std::system_error(errno, std::generic_category(), "closing the temporary file");
+    crash_point("write:synced");
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
       throw std::system_error(errno, std::generic_category(),
                               "renaming the temporary file into place");
     }
+    crash_point("write:renamed");
   } catch (const std::system_error& e) {
     if (fd >= 0) ::close(fd);
     ::unlink(tmp.c_str());
@@ -93,7 +95,7 @@ void write_file_atomically(const std::string& path,
     ::unlink(tmp.c_str());
     throw;
   }
-  sync_directory(target.parent_path());
+  detail::sync_directory(target.parent_path());
 }
 
 void write_file_atomically(const std::string& path, std::string_view contents,

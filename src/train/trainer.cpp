@@ -12,6 +12,8 @@
 #include <iostream>
 
 #include "peft/error.h"
+#include "peft/io/crash_point.h"
+#include "peft/io/staged_directory.h"
 #include "peft/train/loss.h"
 #include "peft/train/loss_plot.h"
 #include "peft/train/progress.h"
@@ -149,6 +151,10 @@ TrainResult Trainer::train() {
   const int64_t accum = s.args.gradient_accumulation_steps;
   const int64_t n = static_cast<int64_t>(s.train.size());
   fs::create_directories(s.args.output_dir);
+  // What a killed run left half-written (temporary files, unpublished checkpoint folders) goes.
+  if (const int n_stale = io::remove_stale_temporaries(s.args.output_dir); n_stale > 0)
+    warn("trainer", "removed " + std::to_string(n_stale) + " unfinished file(s) left in " +
+                        s.args.output_dir + " by an interrupted run");
   s.start_log(/*keep_history=*/s.global_step > 0);
   ProgressReporter progress(os, !quiet && out == nullptr && ProgressReporter::stdout_is_terminal(),
                             std::max<int64_t>(1, s.args.log_every));
@@ -205,6 +211,7 @@ TrainResult Trainer::train() {
       warn("trainer",
            "update " + std::to_string(s.global_step + 1) + " has no label tokens; skipped");
     }
+    io::crash_point("train:step");
     std::optional<double> grad_norm;
     if (s.args.max_grad_norm > 0)
       grad_norm = clip_grad_norm(s.optimizer->parameters(), s.args.max_grad_norm);

@@ -9,9 +9,11 @@
 
 #include "peft/error.h"
 #include "peft/io/atomic_write.h"
+#include "peft/io/crash_point.h"
 #include "peft/io/json.h"
 #include "peft/io/read_file.h"
 #include "peft/io/safetensors.h"
+#include "peft/io/staged_directory.h"
 #include "trainer_state.h"
 
 namespace fs = std::filesystem;
@@ -21,6 +23,7 @@ namespace peft::train {
 namespace {
 
 using json = nlohmann::json;
+using io::crash_point;
 
 constexpr int kCheckpointVersion = 1;
 
@@ -72,13 +75,15 @@ void Trainer::State::publish_log() const {
 }
 
 void Trainer::State::save_checkpoint() {
-  const fs::path out(args.output_dir);
-  const std::string name = "checkpoint-" + std::to_string(global_step);
-  const fs::path tmp = out / ("." + name + ".tmp");
-  const fs::path final_dir = out / name;
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
+  crash_point("checkpoint:begin");
+  // The folder is built beside checkpoint-<step> and published in one rename: a kill at any moment
+  // leaves either no checkpoint-<step> (or the one before) or a complete one.
+  io::StagedDirectory dir(
+      (fs::path(args.output_dir) / ("checkpoint-" + std::to_string(global_step))).string(),
+      "trainer");
+  const fs::path tmp = dir.path();
   peft->save_pretrained(tmp.string());
+  crash_point("checkpoint:adapter");
   auto tensors = optimizer->state_dict();
   for (auto& [key, gen] : generators(*model)) {
     std::lock_guard<std::mutex> lock(gen.mutex());
@@ -99,9 +104,10 @@ void Trainer::State::save_checkpoint() {
                 {"train_examples", train.size()},
                 {"log_history", log_history}};
   io::write_file_atomically((tmp / "trainer_state.json").string(), state.dump(2) + "\n", "trainer");
-  fs::remove_all(final_dir);
-  fs::rename(tmp, final_dir);
+  dir.publish();
+  crash_point("checkpoint:published");
   publish_log();
+  crash_point("checkpoint:done");
 }
 
 void Trainer::resume_from_checkpoint(const std::string& dir) {

@@ -6,6 +6,7 @@
 #include "peft/dtype.h"
 #include "peft/error.h"
 #include "peft/io/atomic_write.h"
+#include "peft/io/staged_directory.h"
 #include "peft/runtime.h"
 
 namespace peft::cli {
@@ -35,15 +36,46 @@ void add_quantize_options(CLI::App* verb, ModelOptions& options) {
       ->capture_default_str();
 }
 
-void copy_model_side_files(const std::string& model_dir, const std::string& out_dir,
-                           const std::function<bool(const std::string& name)>& keep) {
-  for (const auto& e : std::filesystem::directory_iterator(model_dir)) {
-    const std::string name = e.path().filename().string();
-    if (e.is_regular_file() && keep(name)) {
-      io::copy_file_atomically(e.path().string(), (std::filesystem::path(out_dir) / name).string(),
-                               "checkpoint");
-    }
+namespace {
+
+// Files of a model folder that are neither weights nor config.json (models::save_pretrained writes
+// those), copied as they are.
+bool is_side_file(const std::string& name) {
+  static const char* names[] = {"generation_config.json",
+                                "tokenizer.json",
+                                "tokenizer_config.json",
+                                "tokenizer.model",
+                                "special_tokens_map.json",
+                                "vocab.json",
+                                "vocab.txt",
+                                "merges.txt",
+                                "added_tokens.json",
+                                "chat_template.jinja"};
+  for (const char* n : names) {
+    if (name == n) return true;
   }
+  return false;
+}
+
+// Files of a checkpoint folder that a new model replaces: its config, weights (any shard layout)
+// and side files. Anything else a user keeps there stays.
+bool is_model_file(const std::string& name) {
+  return name == "config.json" || name.find(".safetensors") != std::string::npos ||
+         name.rfind("pytorch_model", 0) == 0 || is_side_file(name);
+}
+
+}  // namespace
+
+void save_model_folder(const models::PretrainedModel& model, const std::string& source_dir,
+                       const std::string& out_dir, const char* component) {
+  io::StagedDirectory dir(out_dir, component);
+  models::save_pretrained(model, dir.path().string());
+  for (const auto& e : std::filesystem::directory_iterator(source_dir)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() && is_side_file(name))
+      io::copy_file_atomically(e.path().string(), (dir.path() / name).string(), component);
+  }
+  dir.publish([](const std::string& name) { return !is_model_file(name); });
 }
 
 std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options) {

@@ -40,10 +40,12 @@ std::shared_ptr<PeftModel> load_adapters(const std::shared_ptr<models::Pretraine
                                          const std::vector<std::string>& dirs,
                                          bool is_trainable = false);
 
-// Copies the files of `model_dir` that `keep(name)` selects into `out_dir`, each through the atomic
-// write path.
-void copy_model_side_files(const std::string& model_dir, const std::string& out_dir,
-                           const std::function<bool(const std::string& name)>& keep);
+// Writes `model` as a checkpoint folder `out_dir` (models::save_pretrained, plus the tokenizer and
+// generation files of `source_dir`), whole or not at all: it is built beside `out_dir` and
+// published in one rename (io::StagedDirectory). Of a previous `out_dir`, files other than a
+// model's config, weights and tokenizer stay.
+void save_model_folder(const models::PretrainedModel& model, const std::string& source_dir,
+                       const std::string& out_dir, const char* component);
 
 // Verb registration: each adds its subcommand with a callback to `app`.
 void register_inspect(CLI::App& app);

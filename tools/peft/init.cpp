@@ -157,10 +157,7 @@ void run(const InitOptions& o) {
   std::cout << "adapter (" << to_string(config.init_lora_weights) << "): " << o.out << "\n";
   if (config.init_lora_weights.mutates_base()) {
     pm->unload();  // the base now holds the residual weights
-    models::save_pretrained(*model, residual);
-    copy_model_side_files(o.model.model_dir, residual, [](const std::string& name) {
-      return name != "config.json" && name.find("safetensors") == std::string::npos;
-    });
+    save_model_folder(*model, o.model.model_dir, residual, "init");
     std::cout << "residual base model: " << residual << " (use it as --model with this adapter)\n";
   }
 }

@@ -21,25 +21,6 @@ struct MergeOptions {
   bool safe_merge = false;
 };
 
-// Files of a model folder that are neither weights nor config.json (models::save_pretrained writes
-// those), copied as they are.
-bool is_side_file(const std::string& name) {
-  static const char* names[] = {"generation_config.json",
-                                "tokenizer.json",
-                                "tokenizer_config.json",
-                                "tokenizer.model",
-                                "special_tokens_map.json",
-                                "vocab.json",
-                                "vocab.txt",
-                                "merges.txt",
-                                "added_tokens.json",
-                                "chat_template.jinja"};
-  for (const char* n : names) {
-    if (name == n) return true;
-  }
-  return false;
-}
-
 void run(const MergeOptions& o) {
   PEFT_CHECK(!o.adapters.empty(), ConfigError, "merge", "--adapter is required");
   std::vector<io::NamedPath> inputs = {{"--model", o.model.model_dir}};
@@ -48,8 +29,7 @@ void run(const MergeOptions& o) {
   auto model = load_model(o.model);
   auto pm = load_adapters(model, o.adapters);
   pm->merge_and_unload(o.safe_merge);
-  models::save_pretrained(*model, o.out_dir);
-  copy_model_side_files(o.model.model_dir, o.out_dir, is_side_file);
+  save_model_folder(*model, o.model.model_dir, o.out_dir, "merge");
   std::cout << "merged " << o.adapters.size() << " adapter(s) into " << o.model.model_dir
             << "; wrote " << o.out_dir << "\n";
 }
