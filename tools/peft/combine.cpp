@@ -13,6 +13,7 @@
 #include "peft/error.h"
 #include "peft/io/adapter_io.h"
 #include "peft/io/output_path.h"
+#include "peft/io/staged_directory.h"
 
 namespace fs = std::filesystem;
 
@@ -93,22 +94,23 @@ std::vector<NamedDir> validate(CombineOptions& o) {
   return named;
 }
 
-// save_pretrained writes an adapter other than "default" into DIR/<name>: stage it inside OUT, then
-// move its two files (and the model card) to OUT itself, the layout `--adapter OUT` and PEFT's
-// from_pretrained read.
+// save_pretrained writes an adapter other than "default" into DIR/<name>: stage the folder, move
+// the adapter's files (and the model card) up to the staged folder's top, the layout
+// `--adapter OUT` and PEFT's from_pretrained read, and publish it whole (io::StagedDirectory);
+// files of a previous OUT other than an adapter's stay.
 void write_adapter(const PeftModel& pm, const std::string& adapter, const std::string& out_dir) {
-  const fs::path out(out_dir);
-  const fs::path staging = out / ".peft-combine-staging";
-  fs::remove_all(staging);
-  pm.save_pretrained(staging.string(), std::vector<std::string>{adapter});
-  const fs::path saved = io::adapter_subdir(staging.string(), adapter);
-  for (const char* file : {io::kAdapterConfigName, io::kAdapterWeightsName}) {
-    fs::rename(saved / file, out / file);
+  io::StagedDirectory dir(out_dir, "combine");
+  const fs::path top = dir.path();
+  pm.save_pretrained(top.string(), std::vector<std::string>{adapter});
+  const fs::path saved = io::adapter_subdir(top.string(), adapter);
+  if (saved != top) {
+    for (const char* file : {io::kAdapterConfigName, io::kAdapterWeightsName})
+      fs::rename(saved / file, top / file);
+    fs::remove_all(saved);
   }
-  if (fs::exists(staging / "README.md") && !fs::exists(out / "README.md")) {
-    fs::rename(staging / "README.md", out / "README.md");
-  }
-  fs::remove_all(staging);
+  dir.publish([](const std::string& name) {
+    return name != io::kAdapterConfigName && name != io::kAdapterWeightsName && name != "README.md";
+  });
 }
 
 void run(CombineOptions o) {
