@@ -3,14 +3,12 @@
 // ASCII; `$` also matches before a final newline in both); fullmatch is PCRE2_ANCHORED |
 // PCRE2_ENDANCHORED at match time, which, like Python, backtracks into alternatives until the match
 // ends at the end of the subject.
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 
+#include "pcre2_util.h"
 #include "peft/error.h"
 #include "peft/targeting.h"
 
@@ -25,13 +23,6 @@ struct MatchDataDeleter {
 };
 using CodePtr = std::unique_ptr<pcre2_code, CodeDeleter>;
 using MatchDataPtr = std::unique_ptr<pcre2_match_data, MatchDataDeleter>;
-
-std::string pcre2_message(int error_code) {
-  PCRE2_UCHAR buffer[256];
-  const int n = pcre2_get_error_message(error_code, buffer, sizeof(buffer));
-  if (n < 0) return "PCRE2 error " + std::to_string(error_code);
-  return std::string(reinterpret_cast<const char*>(buffer), static_cast<size_t>(n));
-}
 
 // Compiled patterns live for the whole process: configs hold a handful of patterns that are matched
 // against every module name, so compiling once matters and the cache stays small. Entries are never
@@ -50,8 +41,9 @@ const pcre2_code& compiled(const std::string& pattern) {
                                    &error_code, &error_offset, nullptr);
   if (code == nullptr) {
     throw ConfigError(
-        "regex", "invalid regular expression '" + pattern + "': " + pcre2_message(error_code) +
-                     " at offset " + std::to_string(error_offset) +
+        "regex", "invalid regular expression '" + pattern +
+                     "': " + detail::pcre2_message(error_code) + " at offset " +
+                     std::to_string(error_offset) +
                      "; expected a Python `re` pattern (check target_modules, exclude_modules, "
                      "modules_to_save, layers_pattern, rank_pattern and alpha_pattern)");
   }
@@ -64,13 +56,22 @@ MatchDataPtr run(const std::string& pattern, const std::string& text, uint32_t o
   MatchDataPtr data(pcre2_match_data_create_from_pattern(&code, nullptr));
   if (!data) throw Error("regex", "out of memory allocating PCRE2 match data");
   const int rc = pcre2_match(&code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0,
-                             options, data.get(), nullptr);
+                             options, data.get(), detail::limited_match_context());
   if (rc == PCRE2_ERROR_NOMATCH) return nullptr;
   if (rc < 0) {
-    // Python would backtrack forever instead; PCRE2 stops at its match limit. Say which pattern did
-    // it.
-    throw ConfigError("regex", "matching '" + pattern + "' against '" + text +
-                                   "' failed: " + pcre2_message(rc) + "; simplify the pattern");
+    // Divergence from PEFT: Python's `re` would backtrack for as long as it takes; PCRE2 stops at
+    // kRegexMatchLimit steps (or kRegexHeapLimitKiB of frames), and the config is refused.
+    throw ConfigError(
+        "regex", "matching '" + pattern + "' against '" + text +
+                     "' failed: " + detail::pcre2_message(rc) +
+                     (detail::is_pcre2_limit(rc)
+                          ? " (more than " + std::to_string(detail::kRegexMatchLimit) +
+                                " backtracking steps or " +
+                                std::to_string(detail::kRegexHeapLimitKiB / 1024) + " MiB)"
+                          : std::string()) +
+                     "; expected a pattern that does not backtrack catastrophically (hint: "
+                     "simplify nested repetitions such as (a+)+ in target_modules and the other "
+                     "patterns)");
   }
   return data;
 }

@@ -266,6 +266,20 @@ TEST(Targeting, RegexSemantics) {
   EXPECT_EQ(failures.load(), 0);
 }
 
+TEST(Targeting, CatastrophicBacktrackingIsAConfigErrorNotAHang) {
+  // 2^40 ways to fail: Python's re would run for days; PCRE2 stops at its match limit.
+  try {
+    regex_fullmatch("(a|a)*", std::string(40, 'a') + "!");
+    ADD_FAILURE() << "a catastrophic pattern matched or failed without an error";
+  } catch (const ConfigError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("'(a|a)*'"), std::string::npos) << what;
+    EXPECT_NE(what.find("backtracking steps"), std::string::npos) << what;
+  }
+  // Ordinary patterns stay well inside the limit.
+  EXPECT_TRUE(regex_fullmatch(R"(.*\.(q|k|v|o)_proj)", "model.layers.31.self_attn.q_proj"));
+}
+
 TEST(Targeting, LayerIndex) {
   const std::string moe = "model.layers.1.mlp.experts.0.up_proj";
   EXPECT_EQ(layer_index(std::nullopt, moe), 1);  // lazy: outer layer, not the expert index

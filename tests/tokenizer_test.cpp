@@ -394,6 +394,23 @@ TEST(TokenizerSynthetic, SplitBehaviors) {
   EXPECT_EQ(split("Removed", true), (Ids{2, 2, 2}));  // inverted: the letters are removed
 }
 
+TEST(TokenizerSynthetic, ACatastrophicSplitPatternIsAFormatErrorNotAHang) {
+  peft::test::TempDir dir;
+  const auto tok = split_tokenizer(dir, {{"type", "Split"},
+                                         {"pattern", {{"Regex", "(a|a)*$"}}},
+                                         {"behavior", "Isolated"},
+                                         {"invert", false}});
+  try {
+    tok.encode(std::string(40, 'a') + "!");
+    ADD_FAILURE() << "a catastrophic pattern ran to its end";
+  } catch (const peft::FormatError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("(a|a)*$"), std::string::npos) << what;
+    EXPECT_NE(what.find("backtracking steps"), std::string::npos) << what;
+    EXPECT_NE(what.find("tokenizer.json"), std::string::npos) << what;
+  }
+}
+
 TEST(TokenizerSynthetic, WordLevelPreTokenizers) {
   peft::test::TempDir dir;
   // Digits: individual (1, 2) or contiguous (12).

@@ -22,8 +22,9 @@ class Regex {
   std::vector<std::pair<size_t, size_t>> find_all(std::string_view subject) const;
   bool search(std::string_view subject) const;
 
+  struct Code;  // the compiled pattern (opaque)
+
  private:
-  struct Code;
   std::shared_ptr<const Code> code_;
 };
 
