@@ -1,5 +1,6 @@
-// Shared by the fuzz targets: the target table, input splitting.
+// Shared by the fuzz targets: the target table, input splitting, silenced warnings.
 #include "fuzz_target.h"
+#include "peft/error.h"
 
 namespace peft::fuzz {
 
@@ -8,9 +9,17 @@ const std::vector<std::pair<std::string, Target>>& targets() {
       {"safetensors", safetensors},       {"lora_config", lora_config},
       {"tokenizer_json", tokenizer_json}, {"sentencepiece", sentencepiece},
       {"chat_template", chat_template},   {"train_jsonl", train_jsonl},
-      {"bnb_state", bnb_state},
+      {"bnb_state", bnb_state},           {"model_config", model_config},
   };
   return all;
+}
+
+void silence_warnings() {
+  static const bool once = [] {
+    set_warning_sink([](const std::string&, const std::string&) {});
+    return true;
+  }();
+  (void)once;
 }
 
 std::pair<std::string_view, std::string_view> split2(const uint8_t* data, size_t size) {

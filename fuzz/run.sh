@@ -19,6 +19,7 @@ seeds() {
     chat_template) find "$ROOT/tests/fixtures/chat_templates" -name '*.jinja' ;;
     train_jsonl) find "$ROOT/tests/fixtures" "$ROOT/assets" -name '*.jsonl' -size -2M ;;
     bnb_state) find "$ROOT/fuzz/seeds/bnb_state" -type f ;;  # 16 x 16 NF4 (prefixed with its shape below)
+    model_config) find "$ROOT/tests/fixtures" "$ROOT/assets" -name 'config.json' -size -64k ;;
   esac
 }
 # A little-endian 32-bit length, as split2 (fuzz/fuzz_util.cpp) reads it.
@@ -31,7 +32,8 @@ le32() {
 two_parts() { case "$1" in tokenizer_json | sentencepiece | chat_template) return 0 ;; *) return 1 ;; esac; }
 
 status=0
-for target in safetensors lora_config tokenizer_json sentencepiece chat_template train_jsonl bnb_state; do
+for target in safetensors lora_config tokenizer_json sentencepiece chat_template train_jsonl bnb_state \
+  model_config; do
   corpus="$BUILD/fuzz-corpus/$target"
   findings="$BUILD/fuzz-findings/$target"
   mkdir -p "$corpus" "$findings"

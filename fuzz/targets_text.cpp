@@ -21,16 +21,6 @@ namespace fs = std::filesystem;
 namespace peft::fuzz {
 namespace {
 
-// Warnings (unknown config keys, ...) are expected on fuzzed input; printing them would only slow
-// the run down.
-void silence_warnings() {
-  static const bool once = [] {
-    set_warning_sink([](const std::string&, const std::string&) {});
-    return true;
-  }();
-  (void)once;
-}
-
 // Encodes `text` and decodes the ids back (with and without special tokens).
 void exercise(const Tokenizer& tok, std::string_view text) {
   const auto ids = tok.encode(std::string(text));

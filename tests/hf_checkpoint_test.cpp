@@ -200,6 +200,23 @@ TEST_F(HfCheckpoint, AbsurdConfigSizesFailBeforeAllocating) {
   auto c = config;
   c["vocab_size"] = 1000000000000;
   EXPECT_THROW(peft::models::from_config(c.dump()), peft::ConfigError);
+  // The MLP counts too: a huge intermediate_size, or a huge number of experts.
+  const auto refused_for_size = [](const nlohmann::json& bad) {
+    try {
+      peft::models::from_config(bad.dump());
+    } catch (const peft::ConfigError& e) {
+      return std::string(e.what()).find("parameters") != std::string::npos;
+    }
+    return false;
+  };
+  c = config;
+  c["intermediate_size"] = 1000000000000;
+  EXPECT_TRUE(refused_for_size(c));
+  c = config;
+  c["model_type"] = "mixtral";
+  c["num_local_experts"] = 1000000000;
+  EXPECT_TRUE(refused_for_size(c));
+  EXPECT_GT(peft::models::config_parameters_lower_bound(config.dump()), 0.0);
   // A float where an integer belongs.
   c = config;
   c["hidden_size"] = 128.5;

@@ -165,6 +165,25 @@ TEST(HostileCli, NonsenseNumbersAreUsageErrorsNotAllNanAdapters) {
   EXPECT_FALSE(fs::exists(tmp.path() / "c" / "adapter_model.safetensors"));
 }
 
+TEST(HostileCli, AnExampleLongerThanTheModelIsRefusedWhenReadUnlessTruncated) {
+  // The demo model has max_position_embeddings 256; a 50 MB line took 24 GB before this check.
+  peft::test::TempDir tmp;
+  std::string ids;
+  for (int i = 0; i < 300; ++i) ids += (i ? ", " : "") + std::to_string(1 + i % 50);
+  peft::test::write_file(tmp.str("long.jsonl"), "{\"input_ids\": [" + ids + "]}\n");
+  const std::string train = "train --model " + q(kDemoModel) + " --data " +
+                            q(tmp.path() / "long.jsonl") + " --out " + q(tmp.path() / "out") +
+                            " --steps 1 --no-sample";
+  const auto r = peft_cli(train);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("long.jsonl:1: 300 tokens, more than the model's 256 positions"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("--max-length"), std::string::npos) << r.output;
+  const auto ok = peft_cli(train + " --max-length 64");
+  EXPECT_EQ(ok.code, 0) << ok.output;
+}
+
 TEST(HostileCli, LogitsNamesABadTokenId) {
   peft::test::TempDir tmp;
   peft::io::save_safetensors(

@@ -17,7 +17,7 @@ Json parse_as(std::string_view text, const std::string& component, const std::st
   check_json_depth(text, component, what, role);
   try {
     return Json::parse(text.begin(), text.end());
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // syntax, or a number out of range (406)
     fail(role, component,
          what + ": not valid JSON: " + e.what() + " (hint: is the file complete and really JSON?)");
   }

@@ -148,7 +148,7 @@ std::shared_ptr<PretrainedModel> make_bert(const nlohmann::json& config) {
   PEFT_CHECK(num_labels > 0, ConfigError, "config.json",
              model_type << " config field \"id2label\" / \"num_labels\" gives " << num_labels
                         << " labels");
-  const double dropout = r.get<double>("classifier_dropout", c.hidden_dropout_prob);
+  const double dropout = r.probability("classifier_dropout", c.hidden_dropout_prob);
   return std::make_shared<SequenceClassifier>(c, num_labels, dropout);
 }
 

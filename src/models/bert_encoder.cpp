@@ -229,8 +229,8 @@ BertConfig read_bert_config(const nlohmann::json& json, const std::string& model
   c.hidden_act =
       parse_activation(r.get<std::string>("hidden_act", "gelu"), model_type, "hidden_act");
   c.layer_norm_eps = r.get<double>("layer_norm_eps", 1e-12);
-  c.hidden_dropout_prob = r.get<double>("hidden_dropout_prob", 0.1);
-  c.attention_probs_dropout_prob = r.get<double>("attention_probs_dropout_prob", 0.1);
+  c.hidden_dropout_prob = r.probability("hidden_dropout_prob", 0.1);
+  c.attention_probs_dropout_prob = r.probability("attention_probs_dropout_prob", 0.1);
   for (const auto& [field, value] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
                                      {"hidden_size", c.hidden_size},
                                      {"num_hidden_layers", c.num_hidden_layers},

@@ -44,6 +44,14 @@ class ConfigReader {
                model_type_ << " config field \"" << key << "\" must be positive; got " << v);
     return v;
   }
+  // A probability field (dropout): a number in [0, 1].
+  double probability(const std::string& key, double fallback) const {
+    const double v = get<double>(key, fallback);
+    PEFT_CHECK(v >= 0.0 && v <= 1.0, ConfigError, "config.json",
+               model_type_ << " config field \"" << key
+                           << "\" must be a probability in [0, 1]; got " << v);
+    return v;
+  }
   template <class T>
   std::optional<T> optional(const std::string& key) const {
     return has(key) ? std::optional<T>(convert<T>(key, config_[key])) : std::nullopt;

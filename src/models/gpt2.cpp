@@ -57,9 +57,9 @@ Gpt2Config read_config(const nlohmann::json& json) {
   c.scale_attn_by_inverse_layer_idx = r.get<bool>("scale_attn_by_inverse_layer_idx", false);
   c.reorder_and_upcast_attn = r.get<bool>("reorder_and_upcast_attn", false);
   c.tie_word_embeddings = r.get<bool>("tie_word_embeddings", true);
-  c.embd_pdrop = r.get<double>("embd_pdrop", 0.1);
-  c.attn_pdrop = r.get<double>("attn_pdrop", 0.1);
-  c.resid_pdrop = r.get<double>("resid_pdrop", 0.1);
+  c.embd_pdrop = r.probability("embd_pdrop", 0.1);
+  c.attn_pdrop = r.probability("attn_pdrop", 0.1);
+  c.resid_pdrop = r.probability("resid_pdrop", 0.1);
   for (const auto& [field, value] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
                                      {"n_positions", c.n_positions},
                                      {"n_embd", c.n_embd},

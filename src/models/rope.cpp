@@ -7,11 +7,13 @@
 #include <torch/types.h>
 
 #include <cmath>
-#include <numbers>
 
 #include "peft/error.h"
 
 namespace peft::models::detail {
+
+// std::numbers::pi, spelled out: the fuzz preset compiles this file as C++17.
+constexpr double kPi = 3.14159265358979323846;
 namespace {
 
 double rope_number(const nlohmann::json& rope_scaling, const std::string& key) {
@@ -81,7 +83,7 @@ RotaryEmbedding make_rotary_embedding(const ConfigReader& config, int64_t head_d
                                                  << low_freq_factor << "), both positive");
     const double low_freq_wavelen = old_context_len / low_freq_factor;
     const double high_freq_wavelen = old_context_len / high_freq_factor;
-    at::Tensor wavelen = at::reciprocal(inv_freq) * (2 * std::numbers::pi);
+    at::Tensor wavelen = at::reciprocal(inv_freq) * (2 * kPi);
     at::Tensor llama = at::where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq);
     at::Tensor smooth = (at::reciprocal(wavelen) * old_context_len - low_freq_factor) /
                         (high_freq_factor - low_freq_factor);

@@ -9,6 +9,8 @@
 #include <string>
 
 #include "peft/error.h"
+#include "peft/io/json.h"
+#include "peft/models/model.h"
 
 namespace peft::models::detail {
 namespace {
@@ -44,7 +46,24 @@ long double parameters_lower_bound(const nlohmann::json& config) {
   const long double vocab = field(config, {"vocab_size"});
   const long double hidden = field(config, {"hidden_size", "n_embd", "d_model"});
   const long double layers = field(config, {"num_hidden_layers", "n_layer"});
-  return vocab * hidden + layers * 2 * hidden * hidden;  // embeddings + q_proj, o_proj
+  const long double heads = field(config, {"num_attention_heads", "n_head"});
+  const long double head_dim = field(config, {"head_dim"});
+  // q_proj and o_proj: hidden x (heads x head_dim) when head_dim is given, else hidden x hidden.
+  const long double attention =
+      2 * hidden * (heads > 0 && head_dim > 0 ? heads * head_dim : hidden);
+  // The MLP: at least two hidden x intermediate matrices, per expert for a mixture of experts
+  // (the smaller of a dense and a sparse layer, since some layers may be either).
+  const long double inter = field(config, {"intermediate_size", "n_inner"});
+  const long double experts = field(config, {"num_local_experts", "num_experts"});
+  const long double moe_inter = field(config, {"moe_intermediate_size"});
+  long double mlp = inter;
+  if (experts > 0) {
+    const long double sparse = experts * (moe_inter > 0 ? moe_inter : inter);
+    mlp = inter > 0 && moe_inter > 0 ? std::min(inter, sparse) : sparse;
+  }
+  // Learned position embeddings (GPT-2's n_positions; BERT's max_position_embeddings).
+  const long double positions = field(config, {"n_positions"});
+  return vocab * hidden + positions * hidden + layers * (attention + 2 * hidden * mlp);
 }
 
 void check_config_size(const nlohmann::json& config, std::optional<uint64_t> checkpoint_elements) {
@@ -55,8 +74,8 @@ void check_config_size(const nlohmann::json& config, std::optional<uint64_t> che
              "the config describes at least "
                  << static_cast<double>(params) << " parameters (" << gib(bytes)
                  << " in float32), more than this machine's " << gib(memory)
-                 << " of memory (hint: check vocab_size, hidden_size "
-                    "and num_hidden_layers)");
+                 << " of memory (hint: check vocab_size, hidden_size, intermediate_size, "
+                    "the number of experts and num_hidden_layers)");
   if (checkpoint_elements) {
     // Quantized checkpoints pack two 4-bit values per byte; tied weights are stored once.
     const long double held = static_cast<long double>(*checkpoint_elements);
@@ -70,3 +89,23 @@ void check_config_size(const nlohmann::json& config, std::optional<uint64_t> che
 }
 
 }  // namespace peft::models::detail
+
+namespace peft::models {
+
+double config_parameters_lower_bound(const std::string& config_json_text) {
+  const nlohmann::json config =
+      io::parse_json(config_json_text, "config.json", "config.json", io::JsonRole::kConfig);
+  detail::check_config_size(config);
+  return static_cast<double>(detail::parameters_lower_bound(config));
+}
+
+std::optional<int64_t> max_position_embeddings(const PretrainedModel& model) {
+  if (model.config_json().empty()) return std::nullopt;
+  const nlohmann::json config =
+      io::parse_json(model.config_json(), "config.json", "config.json", io::JsonRole::kConfig);
+  const long double n = detail::field(config, {"max_position_embeddings", "n_positions"});
+  if (n <= 0) return std::nullopt;
+  return static_cast<int64_t>(n);
+}
+
+}  // namespace peft::models

@@ -157,7 +157,7 @@ std::unique_ptr<Backend> load_tokenizer_json(const std::string& path) {
   try {
     io::check_json_depth(text, "tokenizer", "\"" + path + "\"");
     root = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw FormatError("tokenizer", "\"" + path + "\": not valid JSON: " + e.what() +
                                        " (hint: is this a tokenizer.json from Hugging Face?)");
   }

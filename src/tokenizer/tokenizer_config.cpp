@@ -17,7 +17,7 @@ json read_json(const fs::path& path) {
     const std::string text = read_text_file(path.string());
     io::check_json_depth(text, "tokenizer", "\"" + path.string() + "\"");
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw FormatError("tokenizer", "\"" + path.string() + "\": not valid JSON: " + e.what());
   }
 }

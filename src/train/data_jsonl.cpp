@@ -181,10 +181,18 @@ std::vector<Example> load_jsonl(const std::string& path, const Tokenizer* tokeni
     try {
       io::check_json_depth(text, "data", path + ":" + std::to_string(line));
       obj = json::parse(text);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
       at.fail(std::string("not valid JSON: ") + e.what(), "one JSON object per line");
     }
     Example ex = parse_line(obj, tokenizer, options, at);
+    if (!options.packing && options.max_length <= 0 && options.max_tokens > 0 &&
+        static_cast<int64_t>(ex.input_ids.size()) > options.max_tokens) {
+      // Divergence from transformers: an over-long sequence would run (RoPE models) or fail in
+      // the position embedding; here it is refused before training allocates for it.
+      at.fail(std::to_string(ex.input_ids.size()) + " tokens, more than the model's " +
+                  std::to_string(options.max_tokens) + " positions (max_position_embeddings)",
+              "pass --max-length N to truncate longer examples, or split them");
+    }
     if (!options.packing && options.max_length > 0 &&
         static_cast<int64_t>(ex.input_ids.size()) > options.max_length) {
       const auto n = static_cast<size_t>(options.max_length);

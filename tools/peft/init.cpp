@@ -51,6 +51,7 @@ std::vector<train::Batch> load_batches(const InitOptions& o, const models::Pretr
   const Tokenizer tok = Tokenizer::from_dir(o.model.model_dir);
   train::DataOptions d = o.data_options;
   d.classification = model.task() == models::ModelTask::kSequenceClassification;
+  d.max_tokens = models::max_position_embeddings(model).value_or(0);
   auto examples = train::load_jsonl(o.data, &tok, d);
   PEFT_CHECK(!examples.empty(), ConfigError, "init", "\"" << o.data << "\" holds no examples");
   const int64_t pad = tok.pad_token_id().value_or(tok.eos_token_id().value_or(0));

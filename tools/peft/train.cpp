@@ -111,6 +111,7 @@ void run(TrainOptions o) {
   const Tokenizer* tok = tokenizer ? &*tokenizer : nullptr;
   auto model = load_model(o.model);
   o.data_options.classification = model->task() == models::ModelTask::kSequenceClassification;
+  o.data_options.max_tokens = models::max_position_embeddings(*model).value_or(0);
   auto train_data = train::load_jsonl(o.data, tok, o.data_options);
   std::vector<train::Example> eval_data;
   if (!o.eval_data.empty()) eval_data = train::load_jsonl(o.eval_data, tok, o.data_options);

@@ -91,6 +91,14 @@ class PretrainedModel : public torch::nn::Module, public PeftModelInfo {
   bool gradient_checkpointing_ = false;
 };
 
+// At least how many parameters a config.json describes (embeddings, attention and MLP of every
+// layer), after the size checks from_config makes (ConfigError beyond this machine's memory).
+double config_parameters_lower_bound(const std::string& config_json_text);
+
+// The longest sequence the model's config.json declares (max_position_embeddings, or GPT-2's
+// n_positions); nullopt when it names none.
+std::optional<int64_t> max_position_embeddings(const PretrainedModel& model);
+
 // Builds a model (random weights) from config.json text. Throws UnsupportedError for an unknown
 // model_type, listing the supported ones, and ConfigError for missing / invalid config fields.
 std::shared_ptr<PretrainedModel> from_config(const std::string& config_json_text);

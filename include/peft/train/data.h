@@ -33,6 +33,10 @@ struct DataOptions {
   // Longer examples are truncated to their first max_length tokens (0 = no limit). With packing,
   // the block size.
   int64_t max_length = 0;
+  // Without max_length (or packing): an example longer than this many tokens is a FormatError when
+  // it is read, instead of a sequence no training step could hold (0 = no check). `peft train`
+  // sets the model's max_position_embeddings.
+  int64_t max_tokens = 0;
   // Concatenate all examples (labels included) and cut the stream into blocks of max_length tokens.
   bool packing = false;
   // Read {"text","label"} / {"text","text_pair","label"} lines for a sequence classifier.
