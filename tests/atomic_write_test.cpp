@@ -14,12 +14,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<std::string> entries(const fs::path& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
-  std::sort(out.begin(), out.end());
-  return out;
-}
+using peft::test::dir_entries;
 
 TEST(AtomicWrite, ReplacesTheFileWholeAndLeavesNoTemporaryFile) {
   peft::test::TempDir dir;
@@ -35,7 +30,7 @@ TEST(AtomicWrite, ReplacesTheFileWholeAndLeavesNoTemporaryFile) {
       },
       "test");
   EXPECT_EQ(peft::test::read_file(path), "abcd");
-  EXPECT_EQ(entries(dir.path()), std::vector<std::string>{"a.json"});
+  EXPECT_EQ(dir_entries(dir.path()), std::vector<std::string>{"a.json"});
   peft::io::copy_file_atomically(path, dir.str("b.json"), "test");
   EXPECT_EQ(peft::test::read_file(dir.str("b.json")), "abcd");
 }
@@ -53,7 +48,7 @@ TEST(AtomicWrite, AFailingWriterKeepsTheOldFile) {
                    "test"),
                std::runtime_error);
   EXPECT_EQ(peft::test::read_file(path), "old");
-  EXPECT_EQ(entries(dir.path()), std::vector<std::string>{"a.bin"});
+  EXPECT_EQ(dir_entries(dir.path()), std::vector<std::string>{"a.bin"});
 }
 
 TEST(AtomicWrite, ErrorsNameThePathAndTheComponent) {
@@ -70,7 +65,7 @@ TEST(AtomicWrite, ErrorsNameThePathAndTheComponent) {
   }
   EXPECT_THROW(peft::io::copy_file_atomically(dir.str("none"), dir.str("y"), "component"),
                peft::FormatError);
-  EXPECT_EQ(entries(dir.path()), std::vector<std::string>{"sub"});
+  EXPECT_EQ(dir_entries(dir.path()), std::vector<std::string>{"sub"});
 }
 
 }  // namespace

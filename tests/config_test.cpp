@@ -18,6 +18,8 @@
 namespace peft {
 namespace {
 
+using peft::test::message_of;
+
 using nlohmann::json;
 using Kind = InitLoraWeights::Kind;
 
@@ -27,15 +29,6 @@ const std::vector<std::string> kPeftFiles = {
     "configs/model-bert-seqcls.json", "configs/trainable-tokens-llama.json",
     "configs/init-mlp-olora.json",
 };
-
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no exception)";
-}
 
 // A minimal loadable document plus `extra` keys (a JSON object body without braces).
 std::string doc(const std::string& extra = "") {

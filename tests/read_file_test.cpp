@@ -21,14 +21,7 @@ namespace fs = std::filesystem;
 namespace peft {
 namespace {
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+using peft::test::message_of;
 
 TEST(ReadFile, ReadsARegularFileAndRefusesEverythingElse) {
   test::TempDir tmp;

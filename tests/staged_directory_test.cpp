@@ -18,6 +18,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using peft::test::dir_entries;
+
 using peft::test::read_file;
 using peft::test::write_file;
 
@@ -30,13 +32,6 @@ long dead_pid() {
   return child;
 }
 
-std::vector<std::string> names(const fs::path& dir) {
-  std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 TEST(StagedDirectory, NothingAppearsBeforePublishAndAnUnpublishedStageLeavesNoTrace) {
   peft::test::TempDir tmp;
   const fs::path target = tmp.path() / "out";
@@ -47,7 +42,7 @@ TEST(StagedDirectory, NothingAppearsBeforePublishAndAnUnpublishedStageLeavesNoTr
     EXPECT_EQ(dir.path().parent_path(), target.parent_path());
   }  // dropped without publish (the writer failed)
   EXPECT_FALSE(fs::exists(target));
-  EXPECT_TRUE(names(tmp.path()).empty());
+  EXPECT_TRUE(dir_entries(tmp.path()).empty());
 }
 
 TEST(StagedDirectory, PublishCreatesOrReplacesTheFolderKeepingOnlyWhatKeepSelects) {
@@ -67,17 +62,17 @@ TEST(StagedDirectory, PublishCreatesOrReplacesTheFolderKeepingOnlyWhatKeepSelect
     write_file((dir.path() / "model.bin").string(), "v2");
     dir.publish([](const std::string& name) { return name != "stale.bin"; });
   }
-  EXPECT_EQ(names(target), (std::vector<std::string>{"model.bin", "notes.txt", "sub"}));
+  EXPECT_EQ(dir_entries(target), (std::vector<std::string>{"model.bin", "notes.txt", "sub"}));
   EXPECT_EQ(read_file((target / "model.bin").string()), "v2");
   EXPECT_EQ(read_file((target / "notes.txt").string()), "mine");
   EXPECT_EQ(read_file((target / "sub" / "deep.txt").string()), "mine too");
-  EXPECT_EQ(names(tmp.path()), (std::vector<std::string>{"out"}));  // the old folder is gone
+  EXPECT_EQ(dir_entries(tmp.path()), (std::vector<std::string>{"out"}));  // the old folder is gone
   {
     peft::io::StagedDirectory dir(target.string(), "test");  // no keep: a checkpoint's way
     write_file((dir.path() / "model.bin").string(), "v3");
     dir.publish();
   }
-  EXPECT_EQ(names(target), (std::vector<std::string>{"model.bin"}));
+  EXPECT_EQ(dir_entries(target), (std::vector<std::string>{"model.bin"}));
 }
 
 TEST(StagedDirectory, ASymlinkedTargetKeepsItsLinkAndAFileTargetIsRefused) {
@@ -117,7 +112,7 @@ TEST(StagedDirectory, StaleTemporariesOfDeadWritersGoAndThoseOfLiveOnesStay) {
   write_file((d / (".ckpt.old-" + std::to_string(dead) + "-1") / "a").string(), "old");
   write_file((d / "ckpt" / "a").string(), "new");
   EXPECT_EQ(peft::io::remove_stale_temporaries(d.string()), 4);
-  EXPECT_EQ(names(d),
+  EXPECT_EQ(dir_entries(d),
             (std::vector<std::string>{".model.safetensors.tmp-" + live + "-1", ".notes.tmp-x-1",
                                       "ckpt", "merged", "user.tmp-1-2"}));
   EXPECT_EQ(read_file((d / "merged" / "config.json").string()), "{}");

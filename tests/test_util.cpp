@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdio>
@@ -119,5 +120,22 @@ MLPImpl::MLPImpl(int64_t in, int64_t hidden, int64_t out) {
 }
 
 at::Tensor MLPImpl::forward(const at::Tensor& x) { return lin1(torch::relu(lin0(x))); }
+
+std::vector<std::string> dir_entries(const std::filesystem::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no exception)";
+}
 
 }  // namespace peft::test

@@ -6,8 +6,10 @@
 #include <torch/nn/pimpl.h>
 
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "peft/lora/linear.h"
 
@@ -67,5 +69,11 @@ nlohmann::json byte_level_tokenizer();
 // `p` in single quotes, for peft_cli's shell command line.
 std::string q(const std::filesystem::path& p);
 std::string read_file(const std::string& path);
+
+// The names in `dir` (not recursive), sorted.
+std::vector<std::string> dir_entries(const std::filesystem::path& dir);
+
+// What `f` throws (std::exception::what()), or "(no exception)".
+std::string message_of(const std::function<void()>& f);
 
 }  // namespace peft::test
