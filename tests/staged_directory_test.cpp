@@ -73,6 +73,13 @@ TEST(StagedDirectory, PublishCreatesOrReplacesTheFolderKeepingOnlyWhatKeepSelect
     dir.publish();
   }
   EXPECT_EQ(dir_entries(target), (std::vector<std::string>{"model.bin"}));
+  {
+    peft::io::StagedDirectory dir(target.string() + "/", "test");  // a trailing slash: same folder
+    write_file((dir.path() / "model.bin").string(), "v4");
+    dir.publish();
+  }
+  EXPECT_EQ(read_file((target / "model.bin").string()), "v4");
+  EXPECT_EQ(dir_entries(tmp.path()), (std::vector<std::string>{"out"}));
 }
 
 TEST(StagedDirectory, ASymlinkedTargetKeepsItsLinkAndAFileTargetIsRefused) {

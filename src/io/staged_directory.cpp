@@ -65,11 +65,12 @@ bool process_gone(long pid) {
 StagedDirectory::StagedDirectory(const std::string& target, const char* component)
     : component_(component) {
   std::error_code ec;
-  fs::path t = fs::absolute(fs::path(target), ec);
+  // "out/" names the folder "out": normalize, then drop the trailing separator.
+  fs::path t = fs::absolute(fs::path(target), ec).lexically_normal();
+  if (!t.has_filename()) t = t.parent_path();
   if (!ec && fs::is_symlink(fs::symlink_status(t))) t = fs::weakly_canonical(t, ec);
   if (ec || !t.has_filename()) fail(component, target, "not a folder path", ec);
-  target_ = t.lexically_normal();
-  if (!target_.has_filename()) target_ = target_.parent_path();
+  target_ = t;
   if (fs::exists(fs::symlink_status(target_)) && !fs::is_directory(fs::status(target_)))
     fail(component, target_, "it exists and is not a folder",
          std::make_error_code(std::errc::not_a_directory));

@@ -1,6 +1,7 @@
 #include "activations.h"
 
 #include <ATen/ATen.h>
+#include <c10/util/MathConstants.h>
 
 #include <cmath>
 #include <limits>
@@ -8,9 +9,6 @@
 #include "peft/error.h"
 
 namespace peft::models::detail {
-
-// std::numbers::pi, spelled out: the fuzz preset compiles this file as C++17.
-constexpr double kPi = 3.14159265358979323846;
 
 Activation parse_activation(const std::string& name, const std::string& model_type,
                             const std::string& field) {
@@ -33,7 +31,8 @@ at::Tensor activate(const at::Tensor& x, Activation a) {
     case Activation::kGelu:  // GELUActivation: exact erf form
       return at::gelu(x);
     case Activation::kGeluNew:  // NewGELUActivation, written as transformers writes it
-      return 0.5 * x * (1.0 + at::tanh(std::sqrt(2.0 / kPi) * (x + 0.044715 * at::pow(x, 3.0))));
+      return 0.5 * x *
+             (1.0 + at::tanh(std::sqrt(2.0 / c10::pi<double>) * (x + 0.044715 * at::pow(x, 3.0))));
     case Activation::kGeluPytorchTanh:
       return at::gelu(x, "tanh");
     case Activation::kQuickGelu:

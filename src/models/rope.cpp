@@ -4,6 +4,7 @@
 #include "rope.h"
 
 #include <ATen/ATen.h>
+#include <c10/util/MathConstants.h>
 #include <torch/types.h>
 
 #include <cmath>
@@ -11,9 +12,6 @@
 #include "peft/error.h"
 
 namespace peft::models::detail {
-
-// std::numbers::pi, spelled out: the fuzz preset compiles this file as C++17.
-constexpr double kPi = 3.14159265358979323846;
 namespace {
 
 double rope_number(const nlohmann::json& rope_scaling, const std::string& key) {
@@ -83,7 +81,7 @@ RotaryEmbedding make_rotary_embedding(const ConfigReader& config, int64_t head_d
                                                  << low_freq_factor << "), both positive");
     const double low_freq_wavelen = old_context_len / low_freq_factor;
     const double high_freq_wavelen = old_context_len / high_freq_factor;
-    at::Tensor wavelen = at::reciprocal(inv_freq) * (2 * kPi);
+    at::Tensor wavelen = at::reciprocal(inv_freq) * (2 * c10::pi<double>);
     at::Tensor llama = at::where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq);
     at::Tensor smooth = (at::reciprocal(wavelen) * old_context_len - low_freq_factor) /
                         (high_freq_factor - low_freq_factor);

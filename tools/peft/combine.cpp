@@ -97,7 +97,7 @@ std::vector<NamedDir> validate(CombineOptions& o) {
 // save_pretrained writes an adapter other than "default" into DIR/<name>: stage the folder, move
 // the adapter's files (and the model card) up to the staged folder's top, the layout
 // `--adapter OUT` and PEFT's from_pretrained read, and publish it whole (io::StagedDirectory);
-// files of a previous OUT other than an adapter's stay.
+// files of a previous OUT other than an adapter's (its model card included) stay.
 void write_adapter(const PeftModel& pm, const std::string& adapter, const std::string& out_dir) {
   io::StagedDirectory dir(out_dir, "combine");
   const fs::path top = dir.path();
@@ -108,8 +108,10 @@ void write_adapter(const PeftModel& pm, const std::string& adapter, const std::s
       fs::rename(saved / file, top / file);
     fs::remove_all(saved);
   }
+  // A model card already in OUT is the user's: it stays, the new one is dropped.
+  if (fs::exists(fs::path(out_dir) / "README.md")) fs::remove(top / "README.md");
   dir.publish([](const std::string& name) {
-    return name != io::kAdapterConfigName && name != io::kAdapterWeightsName && name != "README.md";
+    return name != io::kAdapterConfigName && name != io::kAdapterWeightsName;
   });
 }
 
