@@ -164,7 +164,9 @@ TEST(LoraConfig, DesignatedInitializerConfigRoundTrips) {
       .layer_replication = std::vector<std::pair<int64_t, int64_t>>{{0, 4}, {2, 5}},
       .lora_bias = true,
       .target_parameters = std::vector<std::string>{"mlp.experts.down_proj"},
-      .use_bdlora = RawJson{R"({"nblocks":2})"},
+      .use_bdlora = BdLoraConfig{.target_modules_bd_a = std::vector<std::string>{"o_proj"},
+                                 .nblocks = 2,
+                                 .match_strict = false},
       .arrow_config = ArrowConfig{.top_k = 2, .rng_seed = 7, .task_adapter_names = {"a", "b"}},
       .kasa_config = RawJson{R"({"beta":0.001})"},
       .ensure_weight_tying = true,
@@ -438,7 +440,10 @@ TEST(LoraConfig, AcceptsPeftShapes) {
   EXPECT_EQ(c.megatron_config, RawJson{R"({"a":[1,2],"b":1})"});
   const json written = json::parse(lora_config_to_json_text(c));
   EXPECT_EQ(written["megatron_config"], json::parse(R"({"a": [1, 2], "b": 1})"));
-  EXPECT_EQ(written["use_bdlora"], json::parse(R"({"nblocks": 2})"));
+  // use_bdlora is PEFT's BdLoraConfig: every field written (asdict), the defaults filled in.
+  EXPECT_EQ(written["use_bdlora"],
+            json::parse(R"({"match_strict": true, "nblocks": 2, "target_modules_bd_a": null,
+                            "target_modules_bd_b": null})"));
 
   // loftq_config: {} is PEFT's "not set"; a filled one is parsed.
   c = parse(R"("loftq_config": {})");

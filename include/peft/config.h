@@ -117,6 +117,18 @@ struct ArrowConfig {
   bool operator==(const ArrowConfig&) const = default;
 };
 
+// BD-LoRA (use_bdlora): block-diagonal lora_A for modules whose full name contains a pattern of
+// target_modules_bd_a, block-diagonal lora_B for target_modules_bd_b (plain substring match, as
+// PEFT), each with `nblocks` diagonal blocks stored packed as (out, in / nblocks). With
+// match_strict every targeted module must match one list.
+struct BdLoraConfig {
+  std::optional<std::vector<std::string>> target_modules_bd_a{};
+  std::optional<std::vector<std::string>> target_modules_bd_b{};
+  int nblocks = 1;
+  bool match_strict = true;
+  bool operator==(const BdLoraConfig&) const = default;
+};
+
 // trainable_token_indices: a list (applies to the input embedding) or {module suffix: indices}.
 using TrainableTokenIndices =
     std::variant<std::vector<int64_t>, std::vector<std::pair<std::string, std::vector<int64_t>>>>;
@@ -168,7 +180,7 @@ struct LoraConfig {
   bool lora_bias = false;   // bias on lora_B
   std::optional<std::vector<std::string>>
       target_parameters{};  // LoRA on nn.Parameters (ParamWrapper)
-  std::optional<RawJson> use_bdlora{};
+  std::optional<BdLoraConfig> use_bdlora{};
   std::optional<ArrowConfig> arrow_config{};
   std::optional<RawJson> kasa_config{};
   bool ensure_weight_tying = false;

@@ -84,6 +84,7 @@ void read_value(Reader& rd, const OJson& v, const std::string& key, EvaConfig& o
 void read_value(Reader& rd, const OJson& v, const std::string& key, CordaConfig& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, LoraGAConfig& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, ArrowConfig& out);
+void read_value(Reader& rd, const OJson& v, const std::string& key, BdLoraConfig& out);
 
 template <class T>
 void read_value(Reader& rd, const OJson& v, const std::string& key, std::optional<T>& out) {
@@ -123,6 +124,7 @@ OJson write_value(const EvaConfig& c);
 OJson write_value(const CordaConfig& c);
 OJson write_value(const LoraGAConfig& c);
 OJson write_value(const ArrowConfig& c);
+OJson write_value(const BdLoraConfig& c);
 
 // PEFT declares lora_alpha (and the alpha_pattern values, stable_gamma) as int: integral values are
 // written as integers, so "lora_alpha": 16 round-trips as 16 and 16.5 stays 16.5.

@@ -74,6 +74,13 @@ const auto kArrowFields = std::to_array({
         [](const ArrowConfig& s) { return write_names_or_null(s.gks_adapter_names); }},
 });
 
+const auto kBdLoraFields = std::to_array({
+    PEFT_JSON_FIELD(BdLoraConfig, target_modules_bd_a),
+    PEFT_JSON_FIELD(BdLoraConfig, target_modules_bd_b),
+    PEFT_JSON_FIELD(BdLoraConfig, nblocks),
+    PEFT_JSON_FIELD(BdLoraConfig, match_strict),
+});
+
 void read_value(Reader& rd, const OJson& v, const std::string& key, LoftQConfig& out) {
   read_struct(rd, v, key, kLoftqFields, out);
 }
@@ -89,12 +96,16 @@ void read_value(Reader& rd, const OJson& v, const std::string& key, LoraGAConfig
 void read_value(Reader& rd, const OJson& v, const std::string& key, ArrowConfig& out) {
   read_struct(rd, v, key, kArrowFields, out);
 }
+void read_value(Reader& rd, const OJson& v, const std::string& key, BdLoraConfig& out) {
+  read_struct(rd, v, key, kBdLoraFields, out);
+}
 
 OJson write_value(const LoftQConfig& c) { return write_struct(c, kLoftqFields); }
 OJson write_value(const EvaConfig& c) { return write_struct(c, kEvaFields); }
 OJson write_value(const CordaConfig& c) { return write_struct(c, kCordaFields); }
 OJson write_value(const LoraGAConfig& c) { return write_struct(c, kLoraGaFields); }
 OJson write_value(const ArrowConfig& c) { return write_struct(c, kArrowFields); }
+OJson write_value(const BdLoraConfig& c) { return write_struct(c, kBdLoraFields); }
 
 }  // namespace detail
 

@@ -161,6 +161,24 @@ void LoraConfig::validate() const {
                          py_float(arrow_config->router_temperature));
     }
   }
+  if (use_bdlora) {
+    // PEFT BdLoraConfig.__post_init__: the same string in both lists.
+    std::vector<std::string> overlap;
+    for (const auto& a : use_bdlora->target_modules_bd_a.value_or(std::vector<std::string>{})) {
+      const auto& b = use_bdlora->target_modules_bd_b.value_or(std::vector<std::string>{});
+      if (std::find(b.begin(), b.end(), a) != b.end()) overlap.push_back(a);
+    }
+    if (!overlap.empty()) {
+      problems.push_back("Found overlapping modules in target_modules_bd lists: " +
+                         detail::join(overlap, ", ", "'") +
+                         " (hint: a module's A or its B is block-diagonal, not both)");
+    }
+    // Divergence from PEFT: PEFT checks nblocks only by dividing by it when a layer is built.
+    if (use_bdlora->nblocks < 1) {
+      problems.push_back("use_bdlora.nblocks must be a positive integer, got " +
+                         std::to_string(use_bdlora->nblocks));
+    }
+  }
   // PEFT raises this when the layer is built; every rank that a layer can get is known here
   // already.
   if (init == Kind::kOrthogonal) {

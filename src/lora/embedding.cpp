@@ -5,6 +5,7 @@
 #include <torch/types.h>
 #include <torch/utils.h>
 
+#include "init_weights.h"
 #include "peft/error.h"
 
 namespace peft::nn {
@@ -44,7 +45,20 @@ void EmbeddingImpl::create_adapter(const std::string& adapter, const AdapterSett
   // and strings Embedding does not handle) sets A = 0 and B ~ N(0, 1): the opposite of Linear.
   at::Tensor A = torch::randn({s.r, num_embeddings_}, opts);
   at::Tensor B = torch::randn({embedding_dim_, s.r}, opts);
-  if (s.init_lora_weights.kind != K::kFalse) {
+  if (s.init_lora_weights.kind == K::kMica) {
+    // PEFT Embedding.mica_init: the SVD of W^T (embedding_dim, num_embeddings); B its last r left
+    // singular vectors, A = 0; the base is left as it is.
+    const auto dtype = weight().scalar_type();
+    PEFT_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+               UnsupportedError, "lora",
+               "Please initialize MiCA under float32, float16, or bfloat16; the embedding is "
+                   << c10::toString(dtype));
+    const detail::WeightInit wi =
+        detail::mica_init(weight().detach().to(at::kFloat).t(), s.r, /*embedding=*/true,
+                          {num_embeddings_, embedding_dim_});
+    A.copy_(wi.A);
+    B.copy_(wi.B);
+  } else if (s.init_lora_weights.kind != K::kFalse) {
     A.zero_();
     B.normal_(0.0, 1.0);
   }

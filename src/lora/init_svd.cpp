@@ -19,23 +19,26 @@ LowRankSvd svd_lowrank(const at::Tensor& M, int64_t q, int niter) {
   const int64_t n = M.size(1);
   PEFT_CHECK(q > 0 && q <= std::min(m, n), ConfigError, "svd_lowrank",
              "q = " << q << " must be in [1, min(" << m << ", " << n << ")]");
-  // Work on the tall orientation: A (rows >= cols), as torch does by factoring A^T when m < n.
-  const bool wide = m < n;
-  at::Tensor A = wide ? M.t() : M;
-  // Randomized range finder with niter power iterations, re-orthonormalised each time (Halko et
-  // al., 4.4).
+  // torch.svd_lowrank step by step (Halko et al. 2009, algorithm 5.1, as torch orders it), so that
+  // the same random start gives the same factors, signs included: the range of M^T is sampled when
+  // m < n or n > q (torch's "keep V small" branch), the one of M otherwise.
+  const bool transposed = m < n || n > q;
+  const at::Tensor A = transposed ? M.t() : M;
+  // get_approximate_basis: randn(cols, q), then niter re-orthonormalised power iterations.
   at::Tensor X = torch::randn({A.size(1), q}, A.options());
   at::Tensor Q = std::get<0>(at::linalg_qr(at::matmul(A, X)));
   for (int i = 0; i < niter; ++i) {
     Q = std::get<0>(at::linalg_qr(at::matmul(A.t(), Q)));
     Q = std::get<0>(at::linalg_qr(at::matmul(A, Q)));
   }
-  at::Tensor B = at::matmul(Q.t(), A);  // (q, cols)
-  auto [Ub, S, Vh] = at::linalg_svd(B, /*full_matrices=*/false);
-  at::Tensor U = at::matmul(Q, Ub);
-  at::Tensor V = Vh.t();
-  if (wide) std::swap(U, V);
-  return {U, S, V};
+  if (transposed) {
+    // B_t = M Q (m, q); U S Vh = svd(B_t); V = Q Vh^T.
+    auto [U, S, Vh] = at::linalg_svd(at::matmul(M, Q), /*full_matrices=*/false);
+    return {U, S, at::matmul(Q, Vh.t())};
+  }
+  // B = Q^T M (q, n); U = Q U_B; V = Vh^T.
+  auto [Ub, S, Vh] = at::linalg_svd(at::matmul(Q.t(), M), /*full_matrices=*/false);
+  return {at::matmul(Q, Ub), S, Vh.t()};
 }
 
 WeightInit pissa_init(const at::Tensor& W, int r, double scaling, int niter) {
@@ -95,6 +98,25 @@ WeightInit corda_init(const at::Tensor& W, int r, double scaling, const at::Tens
   out.A = (V.t() * sq.unsqueeze(1)).contiguous();  // (r, in): rows of V^T scaled
   out.B = (U * sq.unsqueeze(0)).contiguous();      // (out, r)
   out.residual = W - scaling * at::matmul(out.B, out.A);
+  return out;
+}
+
+WeightInit mica_init(const at::Tensor& W, int r, bool embedding,
+                     const std::vector<int64_t>& shown_shape) {
+  const int64_t max_r = std::min(W.size(0), W.size(1));
+  std::string shape = "(";
+  for (size_t i = 0; i < shown_shape.size(); ++i)
+    shape += (i ? ", " : "") + std::to_string(shown_shape[i]);
+  shape += ")";
+  PEFT_CHECK(r <= max_r, ConfigError, "lora",
+             "MiCA requires `r` <= min("
+                 << (embedding ? "num_embeddings, embedding_dim" : "in_features, out_features")
+                 << ") but got r=" << r << " for " << (embedding ? "an embedding layer" : "a layer")
+                 << " with weight shape " << shape << " (max usable r is " << max_r << ").");
+  at::Tensor U = std::get<0>(at::linalg_svd(W, /*full_matrices=*/false));
+  WeightInit out;
+  out.B = U.slice(1, U.size(1) - r, U.size(1)).contiguous();
+  out.A = at::zeros({r, W.size(1)}, W.options());
   return out;
 }
 

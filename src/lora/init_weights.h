@@ -50,6 +50,11 @@ WeightInit pissa_init(const at::Tensor& W, int r, double scaling, int niter);
 WeightInit olora_init(const at::Tensor& W_stored, int r, double scaling);
 // Orthogonal (r even): A, B with orthogonal row / column spaces so that B A = 0; base untouched.
 WeightInit orthogonal_init(int64_t in_features, int64_t out_features, int r);
+// MiCA: B = the last r left singular vectors of W (out, in) (smallest singular values, unscaled),
+// A = 0 (r, in); the base weight is left as it is. `what` names the layer kind in the error for r >
+// min(W's sizes) ("Linear" / "Embedding": PEFT's two wordings).
+WeightInit mica_init(const at::Tensor& W, int r, bool embedding,
+                     const std::vector<int64_t>& shown_shape);
 // CorDA from the layer's stored decomposition (U (out, r), S (r), V (in, r), already the r
 // components the method kept): S / scaling split as sqrt; A = V^T sqrt(S), B = U sqrt(S); residual
 // W - scaling B A.

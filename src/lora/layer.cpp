@@ -86,6 +86,15 @@ void LoraLayerImpl::add_factors(const std::string& adapter, const AdapterSetting
   lora_B_->insert(adapter, std::make_shared<FactorImpl>(B, b));
 }
 
+void LoraLayerImpl::set_factor_weight(const std::string& adapter, bool a_side, at::Tensor weight) {
+  PEFT_CHECK(lora_A_ && lora_A_->contains(adapter), AdapterNotFoundError, "lora",
+             "layer has no lora_A / lora_B for adapter \"" << adapter << "\"");
+  auto& dict = a_side ? lora_A_ : lora_B_;
+  const at::Tensor bias = dict->get<FactorImpl>(adapter)->bias;
+  dict->insert(adapter, std::make_shared<FactorImpl>(std::move(weight), bias));
+  mixed_cache_->clear();
+}
+
 void LoraLayerImpl::remove_factors(const std::string& adapter) {
   if (lora_A_) {
     lora_A_->erase(adapter);
@@ -228,7 +237,9 @@ void LoraLayerImpl::set_active_adapters(const std::vector<std::string>& adapters
   active_ = adapters;
   for (const auto& name : adapter_order_) {
     const bool on = trainable && std::find(active_.begin(), active_.end(), name) != active_.end();
-    for (auto& [key, t] : adapter_tensors(name)) t.set_requires_grad(on);
+    const auto v = variant(name);
+    for (auto& [key, t] : adapter_tensors(name))
+      t.set_requires_grad(on && !(v && v->keeps_frozen(key)));
   }
   if (tokens_) tokens_->set_trainable(active_, trainable);
   if (modules_to_save_) modules_to_save_->set_trainable(active_, trainable);

@@ -94,10 +94,14 @@ void LoraLayerImpl::init_from_weight(const AdapterSettings& s, at::Tensor& A, at
       wi.residual = r.dequantized.to(at::kFloat);
       break;
     }
+    case K::kMica:
+      // PEFT mica_init: the SVD of W as (out, in); the error shows that shape.
+      wi = detail::mica_init(W, s.r, /*embedding=*/false, {W.size(0), W.size(1)});
+      break;
     default:
       throw UnsupportedError("lora", "init_lora_weights=\"" + spelling +
-                                         "\" is not available (MiCA is not "
-                                         "implemented)");
+                                         "\" is not available for a " + to_string(kind_) +
+                                         " layer");
   }
   PEFT_CHECK(wi.A.sizes() == A.sizes() && wi.B.sizes() == B.sizes(), ShapeMismatchError, "lora",
              spelling << " init produced A " << wi.A.sizes() << " and B " << wi.B.sizes()

@@ -16,6 +16,7 @@ void LoraVariant::append_tensors(const LoraLayerImpl& /*layer*/, const std::stri
                                  std::vector<std::pair<std::string, at::Tensor>>& /*out*/) const {}
 std::string LoraVariant::mixed_batch_refusal() const { return {}; }
 void LoraVariant::on_adapter_change(LoraLayerImpl& /*layer*/) {}
+bool LoraVariant::keeps_frozen(const std::string& /*tensor_key*/) const { return false; }
 
 at::Tensor LoraVariant::get_delta_weight(const LoraLayerImpl& layer,
                                          const std::string& adapter) const {

@@ -24,6 +24,8 @@ inline nn::AdapterSettings adapter_settings_for(const LoraConfig& config, const 
   s.use_dora = config.use_dora;
   s.alora_invocation_tokens = config.alora_invocation_tokens;
   s.arrow_config = config.arrow_config;
+  s.use_bdlora = config.use_bdlora;
+  s.target_name = name;
   s.config = std::make_shared<const LoraConfig>(config);
   s.lora_ga_config = config.lora_ga_config;
   s.loftq_config = config.loftq_config;

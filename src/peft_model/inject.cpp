@@ -26,13 +26,7 @@ void check_supported(const LoraConfig& c) {
   if (c.megatron_config) used.push_back("megatron_config");
   if (c.velora_config) used.push_back("velora_config");
   if (c.monteclora_config) used.push_back("monteclora_config");
-  if (c.use_bdlora) used.push_back("use_bdlora");
   if (c.kasa_config) used.push_back("kasa_config");
-  using K = InitLoraWeights::Kind;
-  const auto k = c.init_lora_weights.kind;
-  if (k == K::kMica) {
-    used.push_back("init_lora_weights=\"" + to_string(c.init_lora_weights) + "\"");
-  }
   if (used.empty()) return;
   const std::string list = detail::join(used);
   throw UnsupportedError(

@@ -46,6 +46,10 @@ CaseResult run_train_case(const Case& c);
 CaseResult run_init_case(const Case& c);
 CaseResult run_combine_case(const Case& c);
 CaseResult run_param_case(const Case& c);
+CaseResult run_datainit_case(const Case& c);
+CaseResult run_intruders_case(const Case& c);
+CaseResult run_arrow_case(const Case& c);
+CaseResult run_variant_case(const Case& c);
 
 // Saves the adapters of `pm` as listed in the case's expected.json and compares the files.
 CaseResult compare_saved_layout(const Case& c, const PeftModel& pm);

@@ -30,6 +30,10 @@ CaseResult run_case(const Case& c) {
   if (kind == "init") return peft::golden::run_init_case(c);
   if (kind == "train") return peft::golden::run_train_case(c);
   if (kind == "param") return peft::golden::run_param_case(c);
+  if (kind == "datainit") return peft::golden::run_datainit_case(c);
+  if (kind == "intruders") return peft::golden::run_intruders_case(c);
+  if (kind == "arrow") return peft::golden::run_arrow_case(c);
+  if (kind == "variant") return peft::golden::run_variant_case(c);
   return peft::golden::fail("unknown kind \"" + kind + "\"");
 }
 

@@ -1,6 +1,6 @@
 // kind "model": a transformers checkpoint (base/config.json) with PEFT adapters: logits of the base
-// model, with each adapter, after merge_and_unload; and, when the case has an expected.json, the
-// saved file layout.
+// model, with each adapter, after merge_and_unload (when the case compares merged results); and,
+// when the case has an expected.json, the saved file layout.
 #include <ATen/ATen.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -95,10 +95,19 @@ CaseResult run_model_case(const Case& c) {
     files = compare_saved_layout(c, *pm);
     if (files.status == CaseResult::Status::kFail) return files;
   }
-  pm->merge_and_unload();
-  produced["logits_merged"] = model->forward(in);
-  for (auto& item : model->named_parameters())
-    produced["merged." + item.key()] = item.value().clone();
+  // Merge only when the case compares merged results: a layer_replication case lists none (PEFT
+  // would add every copy's update to the one shared weight, which peft.cpp refuses).
+  bool wants_merged = false;
+  for (const auto& entry : c.spec.value("compare", nlohmann::json::array())) {
+    const std::string t = entry.value("tensor", "");
+    if (t == "logits_merged" || t.rfind("merged.", 0) == 0) wants_merged = true;
+  }
+  if (wants_merged) {
+    pm->merge_and_unload();
+    produced["logits_merged"] = model->forward(in);
+    for (auto& item : model->named_parameters())
+      produced["merged." + item.key()] = item.value().clone();
+  }
 
   return compare_tensors(c, [&](const std::string& name) {
     auto it = produced.find(name);

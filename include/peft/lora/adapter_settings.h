@@ -31,6 +31,11 @@ struct AdapterSettings {
   std::optional<std::vector<int64_t>> alora_invocation_tokens;
   // Arrow: the adapter is a router over the layer's task adapters.
   std::optional<ArrowConfig> arrow_config;
+  // BD-LoRA: which factor is block-diagonal is decided by matching target_name against its lists.
+  std::optional<BdLoraConfig> use_bdlora;
+  // The targeted module's full name (PEFT's current_key, e.g. "model.layers.0.self_attn.q_proj"),
+  // for variants that choose by name (BD-LoRA); empty for hand-built layers.
+  std::string target_name;
   // LoRA-GA's direction / scale choices (init_lora_weights = "lora_ga").
   std::optional<LoraGAConfig> lora_ga_config;
   // LoftQ's bits / iterations (init_lora_weights = "loftq").

@@ -109,10 +109,19 @@ class LoraLayerImpl : public torch::nn::Module {
                                   const at::Tensor& bias) const = 0;
   // scaling * lora_B(lora_A(x)) (+ scaling * lora_B.bias), x cast to the factors' dtype.
   virtual at::Tensor lora_forward(const at::Tensor& x, const std::string& adapter) const = 0;
+  // result + the adapter's plain LoRA contribution (the layer's own path, with its fused inference
+  // GEMM): what a variant that changes only init or training state computes.
+  at::Tensor add_plain_output(at::Tensor result, const at::Tensor& x,
+                              const std::string& adapter) const {
+    return add_adapter_output(std::move(result), x, adapter);
+  }
   // x cast to the factors' dtype, then the adapter's dropout (training only).
   at::Tensor lora_dropout(const at::Tensor& x, const std::string& adapter) const;
   // Plain LoRA's delta: scaling * B A in the base weight's layout.
   virtual at::Tensor lora_delta_weight(const std::string& adapter) const = 0;
+  // Replaces the adapter's lora_A (a_side) or lora_B weight by `weight`, a variant's own layout
+  // (BD-LoRA's packed blocks); lora_B's bias is kept. Linear / Conv layers only.
+  void set_factor_weight(const std::string& adapter, bool a_side, at::Tensor weight);
   // An adapter-keyed dict registered as `name` on first use (DoRA's "lora_magnitude_vector").
   AdapterDictImpl& adapter_dict(const std::string& name);
   const AdapterDictImpl* find_adapter_dict(const std::string& name) const;

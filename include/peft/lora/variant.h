@@ -58,6 +58,9 @@ class LoraVariant {
   virtual std::string mixed_batch_refusal() const;
   // After any adapter of the layer was created or deleted (PEFT on_adapter_change).
   virtual void on_adapter_change(LoraLayerImpl& layer);
+  // True for an adapter tensor (adapter-free key, e.g. "lora_B.weight") that stays frozen while the
+  // adapter trains, yet is saved (PEFT frozen_peft_weight_names: MiCA's lora_B).
+  virtual bool keeps_frozen(const std::string& tensor_key) const;
 };
 
 // Chooses the variant of an adapter from its settings and the layer's kind; null for plain LoRA.

@@ -17,7 +17,8 @@ namespace variants {
 // UnsupportedError with PEFT's messages) and builds the per-adapter variant object.
 using Factory = std::shared_ptr<LoraVariant>(const LoraLayerImpl& layer,
                                              const AdapterSettings& settings);
-Factory make_alora_variant, make_arrow_variant, make_dora_variant;
+Factory make_alora_variant, make_arrow_variant, make_bdlora_variant, make_dora_variant,
+    make_mica_variant;
 
 }  // namespace variants
 
@@ -36,6 +37,15 @@ const VariantSpec kVariants[] = {
      variants::make_alora_variant},
     {"arrow_config", [](const AdapterSettings& s) { return s.arrow_config.has_value(); },
      variants::make_arrow_variant},
+    // PEFT asks for MiCA's variant only for the exact spelling "mica" (its init takes any case).
+    {"mica",
+     [](const AdapterSettings& s) {
+       return s.init_lora_weights.kind == InitLoraWeights::Kind::kMica &&
+              s.init_lora_weights.spelling.empty();
+     },
+     variants::make_mica_variant},
+    {"use_bdlora", [](const AdapterSettings& s) { return s.use_bdlora.has_value(); },
+     variants::make_bdlora_variant},
     {"use_dora", [](const AdapterSettings& s) { return s.use_dora; }, variants::make_dora_variant},
 };
 
@@ -55,7 +65,7 @@ std::shared_ptr<LoraVariant> resolve_lora_variant(const LoraLayerImpl& layer,
              "Invalid or unsupported variant combination: ("
                  << peft::detail::join(requested, ", ", "'")
                  << ") (hint: a LoRA adapter takes at most one of "
-                    "DoRA, aLoRA and Arrow)");
+                    "DoRA, aLoRA, Arrow, MiCA and BD-LoRA)");
   return chosen->make(layer, settings);
 }
 
