@@ -156,11 +156,11 @@ TEST(LoraConfig, DesignatedInitializerConfigRoundTrips) {
       .lora_ga_config =
           LoraGAConfig{.direction = peft::LoraGADirection::kArBr, .stable_gamma = 8.5},
       .use_dora = true,
-      .velora_config = RawJson{R"({"num_groups":32})"},
+      .velora_config = VeloraConfig{.num_groups = 32, .init_type = "random"},
       .alora_invocation_tokens = std::vector<int64_t>{1, 2, 3},
       .use_qalora = true,
       .qalora_group_size = 32,
-      .monteclora_config = RawJson{R"({"num_samples":4})"},
+      .monteclora_config = MontecloraConfig{.num_samples = 4, .use_entropy = true},
       .layer_replication = std::vector<std::pair<int64_t, int64_t>>{{0, 4}, {2, 5}},
       .lora_bias = true,
       .target_parameters = std::vector<std::string>{"mlp.experts.down_proj"},

@@ -207,7 +207,7 @@ TEST_F(PeftModelTest, UnsupportedFieldsNameTheField) {
     EXPECT_NE(std::string(e.what()).find("not a valid target"), std::string::npos) << e.what();
   }
   c.target_parameters.reset();
-  c.velora_config = peft::RawJson{R"({"num_groups":2})"};
+  c.use_qalora = true;
   EXPECT_THROW(peft::get_peft_model(mlp.ptr(), c), peft::UnsupportedError);
 }
 

@@ -117,6 +117,28 @@ struct ArrowConfig {
   bool operator==(const ArrowConfig&) const = default;
 };
 
+// VeLoRA (velora_config): lora_A's backward keeps one scalar per group of input features, rebuilt
+// from a unit vector; init_type "batch_average" (refreshed every training step),
+// "batch_average_once" or "random".
+struct VeloraConfig {
+  int num_groups = 64;
+  double scale = 1.0;
+  std::string init_type = "batch_average";
+  bool operator==(const VeloraConfig&) const = default;
+};
+
+// MonteCLoRA (monteclora_config): Monte Carlo perturbation of lora_A while training, with a KL +
+// entropy regulariser the trainer adds to the loss.
+struct MontecloraConfig {
+  int num_samples = 8;
+  bool use_entropy = false;
+  double dirichlet_prior = 0.1;
+  double sample_scaler = 1e-4;
+  double kl_loss_weight = 1e-5;
+  int buffer_size = 150;
+  bool operator==(const MontecloraConfig&) const = default;
+};
+
 // BD-LoRA (use_bdlora): block-diagonal lora_A for modules whose full name contains a pattern of
 // target_modules_bd_a, block-diagonal lora_B for target_modules_bd_b (plain substring match, as
 // PEFT), each with `nblocks` diagonal blocks stored packed as (out, in / nblocks). With
@@ -170,11 +192,11 @@ struct LoraConfig {
   std::optional<CordaConfig> corda_config{};
   std::optional<LoraGAConfig> lora_ga_config{};
   bool use_dora = false;
-  std::optional<RawJson> velora_config{};
+  std::optional<VeloraConfig> velora_config{};
   std::optional<std::vector<int64_t>> alora_invocation_tokens{};
   bool use_qalora = false;
   int qalora_group_size = 16;
-  std::optional<RawJson> monteclora_config{};
+  std::optional<MontecloraConfig> monteclora_config{};
   std::optional<std::vector<std::pair<int64_t, int64_t>>>
       layer_replication{};  // [start, end) ranges
   bool lora_bias = false;   // bias on lora_B

@@ -85,6 +85,8 @@ void read_value(Reader& rd, const OJson& v, const std::string& key, CordaConfig&
 void read_value(Reader& rd, const OJson& v, const std::string& key, LoraGAConfig& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, ArrowConfig& out);
 void read_value(Reader& rd, const OJson& v, const std::string& key, BdLoraConfig& out);
+void read_value(Reader& rd, const OJson& v, const std::string& key, VeloraConfig& out);
+void read_value(Reader& rd, const OJson& v, const std::string& key, MontecloraConfig& out);
 
 template <class T>
 void read_value(Reader& rd, const OJson& v, const std::string& key, std::optional<T>& out) {
@@ -125,6 +127,8 @@ OJson write_value(const CordaConfig& c);
 OJson write_value(const LoraGAConfig& c);
 OJson write_value(const ArrowConfig& c);
 OJson write_value(const BdLoraConfig& c);
+OJson write_value(const VeloraConfig& c);
+OJson write_value(const MontecloraConfig& c);
 
 // PEFT declares lora_alpha (and the alpha_pattern values, stable_gamma) as int: integral values are
 // written as integers, so "lora_alpha": 16 round-trips as 16 and 16.5 stays 16.5.

@@ -81,6 +81,21 @@ const auto kBdLoraFields = std::to_array({
     PEFT_JSON_FIELD(BdLoraConfig, match_strict),
 });
 
+const auto kVeloraFields = std::to_array({
+    PEFT_JSON_FIELD(VeloraConfig, num_groups),
+    PEFT_JSON_FIELD(VeloraConfig, scale),
+    PEFT_JSON_FIELD(VeloraConfig, init_type),
+});
+
+const auto kMontecloraFields = std::to_array({
+    PEFT_JSON_FIELD(MontecloraConfig, num_samples),
+    PEFT_JSON_FIELD(MontecloraConfig, use_entropy),
+    PEFT_JSON_FIELD(MontecloraConfig, dirichlet_prior),
+    PEFT_JSON_FIELD(MontecloraConfig, sample_scaler),
+    PEFT_JSON_FIELD(MontecloraConfig, kl_loss_weight),
+    PEFT_JSON_FIELD(MontecloraConfig, buffer_size),
+});
+
 void read_value(Reader& rd, const OJson& v, const std::string& key, LoftQConfig& out) {
   read_struct(rd, v, key, kLoftqFields, out);
 }
@@ -99,6 +114,12 @@ void read_value(Reader& rd, const OJson& v, const std::string& key, ArrowConfig&
 void read_value(Reader& rd, const OJson& v, const std::string& key, BdLoraConfig& out) {
   read_struct(rd, v, key, kBdLoraFields, out);
 }
+void read_value(Reader& rd, const OJson& v, const std::string& key, VeloraConfig& out) {
+  read_struct(rd, v, key, kVeloraFields, out);
+}
+void read_value(Reader& rd, const OJson& v, const std::string& key, MontecloraConfig& out) {
+  read_struct(rd, v, key, kMontecloraFields, out);
+}
 
 OJson write_value(const LoftQConfig& c) { return write_struct(c, kLoftqFields); }
 OJson write_value(const EvaConfig& c) { return write_struct(c, kEvaFields); }
@@ -106,6 +127,8 @@ OJson write_value(const CordaConfig& c) { return write_struct(c, kCordaFields); 
 OJson write_value(const LoraGAConfig& c) { return write_struct(c, kLoraGaFields); }
 OJson write_value(const ArrowConfig& c) { return write_struct(c, kArrowFields); }
 OJson write_value(const BdLoraConfig& c) { return write_struct(c, kBdLoraFields); }
+OJson write_value(const VeloraConfig& c) { return write_struct(c, kVeloraFields); }
+OJson write_value(const MontecloraConfig& c) { return write_struct(c, kMontecloraFields); }
 
 }  // namespace detail
 

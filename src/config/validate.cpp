@@ -161,6 +161,30 @@ void LoraConfig::validate() const {
                          py_float(arrow_config->router_temperature));
     }
   }
+  if (velora_config) {  // PEFT VeloraConfig.__post_init__
+    if (velora_config->num_groups <= 0) {
+      problems.push_back("`num_groups` should be positive, got " +
+                         std::to_string(velora_config->num_groups) + ". (velora_config)");
+    }
+    if (!(velora_config->scale > 0.0)) {
+      problems.push_back("`scale` should be positive, got " + py_float(velora_config->scale) +
+                         ". (velora_config)");
+    }
+    const std::string& t = velora_config->init_type;
+    if (t != "batch_average_once" && t != "batch_average" && t != "random") {
+      problems.push_back("Unsupported `init_type` '" + t +
+                         "'. Supported values are 'batch_average_once', 'batch_average', and "
+                         "'random'. (velora_config)");
+    }
+  }
+  if (monteclora_config) {  // PEFT MontecloraConfig.__post_init__
+    if (monteclora_config->num_samples <= 0)
+      problems.push_back("`num_samples` must be greater than 0. (monteclora_config)");
+    if (!(monteclora_config->dirichlet_prior > 0.0))
+      problems.push_back("`dirichlet_prior` must be greater than 0. (monteclora_config)");
+    if (monteclora_config->buffer_size <= 0)
+      problems.push_back("`buffer_size` must be greater than 0. (monteclora_config)");
+  }
   if (use_bdlora) {
     // PEFT BdLoraConfig.__post_init__: the same string in both lists.
     std::vector<std::string> overlap;

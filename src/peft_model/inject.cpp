@@ -24,8 +24,6 @@ void check_supported(const LoraConfig& c) {
   std::vector<std::string> used;
   if (c.use_qalora) used.push_back("use_qalora");
   if (c.megatron_config) used.push_back("megatron_config");
-  if (c.velora_config) used.push_back("velora_config");
-  if (c.monteclora_config) used.push_back("monteclora_config");
   if (c.kasa_config) used.push_back("kasa_config");
   if (used.empty()) return;
   const std::string list = detail::join(used);

@@ -14,6 +14,7 @@
 #include "peft/error.h"
 #include "peft/io/crash_point.h"
 #include "peft/io/staged_directory.h"
+#include "peft/lora/variants/monteclora.h"
 #include "peft/train/loss.h"
 #include "peft/train/loss_plot.h"
 #include "peft/train/progress.h"
@@ -197,6 +198,7 @@ TrainResult Trainer::train() {
     // The loss of the whole update is the mean over all its label tokens (transformers'
     // num_items_in_batch), so k micro-batches of b/k give the update of one batch of b.
     double loss = std::nan("");
+    std::optional<double> monteclora;
     if (label_tokens > 0) {
       loss = 0;
       for (const auto& b : micro) {
@@ -204,6 +206,15 @@ TrainResult Trainer::train() {
         const double weight =
             static_cast<double>(b.num_label_tokens) / static_cast<double>(label_tokens);
         at::Tensor l = batch_loss(*s.model, b, s.device);
+        // MonteCLoRA adapters add their regulariser to the task loss (PEFT's
+        // MontecloraTrainerMixin), computed from this forward's samples.
+        if (s.peft) {
+          const at::Tensor reg = nn::monteclora_loss(*s.model, s.peft->active_adapters());
+          if (reg.defined()) {
+            monteclora = monteclora.value_or(0.0) + reg.item<double>() * weight;
+            l = l + reg;
+          }
+        }
         loss += l.item<double>() * weight;
         (weight == 1.0 ? l : l * weight).backward();
       }
@@ -230,6 +241,7 @@ TrainResult Trainer::train() {
                    {"epoch", s.epoch},
                    {"tokens", tokens}};
     if (grad_norm) record["grad_norm"] = *grad_norm;
+    if (monteclora) record["monteclora_loss"] = *monteclora;
     s.append_log(std::move(record));
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -8,11 +8,13 @@
 #include <filesystem>
 #include <set>
 
+#include "arch_model.h"
 #include "case.h"
 #include "peft/config.h"
 #include "peft/error.h"
 #include "peft/io/safetensors.h"
 #include "peft/lora/layer.h"
+#include "peft/lora/variants/monteclora.h"
 #include "peft/peft_model.h"
 
 namespace fs = std::filesystem;
@@ -115,6 +117,51 @@ std::string mica_init_steps(const Case& c, Produced& produced) {
   return "";
 }
 
+// VeLoRA: two training passes (loss = sum(out * upstream)) with the gradients of the LoRA factors
+// and the projection after each, then an eval forward.
+std::string velora_training_steps(const Case& c, Produced& produced) {
+  const fs::path dir(c.dir);
+  auto arch = std::make_shared<ArchModel>(build_arch_model((dir / "base").string()));
+  auto inputs =
+      io::load_safetensors((dir / c.spec.value("inputs_file", "inputs.safetensors")).string());
+  auto pm = PeftModel::from_pretrained(arch->root, (dir / "adapter").string(), "default",
+                                       /*is_trainable=*/true);
+  arch->root->train();
+  for (int k = 1; k <= 2; ++k) {
+    const std::string pass = "pass" + std::to_string(k);
+    for (auto& p : arch->root->parameters()) {
+      if (p.grad().defined()) p.mutable_grad() = at::Tensor();
+    }
+    const at::Tensor out = run_forward(*arch, inputs.at("x" + std::to_string(k)));
+    (out * inputs.at("upstream" + std::to_string(k))).sum().backward();
+    produced[pass + ".output"] = out.detach();
+    for (auto& item : arch->root->named_parameters()) {
+      if (item.value().requires_grad() && item.value().grad().defined())
+        produced[pass + ".grad." + item.key()] = item.value().grad().clone();
+    }
+    for (auto& [name, layer] : nn::lora_layers(*arch->root)) {
+      const at::Tensor e = layer->adapter_tensor("default", "lora_velora_embed");
+      if (e.defined()) produced[pass + "." + name + ".velora_embed"] = e.detach().clone();
+    }
+  }
+  arch->root->eval();
+  torch::NoGradGuard no_grad;
+  produced["eval.output"] = run_forward(*arch, inputs.at("x1"));
+  return "";
+}
+
+// MonteCLoRA's regulariser right after loading, in training mode, before any forward.
+std::string monteclora_loss_step(const Case& c, Produced& produced) {
+  FreshModel m = fresh_model(c);
+  auto pm = PeftModel::from_pretrained(m.root, (fs::path(c.dir) / "adapter").string());
+  m.root->train();
+  torch::NoGradGuard no_grad;
+  const at::Tensor loss = nn::monteclora_loss(*m.root, pm->active_adapters());
+  if (!loss.defined()) return "no MonteCLoRA sampler after loading the adapter";
+  produced["train.monteclora_loss"] = loss.reshape({1});
+  return "";
+}
+
 }  // namespace
 
 CaseResult run_variant_case(const Case& c) {
@@ -126,6 +173,11 @@ CaseResult run_variant_case(const Case& c) {
   } else if (variant == "mica") {
     problem = mica_init_steps(c, produced);
     if (problem.empty()) problem = loaded_adapter_steps(c, produced);
+  } else if (variant == "monteclora") {
+    problem = monteclora_loss_step(c, produced);
+    if (problem.empty()) problem = loaded_adapter_steps(c, produced);
+  } else if (variant == "velora") {
+    problem = velora_training_steps(c, produced);
   } else {
     return fail("variant \"" + variant + "\" is not run yet");
   }

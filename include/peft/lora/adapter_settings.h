@@ -31,6 +31,10 @@ struct AdapterSettings {
   std::optional<std::vector<int64_t>> alora_invocation_tokens;
   // Arrow: the adapter is a router over the layer's task adapters.
   std::optional<ArrowConfig> arrow_config;
+  // MonteCLoRA's sampler settings.
+  std::optional<MontecloraConfig> monteclora_config;
+  // VeLoRA's groups, scale and projection init.
+  std::optional<VeloraConfig> velora_config;
   // BD-LoRA: which factor is block-diagonal is decided by matching target_name against its lists.
   std::optional<BdLoraConfig> use_bdlora;
   // The targeted module's full name (PEFT's current_key, e.g. "model.layers.0.self_attn.q_proj"),

@@ -18,7 +18,7 @@ namespace variants {
 using Factory = std::shared_ptr<LoraVariant>(const LoraLayerImpl& layer,
                                              const AdapterSettings& settings);
 Factory make_alora_variant, make_arrow_variant, make_bdlora_variant, make_dora_variant,
-    make_mica_variant;
+    make_mica_variant, make_monteclora_variant, make_velora_variant;
 
 }  // namespace variants
 
@@ -44,9 +44,13 @@ const VariantSpec kVariants[] = {
               s.init_lora_weights.spelling.empty();
      },
      variants::make_mica_variant},
+    {"monteclora_config", [](const AdapterSettings& s) { return s.monteclora_config.has_value(); },
+     variants::make_monteclora_variant},
     {"use_bdlora", [](const AdapterSettings& s) { return s.use_bdlora.has_value(); },
      variants::make_bdlora_variant},
     {"use_dora", [](const AdapterSettings& s) { return s.use_dora; }, variants::make_dora_variant},
+    {"velora_config", [](const AdapterSettings& s) { return s.velora_config.has_value(); },
+     variants::make_velora_variant},
 };
 
 }  // namespace
@@ -65,7 +69,7 @@ std::shared_ptr<LoraVariant> resolve_lora_variant(const LoraLayerImpl& layer,
              "Invalid or unsupported variant combination: ("
                  << peft::detail::join(requested, ", ", "'")
                  << ") (hint: a LoRA adapter takes at most one of "
-                    "DoRA, aLoRA, Arrow, MiCA and BD-LoRA)");
+                    "DoRA, aLoRA, Arrow, MiCA, BD-LoRA, VeLoRA and MonteCLoRA)");
   return chosen->make(layer, settings);
 }
 
