@@ -104,16 +104,14 @@ TEST(BdLora, SaveThenLoadIsBitIdenticalAndRebuildsThePackedShapes) {
   auto loaded = peft::PeftModel::from_pretrained(other.ptr(), dir.str());
   {
     torch::NoGradGuard g;
+    // The base weights only (the two MLPs were drawn differently); the adapter comes from the file.
     for (auto& item : mlp->named_parameters())
-      other->named_parameters()[item.key()].copy_(item.value());
+      if (item.key().find("lora_") == std::string::npos)
+        other->named_parameters()[item.key()].copy_(item.value());
   }
-  const auto a = pm->get_peft_model_state_dict("default");
-  const auto b = loaded->get_peft_model_state_dict("default");
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) {
-    EXPECT_EQ(a[i].first, b[i].first);
-    EXPECT_TRUE(at::equal(a[i].second, b[i].second)) << a[i].first;
-  }
+  EXPECT_EQ(peft::test::state_dict_difference(pm->get_peft_model_state_dict("default"),
+                                              loaded->get_peft_model_state_dict("default")),
+            "");
   mlp->eval();
   other->eval();
   const at::Tensor x = torch::randn({4, 10});

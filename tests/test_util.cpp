@@ -138,4 +138,15 @@ std::string message_of(const std::function<void()>& f) {
   return "(no exception)";
 }
 
+std::string state_dict_difference(const std::vector<std::pair<std::string, at::Tensor>>& a,
+                                  const std::vector<std::pair<std::string, at::Tensor>>& b) {
+  if (a.size() != b.size())
+    return std::to_string(a.size()) + " tensors vs " + std::to_string(b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].first != b[i].first) return "key " + a[i].first + " vs " + b[i].first;
+    if (!at::equal(a[i].second, b[i].second)) return "tensor " + a[i].first + " differs";
+  }
+  return "";
+}
+
 }  // namespace peft::test

@@ -73,6 +73,11 @@ std::string read_file(const std::string& path);
 // The names in `dir` (not recursive), sorted.
 std::vector<std::string> dir_entries(const std::filesystem::path& dir);
 
+// "" when `a` and `b` (adapter state dicts, as get_peft_model_state_dict returns them) hold the
+// same keys in the same order with bit-identical tensors; otherwise the first difference.
+std::string state_dict_difference(const std::vector<std::pair<std::string, at::Tensor>>& a,
+                                  const std::vector<std::pair<std::string, at::Tensor>>& b);
+
 // What `f` throws (std::exception::what()), or "(no exception)".
 std::string message_of(const std::function<void()>& f);
 

@@ -131,11 +131,9 @@ TEST(Velora, SavedUnderPeftsKeyAndLoadedBitIdentical) {
   pm->save_pretrained(dir.str());
   peft::test::MLP other;
   auto loaded = peft::PeftModel::from_pretrained(other.ptr(), dir.str());
-  const auto a = pm->get_peft_model_state_dict("default");
-  const auto b = loaded->get_peft_model_state_dict("default");
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i)
-    EXPECT_TRUE(at::equal(a[i].second, b[i].second)) << a[i].first;
+  EXPECT_EQ(peft::test::state_dict_difference(pm->get_peft_model_state_dict("default"),
+                                              loaded->get_peft_model_state_dict("default")),
+            "");
 }
 
 TEST(Velora, RefusedWhereVeloraDoesNotApply) {
