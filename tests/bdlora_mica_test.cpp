@@ -6,7 +6,9 @@
 
 #include <set>
 
+#include "peft/combine.h"
 #include "peft/error.h"
+#include "peft/intruders.h"
 #include "peft/lora/embedding.h"
 #include "peft/lora/layer.h"
 #include "peft/lora/linear.h"
@@ -162,6 +164,13 @@ TEST(BdLora, PeftsRefusals) {
     EXPECT_NE(
         message_of([&] { peft::get_peft_model(mlp.ptr(), c); }).find("'use_bdlora', 'use_dora'"),
         std::string::npos);
+  }
+  {
+    MLP mlp;  // packed factors are not combined or reduced as if they were dense
+    auto pm = peft::get_peft_model(mlp.ptr(), bd_config({"lin0"}, {"lin1"}, 2));
+    EXPECT_THROW(peft::add_weighted_adapter(*pm, {"default"}, {1.0}, "combined"),
+                 peft::UnsupportedError);
+    EXPECT_THROW(peft::reduce_intruder_dimension(*pm), peft::UnsupportedError);
   }
 }
 

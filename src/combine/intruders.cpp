@@ -96,6 +96,11 @@ void reduce_intruder_dimension(PeftModel& model, const IntruderOptions& o) {
   const LoraConfig& old_config = model.peft_config(o.old_adapter_name);
   PEFT_CHECK(old_config.peft_type == "LORA", ConfigError, "reduce_intruder_dimension",
              "The provided model is not using LoRA and is therefore not supported.");
+  // Divergence from PEFT: BD-LoRA's packed factors are not the dense A / B the reduction rewrites.
+  PEFT_CHECK(!old_config.use_bdlora, UnsupportedError, "reduce_intruder_dimension",
+             "adapter \"" << o.old_adapter_name
+                          << "\" uses use_bdlora (block-diagonal factors stored packed), which the "
+                             "intruder reduction does not support");
   // PEFT adds the new adapter with the old one's config. Divergence from PEFT:
   // PeftModel.add_adapter does not check the name there (an existing adapter's slots are re-created
   // and then overwritten); peft.cpp's add_adapter refuses an existing name with ConfigError "...

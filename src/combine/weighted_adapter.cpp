@@ -105,6 +105,13 @@ void add_weighted_adapter(PeftModel& model, const std::vector<std::string>& adap
         !model.peft_config(a).target_parameters, ConfigError, "add_weighted_adapter",
         "adapter \"" << a
                      << "\" uses target_parameters, which add_weighted_adapter does not support");
+    // Divergence from PEFT: PEFT combines BD-LoRA's packed factors as if they were dense (wrong
+    // shapes or a wrong adapter); they are refused here.
+    PEFT_CHECK(!model.peft_config(a).use_bdlora, UnsupportedError, "add_weighted_adapter",
+               "adapter \"" << a
+                            << "\" uses use_bdlora: its block-diagonal factors are stored packed "
+                               "and cannot be combined factor by factor (hint: merge it into the "
+                               "base model instead)");
   }
   for (auto& [name, layer] : nn::lora_layers(model.base_model())) {
     int copies = 0;
