@@ -169,6 +169,13 @@ TrainResult Trainer::train() {
     say("eval loss before training: " + std::to_string(*result.eval_loss_before));
   }
   s.model->train();
+  // Whether an active adapter is MonteCLoRA, decided once: the regulariser walks every LoRA layer,
+  // which the other adapters' steps need not pay for.
+  bool uses_monteclora = false;
+  if (s.peft) {
+    for (const auto& a : s.peft->active_adapters())
+      uses_monteclora = uses_monteclora || s.peft->peft_config(a).monteclora_config.has_value();
+  }
   const auto start = std::chrono::steady_clock::now();
   int64_t tokens_this_run = 0;
   while (s.global_step < total) {
@@ -208,7 +215,7 @@ TrainResult Trainer::train() {
         at::Tensor l = batch_loss(*s.model, b, s.device);
         // MonteCLoRA adapters add their regulariser to the task loss (PEFT's
         // MontecloraTrainerMixin), computed from this forward's samples.
-        if (s.peft) {
+        if (uses_monteclora) {
           const at::Tensor reg = nn::monteclora_loss(*s.model, s.peft->active_adapters());
           if (reg.defined()) {
             monteclora = monteclora.value_or(0.0) + reg.item<double>() * weight;
