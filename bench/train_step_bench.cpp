@@ -1,8 +1,9 @@
 // One training step (forward + causal-LM loss + backward + AdamW update) of a Llama-shaped model
 // (hidden 512, 4 layers, GQA 8/4 heads, vocab 8000, random weights), batch 4 x 128 tokens: full
 // fine-tuning, LoRA r=16 on q_proj/v_proj, LoRA r=16 on all linear layers, and DoRA (use_dora) on
-// the same two target sets, timed in the same process; plus the inference forward (no grad, eval)
-// of the LoRA and DoRA variants. Peak memory of each variant is measured in a child process (the
+// the same two target sets, and VeLoRA (velora_config, PEFT's defaults: 64 groups, batch_average)
+// on them too, timed in the same process; plus the inference forward (no grad, eval) of the LoRA,
+// DoRA and VeLoRA variants. Peak memory of each variant is measured in a child process (the
 // VmHWM of a fresh process that builds the model and runs 3 steps), because a process's high-water
 // mark only grows.
 //   build-release/bench/train_step_bench [--seq=N]
@@ -31,11 +32,13 @@ enum Variant : int64_t {
   kLoraQv = 1,
   kLoraAllLinear = 2,
   kDoraQv = 3,
-  kDoraAllLinear = 4
+  kDoraAllLinear = 4,
+  kVeloraQv = 5,
+  kVeloraAllLinear = 6
 };
-constexpr int64_t kVariants = 5;
-const char* kNames[] = {"full-finetune", "lora-qv", "lora-all-linear", "dora-qv",
-                        "dora-all-linear"};
+constexpr int64_t kVariants = 7;
+const char* kNames[] = {"full-finetune",   "lora-qv",   "lora-all-linear",  "dora-qv",
+                        "dora-all-linear", "velora-qv", "velora-all-linear"};
 
 struct Setup {
   std::shared_ptr<peft::models::PretrainedModel> model;
@@ -57,7 +60,8 @@ Setup make(Variant v) {
     c.r = 16;
     c.lora_alpha = 32;
     c.use_dora = v == kDoraQv || v == kDoraAllLinear;
-    if (v == kLoraQv || v == kDoraQv) {
+    if (v == kVeloraQv || v == kVeloraAllLinear) c.velora_config = peft::VeloraConfig{};
+    if (v == kLoraQv || v == kDoraQv || v == kVeloraQv) {
       c.target_modules = std::vector<std::string>{"q_proj", "v_proj"};
     } else {
       c.target_modules = std::string("all-linear");
@@ -144,15 +148,16 @@ class TrainReporter : public peft::bench::TimesReporter {
         if (std::fscanf(p, "%ld %ld", &hwm, &built) != 2) hwm = built = -1;
         pclose(p);
       }
+      peak_[v] = hwm;
       std::printf(
           "  %-16s %8.1f ms  %9.0f tokens/s  time/full %.3f  peak RSS %7.1f MiB (model built: %.1f "
           "MiB)\n",
           kNames[v], t, static_cast<double>(kBatch * g_seq) / (t / 1e3), full > 0 ? t / full : 0.0,
           static_cast<double>(hwm) / 1024.0, static_cast<double>(built) / 1024.0);
     }
-    std::printf("\nDoRA overhead over LoRA on the same targets:\n");
-    for (int64_t v : {kDoraQv, kDoraAllLinear}) {
-      const int64_t lora = v == kDoraQv ? kLoraQv : kLoraAllLinear;
+    std::printf("\nDoRA and VeLoRA against LoRA on the same targets (VeLoRA: peak RSS saved):\n");
+    for (int64_t v : {kDoraQv, kDoraAllLinear, kVeloraQv, kVeloraAllLinear}) {
+      const int64_t lora = (v == kDoraQv || v == kVeloraQv) ? kLoraQv : kLoraAllLinear;
       const double td = time("BM_TrainStep/variant:" + std::to_string(v));
       const double tl = time("BM_TrainStep/variant:" + std::to_string(lora));
       const double fd = time("BM_Forward/variant:" + std::to_string(v));
@@ -160,12 +165,16 @@ class TrainReporter : public peft::bench::TimesReporter {
       if (td > 0 && tl > 0)
         std::printf("  %-16s train step %+.1f%%", kNames[v], 100.0 * (td / tl - 1.0));
       if (fd > 0 && fl > 0) std::printf("  inference forward %+.1f%%", 100.0 * (fd / fl - 1.0));
+      if (peak_.count(v) && peak_.count(lora) && peak_[v] > 0 && peak_[lora] > 0) {
+        std::printf("  peak RSS %+.1f MiB", static_cast<double>(peak_[v] - peak_[lora]) / 1024.0);
+      }
       std::printf("\n");
     }
   }
 
  private:
   std::string self_;
+  std::map<int64_t, long> peak_;  // VmHWM (kB) of each variant's child
 };
 
 }  // namespace

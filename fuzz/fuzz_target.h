@@ -23,6 +23,7 @@ void sentencepiece(const uint8_t* data, size_t size);   // tokenizer.model, then
 void chat_template(const uint8_t* data, size_t size);   // a template, then messages JSON
 void train_jsonl(const uint8_t* data, size_t size);     // a training data file
 void bnb_state(const uint8_t* data, size_t size);       // a bitsandbytes 4-bit quant state
+void gptq_state(const uint8_t* data, size_t size);      // a GPTQ layer's tensors
 void model_config(const uint8_t* data, size_t size);    // a model's config.json (every family)
 
 // Drops warnings (unknown config keys, ...): expected on fuzzed input, and printing them would

@@ -9,7 +9,8 @@ const std::vector<std::pair<std::string, Target>>& targets() {
       {"safetensors", safetensors},       {"lora_config", lora_config},
       {"tokenizer_json", tokenizer_json}, {"sentencepiece", sentencepiece},
       {"chat_template", chat_template},   {"train_jsonl", train_jsonl},
-      {"bnb_state", bnb_state},           {"model_config", model_config},
+      {"bnb_state", bnb_state},           {"gptq_state", gptq_state},
+      {"model_config", model_config},
   };
   return all;
 }

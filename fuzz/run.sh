@@ -19,6 +19,7 @@ seeds() {
     chat_template) find "$ROOT/tests/fixtures/chat_templates" -name '*.jinja' ;;
     train_jsonl) find "$ROOT/tests/fixtures" "$ROOT/assets" -name '*.jsonl' -size -2M ;;
     bnb_state) find "$ROOT/fuzz/seeds/bnb_state" -type f ;;  # 16 x 16 NF4 (prefixed with its shape below)
+    gptq_state) find "$ROOT/fuzz/seeds/gptq_state" -type f ;;  # 16 x 64 4-bit v1 (prefixed below)
     model_config) find "$ROOT/tests/fixtures" "$ROOT/assets" -name 'config.json' -size -64k ;;
   esac
 }
@@ -33,7 +34,7 @@ two_parts() { case "$1" in tokenizer_json | sentencepiece | chat_template) retur
 
 status=0
 for target in safetensors lora_config tokenizer_json sentencepiece chat_template train_jsonl bnb_state \
-  model_config; do
+  gptq_state model_config; do
   corpus="$BUILD/fuzz-corpus/$target"
   findings="$BUILD/fuzz-findings/$target"
   mkdir -p "$corpus" "$findings"
@@ -44,6 +45,8 @@ for target in safetensors lora_config tokenizer_json sentencepiece chat_template
       { le32 "$(stat -c %s "$f")"; cat "$f"; printf 'Hello, world!'; } >"$corpus/seed-$n"
     elif [ "$target" = bnb_state ]; then
       { printf '\x0f\x0f'; cat "$f"; } >"$corpus/seed-$n"
+    elif [ "$target" = gptq_state ]; then
+      { printf '\x01\x1f\x01\x0f\x3f'; cat "$f"; } >"$corpus/seed-$n"
     else
       cp "$f" "$corpus/seed-$n"
     fi

@@ -58,6 +58,9 @@ TEST(FuzzRegressions, RealFilesPassThroughTheTargets) {
   run(peft::fuzz::chat_template, two_parts("{{ messages[0].content }}", ""));
   run(peft::fuzz::bnb_state, "\x0f\x0f" + bytes_of(fs::path(PEFT_SOURCE_DIR) / "fuzz" / "seeds" /
                                                    "bnb_state" / "nf4_16x16.safetensors"));
+  run(peft::fuzz::gptq_state,
+      std::string("\x01\x1f\x01\x0f\x3f") + bytes_of(fs::path(PEFT_SOURCE_DIR) / "fuzz" / "seeds" /
+                                                     "gptq_state" / "gptq4_16x64_g32.safetensors"));
   run(peft::fuzz::sentencepiece,
       two_parts(bytes_of(fixtures / "tokenizers" / "llama2_sp" / "tokenizer.model"), "Hello"));
   run(peft::fuzz::model_config, bytes_of(demo / "model" / "config.json"));

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -161,6 +162,27 @@ TEST(Trainer, ResumeFromACheckpointContinuesExactlyLikeAnUninterruptedRun) {
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7}));
 }
 
+TEST(Trainer, ReportsEveryStepTimeAndTheSteadyStateMedian) {
+  EXPECT_EQ(peft::train::speed_warmup_steps(1), 0);
+  EXPECT_EQ(peft::train::speed_warmup_steps(2), 1);
+  EXPECT_EQ(peft::train::speed_warmup_steps(10), 2);
+  peft::test::TempDir tmp;
+  TrainSetup s = make_setup();
+  auto a = args_in(tmp.path() / "speed");
+  a.batch_size = 2;
+  a.max_steps = 5;
+  const auto result = run(s, a, examples(6, 2));
+  ASSERT_EQ(result.step_seconds.size(), 5u);
+  EXPECT_EQ(result.warmup_steps, 2);
+  std::vector<double> steady(result.step_seconds.begin() + 2, result.step_seconds.end());
+  std::sort(steady.begin(), steady.end());
+  EXPECT_EQ(result.median_step_seconds, steady[1]);
+  EXPECT_GT(result.steady_tokens_per_second, 0.0);
+  double total = 0;
+  for (double t : result.step_seconds) total += t;
+  EXPECT_LE(total, result.seconds);  // steps are inside the run's wall time
+}
+
 TEST(Trainer, GradientCheckpointingGivesTheSameRun) {
   peft::test::TempDir tmp;
   std::vector<std::vector<double>> losses;
@@ -292,8 +314,14 @@ TEST(PeftTrainCli, ReproducesPeftAndPyTorchTrainingStepByStep) {
   std::vector<double> losses;
   for (std::string line; std::getline(log, line);) {
     auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
+    if (!j.contains("loss")) continue;
+    losses.push_back(j["loss"].get<double>());
+    // Every update reports its own wall time.
+    ASSERT_TRUE(j.contains("step_time_s")) << line;
+    EXPECT_GT(j["step_time_s"].get<double>(), 0.0) << line;
   }
+  EXPECT_NE(r.output.find("speed: median step "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("over 3 step(s) after 2 warm-up step(s)"), std::string::npos) << r.output;
   EXPECT_EQ(compare(torch::tensor(losses, torch::kDouble), expected.at("losses"), 2e-5, 1e-5), "");
   const auto adapter =
       peft::io::load_safetensors((tmp.path() / "out" / "adapter_model.safetensors").string());

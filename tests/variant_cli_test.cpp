@@ -1,11 +1,13 @@
 // `peft train --config` with each of PEFT 0.20's later variants (BD-LoRA, MiCA, VeLoRA, MonteCLoRA)
 // trains the embedded demo model (its eval loss falls), and `peft merge` / `peft inspect` take the
-// adapters it writes.
+// adapters it writes; QALoRA does the same on a GPTQ checkpoint of the demo model, where merging is
+// refused as PEFT refuses it.
 #include <gtest/gtest.h>
 
 #include <cstdio>
 #include <filesystem>
 
+#include "gptq_pack.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -67,5 +69,38 @@ INSTANTIATE_TEST_SUITE_P(
                       R"("r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
                                        "monteclora_config": {"num_samples": 4, "buffer_size": 8})"}),
     [](const ::testing::TestParamInfo<VariantConfig>& p) { return std::string(p.param.name); });
+
+TEST(QaLoraCli, TrainsAGptqCheckpointOfTheDemoModelAndRefusesToMerge) {
+  peft::test::TempDir tmp;
+  const fs::path demo = fs::path(PEFT_FIXTURES_DIR) / ".." / ".." / "assets" / "demo";
+  peft::test::write_gptq_checkpoint((demo / "model").string(), tmp.str("gptq"), 4, 32,
+                                    /*desc_act=*/true, /*v1=*/true);
+  peft::test::write_file(tmp.str("lora.json"),
+                         R"({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8,
+                             "lora_alpha": 16, "target_modules": "all-linear",
+                             "use_qalora": true, "qalora_group_size": 16})");
+  const auto r =
+      peft_cli("train --model " + q(tmp.path() / "gptq") + " --data " +
+               q(demo / "data" / "train.jsonl") + " --eval-data " +
+               q(demo / "data" / "eval.jsonl") + " --config " + q(tmp.path() / "lora.json") +
+               " --out " + q(tmp.path() / "out") + " --steps 12 --batch-size 16 --lr 3e-3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto at = r.output.find("eval loss: ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  double before = 0, after = 0;
+  ASSERT_EQ(std::sscanf(r.output.c_str() + at, "eval loss: %lf -> %lf", &before, &after), 2)
+      << r.output;
+  EXPECT_LT(after, 0.9 * before) << r.output;
+  const auto m = peft_cli("merge --model " + q(tmp.path() / "gptq") + " --adapter " +
+                          q(tmp.path() / "out") + " --out " + q(tmp.path() / "merged"));
+  EXPECT_EQ(m.code, 1) << m.output;
+  EXPECT_NE(m.output.find("Cannot merge LORA layers when the model is gptq quantized"),
+            std::string::npos)
+      << m.output;
+  EXPECT_FALSE(fs::exists(tmp.path() / "merged"));
+  const auto i =
+      peft_cli("inspect --model " + q(tmp.path() / "gptq") + " --adapter " + q(tmp.path() / "out"));
+  EXPECT_EQ(i.code, 0) << i.output;
+}
 
 }  // namespace

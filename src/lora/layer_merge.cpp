@@ -49,6 +49,7 @@ void LoraLayerImpl::merge(std::optional<std::vector<std::string>> adapters, bool
     if (any) warn("merge", "All adapters are already merged, nothing to do.");
     return;
   }
+  check_base_mergeable();
   torch::NoGradGuard no_grad;
   // weight_ itself for a float base (updated in place); a dequantized copy for a quantized one,
   // committed below.

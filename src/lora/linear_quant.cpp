@@ -38,19 +38,18 @@ void LinearImpl::set_quantized_weight(std::shared_ptr<quant::QuantizedWeight> q)
   if (!quant_options_) {
     auto o = std::make_shared<quant::QuantizeOptions>();
     o->method = q->method();
-    if (q->method() != quant::QuantMethod::kInt8) {
+    if (q->method() == quant::QuantMethod::kNF4 || q->method() == quant::QuantMethod::kFP4) {
       o->blocksize = q->q4().blocksize;
       o->double_quant = q->q4().nested;
-    } else {
+    } else if (q->method() == quant::QuantMethod::kInt8) {
       o->int8_threshold = q->int8_threshold();
     }
     o->compute_dtype = q->compute_dtype();
     quant_options_ = std::move(o);
   }
   torch::NoGradGuard no_grad;
-  at::Tensor packed = q->method() == quant::QuantMethod::kInt8 ? q->q8().CB : q->q4().packed;
   weight().set_requires_grad(false);
-  weight().set_data(packed);
+  weight().set_data(q->packed_data());
   quant_ = std::move(q);
 }
 
@@ -68,8 +67,17 @@ at::Tensor LinearImpl::float_weight() const {
   return quant_->dequantize();
 }
 
+void LinearImpl::check_base_mergeable() const {
+  // PEFT's _check_merge_allowed: "Cannot merge LORA layers when the model is gptq quantized".
+  PEFT_CHECK(!quant_ || quant_->method() != quant::QuantMethod::kGPTQ, UnsupportedError, "merge",
+             "Cannot merge LORA layers when the model is gptq quantized (a GPTQ weight cannot be "
+             "quantized again here; hint: keep the adapter unmerged, or merge it into the float "
+             "model the GPTQ checkpoint was made from)");
+}
+
 void LinearImpl::commit_float_weight(const at::Tensor& w) {
   if (!quant_) return;
+  check_base_mergeable();
   // bitsandbytes' merge: dequantize, add, quantize again with the layer's settings (rounding
   // changes the result).
   quant::QuantizeOptions o = *quant_options_;
@@ -87,8 +95,7 @@ void LinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking)
   for (auto& child : children()) child->to(device, dtype, non_blocking);
   if (has_bias()) bias().set_data(bias().to(device, dtype, non_blocking));
   quant_->to(device);
-  weight().set_data(quant_->method() == quant::QuantMethod::kInt8 ? quant_->q8().CB
-                                                                  : quant_->q4().packed);
+  weight().set_data(quant_->packed_data());
 }
 
 void LinearImpl::to(torch::Dtype dtype, bool non_blocking) {
@@ -101,8 +108,7 @@ void LinearImpl::to(torch::Device device, bool non_blocking) {
   for (auto& child : children()) child->to(device, non_blocking);
   if (has_bias()) bias().set_data(bias().to(device, non_blocking));
   quant_->to(device);
-  weight().set_data(quant_->method() == quant::QuantMethod::kInt8 ? quant_->q8().CB
-                                                                  : quant_->q4().packed);
+  weight().set_data(quant_->packed_data());
 }
 
 }  // namespace peft::nn

@@ -78,8 +78,11 @@ void install_quantized_weights(
     PretrainedModel& model,
     const std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>>& qs) {
   if (qs.empty()) return;
+  // Every Linear (a GPTQ checkpoint may quantize layers bitsandbytes leaves in float).
   std::map<std::string, std::shared_ptr<nn::LinearImpl>> by_name;
-  for (auto& [name, layer] : quantizable(model)) by_name[name] = layer;
+  for (auto& [name, layer] : nn::lora_layers(model)) {
+    if (auto linear = std::dynamic_pointer_cast<nn::LinearImpl>(layer)) by_name[name] = linear;
+  }
   for (const auto& [name, q] : qs) {
     auto layer = by_name.at(name);
     q->to(layer->bias().defined() ? layer->bias().device() : layer->weight().device());

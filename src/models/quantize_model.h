@@ -23,6 +23,13 @@ namespace peft::models::detail {
 std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> take_bnb_weights(
     PretrainedModel& model, std::map<std::string, at::Tensor>& tensors,
     at::ScalarType compute_dtype, const std::string& source);
+// Takes every GPTQ-serialised Linear weight (qweight / qzeros / scales / g_idx, when config.json's
+// quantization_config.quant_method is "gptq") out of `tensors`, leaving the same stand-ins;
+// UnsupportedError for another quant_method than bitsandbytes / gptq. Defined in
+// gptq_checkpoint.cpp.
+std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> take_gptq_weights(
+    PretrainedModel& model, std::map<std::string, at::Tensor>& tensors,
+    at::ScalarType compute_dtype, const std::string& source);
 // Installs them after loading.
 void install_quantized_weights(
     PretrainedModel& model,

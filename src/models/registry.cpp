@@ -97,6 +97,9 @@ std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir,
                                                 ? *options.quantize->compute_dtype
                                                 : dtype,
                                             dir);
+  // A GPTQ checkpoint's Linear layers stay GPTQ-quantized (compute in the model's dtype).
+  auto gptq = detail::take_gptq_weights(*model, tensors, dtype, dir);
+  quantized.insert(quantized.end(), gptq.begin(), gptq.end());
   io::load_state_into(*model, tensors, dir, model->tied_weights());
   detail::install_quantized_weights(*model, quantized);
   if (options.quantize) detail::quantize_model(*model, *options.quantize);

@@ -25,6 +25,8 @@ inline nn::AdapterSettings adapter_settings_for(const LoraConfig& config, const 
   s.alora_invocation_tokens = config.alora_invocation_tokens;
   s.arrow_config = config.arrow_config;
   s.use_bdlora = config.use_bdlora;
+  s.use_qalora = config.use_qalora;
+  s.qalora_group_size = config.qalora_group_size;
   s.velora_config = config.velora_config;
   s.monteclora_config = config.monteclora_config;
   s.target_name = name;

@@ -13,7 +13,9 @@
 #include "internal.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
+#include "peft/lora/linear.h"
 #include "peft/peft_model.h"
+#include "peft/quant/quantized_weight.h"
 #include "peft/targeting.h"
 
 namespace peft {
@@ -22,7 +24,6 @@ namespace {
 // Fields whose feature lands in a later issue: parsed and kept, but refused when used.
 void check_supported(const LoraConfig& c) {
   std::vector<std::string> used;
-  if (c.use_qalora) used.push_back("use_qalora");
   if (c.megatron_config) used.push_back("megatron_config");
   if (c.kasa_config) used.push_back("kasa_config");
   if (used.empty()) return;
@@ -31,6 +32,12 @@ void check_supported(const LoraConfig& c) {
       "get_peft_model", "LoraConfig uses " + list +
                             ", which peft.cpp does not implement yet (hint: these land with "
                             "later releases; the field is kept when a config is read and written)");
+}
+
+bool is_gptq(const std::shared_ptr<nn::LoraLayerImpl>& layer) {
+  const auto linear = std::dynamic_pointer_cast<nn::LinearImpl>(layer);
+  return linear && linear->quantized_weight() &&
+         linear->quantized_weight()->method() == quant::QuantMethod::kGPTQ;
 }
 
 bool contains(const std::vector<std::string>& v, const std::string& s) {
@@ -151,6 +158,15 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
     }
     add_trainable_copies(adapter_name, config, copies, touched);
     add_trainable_tokens(adapter_name, config, touched);
+    if (config.use_qalora && !targets.targeted.empty() &&
+        std::none_of(targets.targeted.begin(), targets.targeted.end(),
+                     [&](const std::string& n) { return is_gptq(layer_by_name.at(n)); })) {
+      // PEFT applies QALoRA in its GPTQ layer only and says nothing elsewhere.
+      warn("get_peft_model",
+           "use_qalora: none of the targeted layers is GPTQ-quantized, and "
+           "QALoRA applies only to GPTQ layers (as in PEFT); adapter \"" +
+               adapter_name + "\" is plain LoRA");
+    }
   } catch (...) {
     for (auto& layer : touched) detail::remove_adapter_everywhere(*layer, adapter_name);
     throw;

@@ -9,6 +9,15 @@
 #include "peft/peft_model.h"
 
 namespace peft {
+namespace {
+
+// Every base that would take merged values must be able to (a GPTQ base cannot: PEFT's
+// _check_merge_allowed refuses GPTQ models), checked before anything changes.
+void check_bases_mergeable(torch::nn::Module& model) {
+  for (const auto& [name, layer] : nn::lora_layers(model)) layer->check_base_mergeable();
+}
+
+}  // namespace
 
 void PeftModel::check_merge_allowed() const {
   for (const auto& [name, c] : configs_) {
@@ -30,6 +39,7 @@ void PeftModel::merge_adapter(std::optional<std::vector<std::string>> adapter_na
                               bool safe_merge) {
   check_not_unloaded("merge_adapter");
   check_merge_allowed();
+  check_bases_mergeable(*model_);
   if (adapter_names) {
     for (const auto& a : *adapter_names) peft_config(a);
   }
@@ -46,6 +56,8 @@ std::shared_ptr<torch::nn::Module> PeftModel::merge_and_unload(
     QuantizedMerge quantized) {
   check_not_unloaded("merge_and_unload");
   check_merge_allowed();
+  // kDequantize turns quantized bases into float ones first, which can take any merge.
+  if (quantized == QuantizedMerge::kRequantize) check_bases_mergeable(*model_);
   if (adapter_names) {
     for (const auto& a : *adapter_names) peft_config(a);
   }

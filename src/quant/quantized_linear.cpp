@@ -135,7 +135,7 @@ at::Tensor QuantizedWeight::forward_impl(const at::Tensor& x, const at::Tensor& 
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = out_;
   const at::Tensor x2d = x.reshape({-1, in_});
-  const at::Tensor y = q8_ ? forward_int8(x2d, bias) : forward_4bit(x2d, bias);
+  const at::Tensor y = q8_ ? forward_int8(x2d, bias) : forward_tiled(x2d, bias);
   return y.to(x.scalar_type()).view(out_shape);
 }
 
@@ -152,9 +152,9 @@ void QuantizedWeight::for_each_tile(
   }
 }
 
-// MatMul4Bit: linear(x.to(compute_dtype), dequantize_4bit(W).to(compute_dtype), bias), one tile of
-// rows at a time.
-at::Tensor QuantizedWeight::forward_4bit(const at::Tensor& x2d, const at::Tensor& bias) const {
+// MatMul4Bit, and GPTQ's dequantize-then-matmul: linear(x.to(compute_dtype),
+// dequantize(W).to(compute_dtype), bias), one tile of rows at a time.
+at::Tensor QuantizedWeight::forward_tiled(const at::Tensor& x2d, const at::Tensor& bias) const {
   const GemmPlan plan = gemm_plan(compute_dtype_, x2d.device());
   const at::Tensor xc = gemm_operand(x2d, plan);
   at::Tensor y = at::empty({xc.size(0), out_}, xc.options());

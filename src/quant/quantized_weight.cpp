@@ -53,6 +53,8 @@ std::string to_string(QuantMethod method) {
       return "fp4";
     case QuantMethod::kInt8:
       return "int8";
+    case QuantMethod::kGPTQ:
+      return "gptq";
   }
   return "?";
 }
@@ -188,11 +190,34 @@ std::shared_ptr<QuantizedWeight> QuantizedWeight::from_int8(QuantizedInt8 q,
   return w;
 }
 
+std::shared_ptr<QuantizedWeight> QuantizedWeight::from_gptq(QuantizedGptq q,
+                                                            at::ScalarType compute_dtype) {
+  check_compute_dtype(compute_dtype, "compute");
+  validate_gptq_options(q.options, kComponent);
+  PEFT_CHECK(q.qweight.defined() && q.qweight.dim() == 2 && q.g_idx.defined(), ShapeMismatchError,
+             kComponent, "GPTQ qweight / g_idx missing or not 2-D / 1-D");
+  const int64_t out = q.qweight.size(1), in = q.g_idx.numel();
+  validate_gptq(q, out, in, "", "GPTQ weight");
+  auto w = std::shared_ptr<QuantizedWeight>(new QuantizedWeight());
+  w->method_ = QuantMethod::kGPTQ;
+  w->out_ = out;
+  w->in_ = in;
+  w->compute_dtype_ = compute_dtype;
+  q.qweight = q.qweight.contiguous();
+  q.g_idx = q.g_idx.to(at::kInt).contiguous();
+  // Zero points and scales once as float32 (groups, out): the decode reads them per element.
+  w->gptq_zeros_ = gptq_unpack_zeros(q).to(at::kFloat).contiguous();
+  w->gptq_scales_ = q.scales.to(compute_dtype).to(at::kFloat).contiguous();
+  w->gptq_ = std::move(q);
+  w->init_tiles();
+  return w;
+}
+
 void QuantizedWeight::init_tiles() {
   // int8 tiles are converted to float64 (see forward_int8), so they hold half as many values.
   const int64_t target = method_ == QuantMethod::kInt8 ? kTileFloats / 2 : kTileFloats;
   int64_t rows = std::max<int64_t>(1, target / in_);
-  if (method_ != QuantMethod::kInt8) {
+  if (q4_) {
     const Quantized4bit& q = *q4_;
     // The first-level absmax in float32. A double-quantized weight keeps only its compressed scales
     // resident (that is the point of double quantization); tiles undo it for their own blocks
@@ -212,8 +237,18 @@ void QuantizedWeight::init_tiles() {
 // ---------------------------------------------------------------------------------------------------------
 // Accessors, dequantization
 
-c10::Device QuantizedWeight::device() const {
-  return q4_ ? q4_->packed.device() : q8_->CB.device();
+c10::Device QuantizedWeight::device() const { return packed_data().device(); }
+
+at::Tensor QuantizedWeight::packed_data() const {
+  if (q4_) return q4_->packed;
+  if (q8_) return q8_->CB;
+  return gptq_->qweight;
+}
+
+const QuantizedGptq& QuantizedWeight::gptq() const {
+  PEFT_CHECK(gptq_.has_value(), Error, kComponent,
+             "gptq() on a " << to_string(method_) << " weight; expected a GPTQ weight");
+  return *gptq_;
 }
 
 const Quantized4bit& QuantizedWeight::q4() const {
@@ -229,7 +264,38 @@ const QuantizedInt8& QuantizedWeight::q8() const {
 }
 
 bool QuantizedWeight::use_cpu_decode() const {
-  return q4_.has_value() && !force_aten_decode_ && q4_->packed.device().is_cpu();
+  return (q4_.has_value() || gptq_.has_value()) && !force_aten_decode_ && device().is_cpu();
+}
+
+void QuantizedWeight::decode_gptq_cpu(int64_t row0, int64_t row1, float* dst) const {
+  // W[o, i] = (q[i, o] - zero[g, o]) * scale[g, o], g = g_idx[i]: every value is read from its
+  // packed word of qweight (in / p words of p codes along the input, one column per output).
+  const QuantizedGptq& q = *gptq_;
+  const int64_t bits = q.options.bits, p = 32 / bits, words = in_ / p, rows = row1 - row0;
+  const uint32_t mask = (uint32_t{1} << bits) - 1;
+  const auto* qw = reinterpret_cast<const uint32_t*>(q.qweight.data_ptr<int32_t>());
+  const int32_t* gi = q.g_idx.data_ptr<int32_t>();
+  const float* zeros = gptq_zeros_.data_ptr<float>();
+  const float* scales = gptq_scales_.data_ptr<float>();
+  const float* zrow[16];
+  const float* srow[16];
+  for (int64_t w = 0; w < words; ++w) {
+    const int64_t i0 = w * p;
+    for (int64_t k = 0; k < p; ++k) {
+      const int64_t g = gi[i0 + k];
+      zrow[k] = zeros + g * out_ + row0;
+      srow[k] = scales + g * out_ + row0;
+    }
+    const uint32_t* src = qw + w * out_ + row0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint32_t word = src[r];
+      float* d = dst + r * in_ + i0;
+      for (int64_t k = 0; k < p; ++k) {
+        const auto code = static_cast<float>((word >> (bits * k)) & mask);
+        d[k] = (code - zrow[k][r]) * srow[k][r];
+      }
+    }
+  }
 }
 
 at::Tensor QuantizedWeight::tile(int64_t row0, int64_t row1, const at::Tensor& buffer,
@@ -242,6 +308,28 @@ at::Tensor QuantizedWeight::tile(int64_t row0, int64_t row1, const at::Tensor& b
     // int8_vectorwise_dequant on the rows: CB * SCB * (1 / 127) in float32, same operation order.
     return rounded(q8_->CB.narrow(0, row0, rows).to(at::kFloat) *
                    q8_->SCB.narrow(0, row0, rows).reshape({rows, 1}) * kInt8Dequant);
+  }
+  if (gptq_) {
+    // The dequantized values are exact in float32; rounded to the compute dtype (the dtype GPTQ
+    // kernels dequantize in), then to round_to.
+    at::Tensor out;
+    if (use_cpu_decode()) {
+      out = !buffer.defined()        ? at::empty({rows, in_}, at::TensorOptions().dtype(at::kFloat))
+            : buffer.size(0) == rows ? buffer
+                                     : buffer.narrow(0, 0, rows);
+      decode_gptq_cpu(row0, row1, out.data_ptr<float>());
+      detail::round_in_place(out, compute_dtype_);
+      if (round_to != compute_dtype_) detail::round_in_place(out, round_to);
+      return out;
+    }
+    QuantizedGptq part = *gptq_;
+    part.qweight = gptq_->qweight.narrow(1, row0, rows);
+    const at::Tensor g = part.g_idx.to(at::kLong);
+    const at::Tensor codes = gptq_unpack_codes(part).to(at::kFloat);  // (in, rows)
+    const at::Tensor z = gptq_zeros_.narrow(1, row0, rows).index_select(0, g);
+    const at::Tensor s = gptq_scales_.narrow(1, row0, rows).index_select(0, g);
+    out = ((codes - z) * s).t().contiguous();
+    return rounded(out.to(compute_dtype_).to(at::kFloat));
   }
   const Quantized4bit& q = *q4_;
   const int64_t e0 = row0 * in_, e1 = row1 * in_, count = e1 - e0;
@@ -333,6 +421,12 @@ void QuantizedWeight::to(c10::Device device) {
     q8_->CB = q8_->CB.to(device);
     q8_->SCB = q8_->SCB.to(device);
   }
+  if (gptq_) {
+    for (at::Tensor* t : {&gptq_->qweight, &gptq_->qzeros, &gptq_->scales, &gptq_->g_idx,
+                          &gptq_zeros_, &gptq_scales_}) {
+      *t = t->to(device);
+    }
+  }
 }
 
 int64_t QuantizedWeight::nbytes() const {
@@ -351,6 +445,13 @@ int64_t QuantizedWeight::nbytes() const {
   if (q8_) {
     add(q8_->CB);
     add(q8_->SCB);
+  }
+  if (gptq_) {
+    // The checkpoint's tensors and the float32 zero points / scales the decode reads.
+    for (const at::Tensor* t : {&gptq_->qweight, &gptq_->qzeros, &gptq_->scales, &gptq_->g_idx,
+                                &gptq_zeros_, &gptq_scales_}) {
+      add(*t);
+    }
   }
   return total;
 }

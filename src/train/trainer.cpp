@@ -6,6 +6,7 @@
 #include <torch/types.h>
 #include <torch/utils.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -23,6 +24,31 @@
 namespace fs = std::filesystem;
 
 namespace peft::train {
+
+int64_t speed_warmup_steps(int64_t steps) { return std::clamp<int64_t>(steps - 1, 0, 2); }
+
+namespace {
+
+// The steady-state speed of a run: median step time and tokens / s over the steps after warm-up.
+void summarize_speed(TrainResult& result, const std::vector<int64_t>& step_tokens) {
+  const auto n = static_cast<int64_t>(result.step_seconds.size());
+  if (n == 0) return;
+  result.warmup_steps = speed_warmup_steps(n);
+  std::vector<double> steady(result.step_seconds.begin() + result.warmup_steps,
+                             result.step_seconds.end());
+  double seconds = 0;
+  int64_t tokens = 0;
+  for (int64_t i = result.warmup_steps; i < n; ++i) {
+    seconds += result.step_seconds[static_cast<size_t>(i)];
+    tokens += step_tokens[static_cast<size_t>(i)];
+  }
+  std::sort(steady.begin(), steady.end());
+  const size_t m = steady.size();
+  result.median_step_seconds = m % 2 ? steady[m / 2] : 0.5 * (steady[m / 2 - 1] + steady[m / 2]);
+  result.steady_tokens_per_second = seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;
+}
+
+}  // namespace
 
 namespace {
 
@@ -178,6 +204,7 @@ TrainResult Trainer::train() {
   }
   const auto start = std::chrono::steady_clock::now();
   int64_t tokens_this_run = 0;
+  std::vector<int64_t> step_tokens;  // tokens of each update of this run
   while (s.global_step < total) {
     // The micro-batches of this update: up to `accum`, fewer at the end of an epoch (as
     // transformers' Trainer).
@@ -197,6 +224,7 @@ TrainResult Trainer::train() {
       micro.push_back(collate(rows, kPadId));
       ++s.cursor;
     }
+    const auto step_start = std::chrono::steady_clock::now();
     int64_t label_tokens = 0, tokens = 0;
     for (const auto& b : micro) {
       label_tokens += b.num_label_tokens;
@@ -238,15 +266,16 @@ TrainResult Trainer::train() {
     const double lr = s.optimizer->param_groups().front().lr;
     if (label_tokens > 0) s.optimizer->step();
     s.optimizer->zero_grad();
+    const double step_time =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    result.step_seconds.push_back(step_time);
+    step_tokens.push_back(tokens);
     ++s.global_step;
     s.tokens_seen += tokens;
     tokens_this_run += tokens;
     result.losses.push_back(loss);
-    json record = {{"step", s.global_step},
-                   {"loss", loss},
-                   {"lr", lr},
-                   {"epoch", s.epoch},
-                   {"tokens", tokens}};
+    json record = {{"step", s.global_step}, {"loss", loss},     {"lr", lr},
+                   {"epoch", s.epoch},      {"tokens", tokens}, {"step_time_s", step_time}};
     if (grad_norm) record["grad_norm"] = *grad_norm;
     if (monteclora) record["monteclora_loss"] = *monteclora;
     s.append_log(std::move(record));
@@ -280,6 +309,7 @@ TrainResult Trainer::train() {
   result.tokens_per_second =
       result.seconds > 0 ? static_cast<double>(tokens_this_run) / result.seconds : 0.0;
   result.steps = s.global_step;
+  summarize_speed(result, step_tokens);
   if (!quiet) progress.finish();
   const bool finished = s.global_step >= total;
   if (finished && !s.eval.empty()) {

@@ -158,6 +158,13 @@ void run(TrainOptions o) {
   }
   std::cout << std::setprecision(1) << "trained " << result.steps << " steps in " << result.seconds
             << " s (" << result.tokens_per_second << " tokens/s)\n";
+  if (!result.step_seconds.empty()) {
+    // The steady-state speed, comparable between runs (train_log.jsonl has every step_time_s).
+    std::cout << std::setprecision(3) << "speed: median step " << result.median_step_seconds
+              << " s, " << std::setprecision(1) << result.steady_tokens_per_second
+              << " tokens/s over " << result.step_seconds.size() - result.warmup_steps
+              << " step(s) after " << result.warmup_steps << " warm-up step(s)\n";
+  }
   if (show_sample)
     print_sample("sample after training", prompt, sample(*model, *tok, prompt, o.sample_tokens));
   const fs::path out(o.out);

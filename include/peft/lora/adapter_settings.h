@@ -35,6 +35,10 @@ struct AdapterSettings {
   std::optional<MontecloraConfig> monteclora_config;
   // VeLoRA's groups, scale and projection init.
   std::optional<VeloraConfig> velora_config;
+  // QALoRA (GPTQ layers only): lora_A sees the input average-pooled over groups of this many
+  // features.
+  bool use_qalora = false;
+  int64_t qalora_group_size = 16;
   // BD-LoRA: which factor is block-diagonal is decided by matching target_name against its lists.
   std::optional<BdLoraConfig> use_bdlora;
   // The targeted module's full name (PEFT's current_key, e.g. "model.layers.0.self_attn.q_proj"),

@@ -50,6 +50,9 @@ class LoraLayerImpl : public torch::nn::Module {
   virtual at::Tensor float_weight() const { return weight_; }
   // Writes new base values (a quantized base quantizes them again).
   void set_base_weights(const at::Tensor& weight, const at::Tensor& bias);
+  // Throws UnsupportedError when merged base values could not be written back (a GPTQ base);
+  // merge checks it before changing anything.
+  virtual void check_base_mergeable() const {}
 
   // ---- adapters ----
   // Creates (or re-creates) the adapter, initialised per settings.init_lora_weights, with the

@@ -41,13 +41,16 @@ class LinearImpl : public LoraLayerImpl {
   // frozen weight to the input. Refused for GPT-2 Conv1D, a tied weight, and layers with merged
   // adapters.
   void quantize(const quant::QuantizeOptions& options);
-  // Installs an already quantized weight (a bitsandbytes checkpoint); its shape must be (out, in).
+  // Installs an already quantized weight (a bitsandbytes or GPTQ checkpoint); its shape must be
+  // (out, in).
   void set_quantized_weight(std::shared_ptr<quant::QuantizedWeight> q);
   // Back to a float weight (compute dtype) holding the dequantized values.
   void dequantize();
   bool is_quantized() const override { return quant_ != nullptr; }
   std::shared_ptr<const quant::QuantizedWeight> quantized_weight() const { return quant_; }
   at::Tensor float_weight() const override;
+  // A GPTQ base cannot take merged values (PEFT refuses merging on GPTQ models).
+  void check_base_mergeable() const override;
   // Module::to converts every parameter; a quantized weight must keep its packed integers (only the
   // device moves).
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;

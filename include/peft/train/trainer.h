@@ -61,8 +61,17 @@ struct TrainResult {
   int64_t steps = 0;  // updates done in total (including those before a resume)
   double seconds = 0;
   double tokens_per_second = 0;
+  // Wall time of each update of this run (forward + backward + optimizer step; the log's
+  // step_time_s), and the steady-state speed: the median step time and the tokens per second of
+  // the steps after the first `warmup_steps` (allocation, caches; 0 when the run is too short).
+  std::vector<double> step_seconds;
+  int64_t warmup_steps = 0;
+  double median_step_seconds = 0;
+  double steady_tokens_per_second = 0;
   std::string adapter_dir;
 };
+// Steps left out of the steady-state speed: two, or fewer in a run of three steps or less.
+int64_t speed_warmup_steps(int64_t steps);
 
 class Trainer {
  public:
