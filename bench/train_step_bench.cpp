@@ -162,8 +162,8 @@ class TrainReporter : public peft::bench::TimesReporter {
       const double tl = time("BM_TrainStep/variant:" + std::to_string(lora));
       const double fd = time("BM_Forward/variant:" + std::to_string(v));
       const double fl = time("BM_Forward/variant:" + std::to_string(lora));
-      if (td > 0 && tl > 0)
-        std::printf("  %-16s train step %+.1f%%", kNames[v], 100.0 * (td / tl - 1.0));
+      if (td <= 0 || tl <= 0) continue;  // not run (--benchmark_filter)
+      std::printf("  %-17s train step %+.1f%%", kNames[v], 100.0 * (td / tl - 1.0));
       if (fd > 0 && fl > 0) std::printf("  inference forward %+.1f%%", 100.0 * (fd / fl - 1.0));
       if (peak_.count(v) && peak_.count(lora) && peak_[v] > 0 && peak_[lora] > 0) {
         std::printf("  peak RSS %+.1f MiB", static_cast<double>(peak_[v] - peak_[lora]) / 1024.0);
