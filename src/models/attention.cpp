@@ -48,18 +48,38 @@ at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   PEFT_CHECK(kv_heads > 0 && heads % kv_heads == 0, ShapeMismatchError, "attention",
              heads << " query heads are not a multiple of " << kv_heads << " key/value heads");
   const int64_t n_rep = heads / kv_heads;
-  // Group the query heads that share a key/value head: (batch, kv_heads, n_rep * seq, head_dim).
-  // One matmul per kv head instead of materialising repeat_kv's copies; the sums are the same.
-  at::Tensor qg = q.reshape({batch, kv_heads, n_rep * seq, head_dim});
-  at::Tensor scores =
-      at::matmul(qg, k.transpose(-1, -2)).to(at::kFloat) * scale;  // (b, kv, n_rep*seq, keys)
-  if (allowed.defined()) {
-    scores = scores.view({batch, kv_heads, n_rep, seq, keys});
-    scores.masked_fill_(allowed.unsqueeze(1).logical_not(), std::numeric_limits<float>::lowest());
+  // The query heads that share a key/value head, stacked: (batch * kv_heads, n_rep * seq,
+  // head_dim). One batched GEMM per kv head instead of materialising repeat_kv's copies; the sums
+  // are the same.
+  const at::Tensor q3 = q.reshape({batch * kv_heads, n_rep * seq, head_dim});
+  const at::Tensor kt = k.reshape({batch * kv_heads, keys, head_dim}).transpose(1, 2);
+  const at::Tensor v3 = v.reshape({batch * kv_heads, keys, head_dim});
+  at::Tensor scores;  // float32 (batch * kv_heads, n_rep * seq, keys)
+  if (allowed.defined() && q.scalar_type() == at::kFloat) {
+    // The mask as an additive bias (0 where allowed, lowest where not) that the GEMM adds while it
+    // scales: scores = bias + scale * q k^T (baddbmm, beta = 1, alpha = scale). No separate scale
+    // pass, no in-place fill of a view (whose backward copies the whole scores tensor). lowest +
+    // any score of magnitude below 1e31 rounds back to lowest, so masked scores are exactly what
+    // masked_fill gives, and allowed ones are the same product as (q k^T) * scale.
+    const at::Tensor bias =
+        at::zeros(allowed.sizes(), q.options())
+            .masked_fill_(allowed.logical_not(), std::numeric_limits<float>::lowest())
+            .unsqueeze(1)  // (batch, 1, 1, seq, keys)
+            .expand({batch, kv_heads, n_rep, seq, keys})
+            .reshape({batch * kv_heads, n_rep * seq, keys});
+    scores = at::baddbmm(bias, q3, kt, /*beta=*/1.0, /*alpha=*/scale);
+  } else {
+    // Half precision: the product in q's dtype, then scale and mask in float32.
+    scores = at::bmm(q3, kt).to(at::kFloat) * scale;
+    if (allowed.defined()) {
+      scores =
+          scores.view({batch, kv_heads, n_rep, seq, keys})
+              .masked_fill(allowed.unsqueeze(1).logical_not(), std::numeric_limits<float>::lowest())
+              .view({batch * kv_heads, n_rep * seq, keys});
+    }
   }
-  at::Tensor probs =
-      at::softmax(scores, -1).to(v.scalar_type()).reshape({batch, kv_heads, n_rep * seq, keys});
-  return at::matmul(probs, v).view({batch, heads, seq, head_dim});
+  const at::Tensor probs = at::softmax(scores, -1).to(v.scalar_type());
+  return at::bmm(probs, v3).view({batch, heads, seq, head_dim});
 }
 
 }  // namespace peft::models::detail
