@@ -1,6 +1,6 @@
-// Where a LoRA training step's time goes: issue 17's workload (random Llama, vocab 4096, hidden 512,
-// intermediate 1376, 4 layers, 8 / 4 heads; LoRA r=16 alpha=32; AdamW; batch 4 x 256) run under
-// LibTorch's profiler for a few steps after two warm-up steps. Prints the self time of every
+// Where a LoRA training step's time goes: issue 17's workload (random Llama, vocab 4096, hidden
+// 512, intermediate 1376, 4 layers, 8 / 4 heads; LoRA r=16 alpha=32; AdamW; batch 4 x 256) run
+// under LibTorch's profiler for a few steps after two warm-up steps. Prints the self time of every
 // operator (forward ops and the autograd nodes of the backward), largest first, and the wall time
 // per step with and without the profiler.
 //   build/bench/train_profile_bench [--targets=qv|all-linear] [--steps=N] [--seq=N]
@@ -132,8 +132,8 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < rows.size() && i < 40; ++i) {
     const auto& [name, a] = rows[i];
     std::printf("%-*s %10.2f %6.1f%% %8.1f\n", static_cast<int>(width),
-                name.substr(0, width).c_str(),
-                a.self_us / 1e3 / static_cast<double>(steps), 100.0 * a.self_us / total,
+                name.substr(0, width).c_str(), a.self_us / 1e3 / static_cast<double>(steps),
+                100.0 * a.self_us / total,
                 static_cast<double>(a.calls) / static_cast<double>(steps));
   }
   return 0;
