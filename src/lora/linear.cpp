@@ -86,6 +86,18 @@ at::Tensor LinearImpl::add_adapter_output(at::Tensor result, const at::Tensor& x
     if (B->bias.defined()) result.add_(B->bias, s);
     return result;
   }
+  if (result.scalar_type() == A.scalar_type()) {
+    // Training: result + s B (A x) as one GEMM that adds into a copy of the base output (addmm,
+    // beta = 1, alpha = s): no (..., out) temporaries for B's output and its scaling; autograd
+    // gives result, A x and B their gradients through it.
+    const double s = scaling(adapter);
+    const at::Tensor h = at::matmul(xin, A.t());  // (..., r)
+    at::Tensor out = at::addmm(result.reshape({-1, out_features_}), h.reshape({-1, h.size(-1)}),
+                               B->weight.t(), 1.0, s)
+                         .view(result.sizes());
+    if (B->bias.defined()) out = out + B->bias * s;
+    return out;
+  }
   return result + lora_forward(xin, adapter).to(result.scalar_type());
 }
 
