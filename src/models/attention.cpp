@@ -42,7 +42,8 @@ at::Tensor attention_allowed(int64_t batch, int64_t seq, int64_t cached,
 }
 
 at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           const at::Tensor& allowed, double scale) {
+                           const AttentionMask& mask, double scale) {
+  const at::Tensor& allowed = mask.allowed;
   const int64_t batch = q.size(0), heads = q.size(1), seq = q.size(2), head_dim = q.size(3);
   const int64_t kv_heads = k.size(1), keys = k.size(2);
   PEFT_CHECK(kv_heads > 0 && heads % kv_heads == 0, ShapeMismatchError, "attention",
@@ -61,13 +62,19 @@ at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     // pass, no in-place fill of a view (whose backward copies the whole scores tensor). lowest +
     // any score of magnitude below 1e31 rounds back to lowest, so masked scores are exactly what
     // masked_fill gives, and allowed ones are the same product as (q k^T) * scale.
-    const at::Tensor bias =
-        at::zeros(allowed.sizes(), q.options())
-            .masked_fill_(allowed.logical_not(), std::numeric_limits<float>::lowest())
-            .unsqueeze(1)  // (batch, 1, 1, seq, keys)
-            .expand({batch, kv_heads, n_rep, seq, keys})
-            .reshape({batch * kv_heads, n_rep * seq, keys});
-    scores = at::baddbmm(bias, q3, kt, /*beta=*/1.0, /*alpha=*/scale);
+    // Built once per forward (every layer of a model has the same head grouping) and shared.
+    AttentionMask::GroupedBias& g = *mask.grouped;
+    if (!g.bias.defined() || g.kv_heads != kv_heads || g.n_rep != n_rep ||
+        g.bias.device() != q.device()) {
+      g.bias = at::zeros(allowed.sizes(), q.options())
+                   .masked_fill_(allowed.logical_not(), std::numeric_limits<float>::lowest())
+                   .unsqueeze(1)  // (batch, 1, 1, seq, keys)
+                   .expand({batch, kv_heads, n_rep, seq, keys})
+                   .reshape({batch * kv_heads, n_rep * seq, keys});
+      g.kv_heads = kv_heads;
+      g.n_rep = n_rep;
+    }
+    scores = at::baddbmm(g.bias, q3, kt, /*beta=*/1.0, /*alpha=*/scale);
   } else {
     // Half precision: the product in q's dtype, then scale and mask in float32.
     scores = at::bmm(q3, kt).to(at::kFloat) * scale;

@@ -10,6 +10,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <memory>
 #include <optional>
 
 namespace peft::models::detail {
@@ -37,12 +38,25 @@ at::Tensor attention_allowed(int64_t batch, int64_t seq, int64_t cached,
                              const at::Tensor& attention_mask,
                              std::optional<int64_t> sliding_window, const c10::Device& device);
 
+// One forward's mask, shared by its layers: `allowed` (attention_allowed; undefined = every key
+// visible) and the additive float32 bias eager_attention derives from it in its grouped layout,
+// built by the first layer that needs it and reused by the others (copies share it).
+struct AttentionMask {
+  struct GroupedBias {
+    at::Tensor
+        bias;  // (batch * kv_heads, n_rep * seq, keys): 0 where allowed, float lowest where not
+    int64_t kv_heads = 0, n_rep = 0;
+  };
+  at::Tensor allowed;
+  std::shared_ptr<GroupedBias> grouped = std::make_shared<GroupedBias>();
+};
+
 // softmax(q k^T * scale, masked) v with q: (batch, heads, seq, head_dim), k, v: (batch, kv_heads,
 // keys, head_dim) and heads a multiple of kv_heads (query head h uses key/value head h / (heads /
 // kv_heads), as repeat_kv). Scores and softmax run in float32; masked scores are set to float32's
 // lowest (finite, so a query with no visible key gets a uniform row instead of NaN, as
 // transformers' min-dtype mask). Returns (batch, heads, seq, head_dim).
 at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           const at::Tensor& allowed, double scale);
+                           const AttentionMask& mask, double scale);
 
 }  // namespace peft::models::detail

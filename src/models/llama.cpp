@@ -173,7 +173,7 @@ class AttentionImpl : public torch::nn::Module {
   // x: (batch, seq, hidden); cos/sin: (batch, seq, head_dim). Appends this layer's k/v to cache
   // when given.
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& allowed, KVCache* cache, size_t layer) {
+                     const AttentionMask& allowed, KVCache* cache, size_t layer) {
     const int64_t batch = x.size(0), seq = x.size(1);
     at::Tensor q = q_proj->forward(x).view({batch, seq, heads_, head_dim_});
     at::Tensor k = k_proj->forward(x).view({batch, seq, kv_heads_, head_dim_});
@@ -238,7 +238,7 @@ class DecoderLayerImpl : public torch::nn::Module {
         register_module("post_attention_layernorm", RMSNorm(s.hidden_size, s.rms_norm_eps));
   }
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                     const at::Tensor& allowed, KVCache* cache, size_t layer) {
+                     const AttentionMask& allowed, KVCache* cache, size_t layer) {
     at::Tensor h =
         x + self_attn->forward(input_layernorm->forward(x), cos, sin, allowed, cache, layer);
     const at::Tensor y = post_attention_layernorm->forward(h);
@@ -361,19 +361,20 @@ at::Tensor LlamaForCausalLM::forward(const ForwardInput& input) {
   at::Tensor h = model_->embed_tokens->forward(ids);
   auto [cos, sin] = rotary_cos_sin(s_.rope, position_ids, h.scalar_type());
   // One mask per distinct sliding window (nullopt = full causal), built on first use.
-  std::vector<std::pair<std::optional<int64_t>, at::Tensor>> masks;
-  auto allowed_for = [&](const std::optional<int64_t>& window) -> at::Tensor {
+  std::vector<std::pair<std::optional<int64_t>, AttentionMask>> masks;
+  auto allowed_for = [&](const std::optional<int64_t>& window) -> AttentionMask {
     for (const auto& [w, m] : masks) {
       if (w == window) return m;
     }
-    masks.emplace_back(window, attention_allowed(batch, seq, cached, mask, window, h.device()));
+    masks.emplace_back(
+        window, AttentionMask{attention_allowed(batch, seq, cached, mask, window, h.device())});
     return masks.back().second;
   };
   // Gradient checkpointing (transformers turns the cache off for it; here a cache turns it off).
   const bool recompute =
       is_gradient_checkpointing() && is_training() && at::GradMode::is_enabled() && !cache;
   for (size_t i = 0; i < model_->layers.size(); ++i) {
-    const at::Tensor allowed = allowed_for(s_.sliding_window[i]);
+    const AttentionMask allowed = allowed_for(s_.sliding_window[i]);
     if (recompute) {
       h = checkpoint(
           [layer = model_->layers[i].ptr(), cos = cos, sin = sin, allowed](const at::Tensor& x) {
