@@ -77,23 +77,19 @@ at::Tensor LinearImpl::add_adapter_output(at::Tensor result, const at::Tensor& x
   const at::Tensor xin = lora_dropout(x, adapter);
   const auto& A = lora_A_->get<FactorImpl>(adapter)->weight;  // (r, in)
   const auto& B = lora_B_->get<FactorImpl>(adapter);          // weight (out, r)
-  if (!at::GradMode::is_enabled() && result.scalar_type() == A.scalar_type() &&
-      result.is_contiguous()) {
-    // Inference: fuse scale-and-add into one GEMM on the output buffer (no (..., out) temporary).
+  if (result.scalar_type() == A.scalar_type()) {
+    // result + s B (A x) as one GEMM (addmm, beta = 1, alpha = s): no (..., out) temporaries for
+    // B's output and its scaling. Inference writes into the output buffer itself; with autograd it
+    // adds into a copy of the base output, and autograd gives result, A x and B their gradients.
     const double s = scaling(adapter);
     at::Tensor h = at::matmul(xin, A.t());  // (..., r)
-    result.view({-1, out_features_}).addmm_(h.reshape({-1, h.size(-1)}), B->weight.t(), 1.0, s);
-    if (B->bias.defined()) result.add_(B->bias, s);
-    return result;
-  }
-  if (result.scalar_type() == A.scalar_type()) {
-    // Training: result + s B (A x) as one GEMM that adds into a copy of the base output (addmm,
-    // beta = 1, alpha = s): no (..., out) temporaries for B's output and its scaling; autograd
-    // gives result, A x and B their gradients through it.
-    const double s = scaling(adapter);
-    const at::Tensor h = at::matmul(xin, A.t());  // (..., r)
-    at::Tensor out = at::addmm(result.reshape({-1, out_features_}), h.reshape({-1, h.size(-1)}),
-                               B->weight.t(), 1.0, s)
+    h = h.reshape({-1, h.size(-1)});
+    if (!at::GradMode::is_enabled() && result.is_contiguous()) {
+      result.view({-1, out_features_}).addmm_(h, B->weight.t(), 1.0, s);
+      if (B->bias.defined()) result.add_(B->bias, s);
+      return result;
+    }
+    at::Tensor out = at::addmm(result.reshape({-1, out_features_}), h, B->weight.t(), 1.0, s)
                          .view(result.sizes());
     if (B->bias.defined()) out = out + B->bias * s;
     return out;

@@ -17,17 +17,6 @@ namespace {
 
 constexpr const char* kField = "config.json quantization_config";
 
-// The quantization_config object, or null when the config has none.
-nlohmann::json quantization_config(const PretrainedModel& model) {
-  if (model.config_json().empty()) return nullptr;
-  auto config = nlohmann::json::parse(model.config_json(), nullptr, /*allow_exceptions=*/false);
-  if (!config.is_object() || !config.contains("quantization_config")) return nullptr;
-  const auto& qc = config["quantization_config"];
-  PEFT_CHECK(qc.is_object() || qc.is_null(), ConfigError, "load_pretrained",
-             kField << " is " << qc.dump() << "; expected an object");
-  return qc;
-}
-
 template <typename T>
 T read_field(const nlohmann::json& qc, const char* name, T fallback, const char* expected) {
   if (!qc.contains(name) || qc[name].is_null()) return fallback;

@@ -34,6 +34,16 @@ std::vector<std::pair<std::string, std::shared_ptr<nn::LinearImpl>>> quantizable
 
 }  // namespace
 
+nlohmann::json quantization_config(const PretrainedModel& model) {
+  if (model.config_json().empty()) return nullptr;
+  auto config = nlohmann::json::parse(model.config_json(), nullptr, /*allow_exceptions=*/false);
+  if (!config.is_object() || !config.contains("quantization_config")) return nullptr;
+  const auto& qc = config["quantization_config"];
+  PEFT_CHECK(qc.is_object() || qc.is_null(), ConfigError, "load_pretrained",
+             "config.json quantization_config is " << qc.dump() << "; expected an object");
+  return qc;
+}
+
 std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> take_bnb_weights(
     PretrainedModel& model, std::map<std::string, at::Tensor>& tensors,
     at::ScalarType compute_dtype, const std::string& source) {
@@ -41,19 +51,14 @@ std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> tak
   // 4-bit layers and the LLM.int8 outlier threshold (default 6.0) of 8-bit ones.
   double threshold = 6.0;
   std::optional<at::ScalarType> bnb_compute;
-  if (!model.config_json().empty()) {
-    const auto config =
-        nlohmann::json::parse(model.config_json(), nullptr, /*allow_exceptions=*/false);
-    if (config.is_object() && config.contains("quantization_config") &&
-        config["quantization_config"].is_object()) {
-      const auto& qc = config["quantization_config"];
-      if (qc.contains("llm_int8_threshold") && qc["llm_int8_threshold"].is_number()) {
-        threshold = qc["llm_int8_threshold"].get<double>();
-      }
-      if (qc.contains("bnb_4bit_compute_dtype") && qc["bnb_4bit_compute_dtype"].is_string()) {
-        bnb_compute = parse_dtype(qc["bnb_4bit_compute_dtype"].get<std::string>(),
-                                  "config.json quantization_config.bnb_4bit_compute_dtype");
-      }
+  const nlohmann::json qc = quantization_config(model);
+  if (qc.is_object()) {
+    if (qc.contains("llm_int8_threshold") && qc["llm_int8_threshold"].is_number()) {
+      threshold = qc["llm_int8_threshold"].get<double>();
+    }
+    if (qc.contains("bnb_4bit_compute_dtype") && qc["bnb_4bit_compute_dtype"].is_string()) {
+      bnb_compute = parse_dtype(qc["bnb_4bit_compute_dtype"].get<std::string>(),
+                                "config.json quantization_config.bnb_4bit_compute_dtype");
     }
   }
   std::vector<std::pair<std::string, std::shared_ptr<quant::QuantizedWeight>>> out;

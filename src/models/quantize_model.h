@@ -6,6 +6,7 @@
 
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +16,9 @@
 
 namespace peft::models::detail {
 
+// config.json's quantization_config object (read by both checkpoint readers below), or null when
+// there is none; ConfigError when it is something else than an object.
+nlohmann::json quantization_config(const PretrainedModel& model);
 // Takes every bitsandbytes-serialised Linear weight out of `tensors` (packed data and quant state)
 // and leaves a zero-cost stand-in under "<layer>.weight" so that loading checks shapes as usual.
 // `source` names the file in errors. config.json's quantization_config sets the compute dtype

@@ -13,9 +13,8 @@
 #include "internal.h"
 #include "peft/error.h"
 #include "peft/lora/layer.h"
-#include "peft/lora/linear.h"
+#include "peft/lora/variant.h"
 #include "peft/peft_model.h"
-#include "peft/quant/quantized_weight.h"
 #include "peft/targeting.h"
 
 namespace peft {
@@ -32,12 +31,6 @@ void check_supported(const LoraConfig& c) {
       "get_peft_model", "LoraConfig uses " + list +
                             ", which peft.cpp does not implement yet (hint: these land with "
                             "later releases; the field is kept when a config is read and written)");
-}
-
-bool is_gptq(const std::shared_ptr<nn::LoraLayerImpl>& layer) {
-  const auto linear = std::dynamic_pointer_cast<nn::LinearImpl>(layer);
-  return linear && linear->quantized_weight() &&
-         linear->quantized_weight()->method() == quant::QuantMethod::kGPTQ;
 }
 
 bool contains(const std::vector<std::string>& v, const std::string& s) {
@@ -158,9 +151,13 @@ void PeftModel::inject(const std::string& adapter_name, LoraConfig& config) {
     }
     add_trainable_copies(adapter_name, config, copies, touched);
     add_trainable_tokens(adapter_name, config, touched);
+    // Whether a layer took QALoRA is what resolve_lora_variant decided (GPTQ layers only).
+    const auto took_qalora = [&](const std::string& n) {
+      const auto v = layer_by_name.at(n)->variant(adapter_name);
+      return v && std::string(v->name()) == "QALoRA";
+    };
     if (config.use_qalora && !targets.targeted.empty() &&
-        std::none_of(targets.targeted.begin(), targets.targeted.end(),
-                     [&](const std::string& n) { return is_gptq(layer_by_name.at(n)); })) {
+        std::none_of(targets.targeted.begin(), targets.targeted.end(), took_qalora)) {
       // PEFT applies QALoRA in its GPTQ layer only and says nothing elsewhere.
       warn("get_peft_model",
            "use_qalora: none of the targeted layers is GPTQ-quantized, and "

@@ -18,6 +18,7 @@
 #include "peft/error.h"
 #include "peft/io/json.h"
 #include "peft/quant/quantized_weight.h"
+#include "quant_common.h"
 
 namespace peft::quant {
 
@@ -64,11 +65,7 @@ bool allowed_blocksize(int64_t b) {
          std::end(kAllowedBlocksizes);
 }
 
-std::string describe(const at::Tensor& t) {
-  std::ostringstream os;
-  os << t.scalar_type() << " " << t.sizes();
-  return os.str();
-}
+using detail::describe;
 
 // Reads one checkpoint's entries for a layer; every complaint names the file and the tensor.
 class Reader {

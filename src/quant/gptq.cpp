@@ -8,17 +8,14 @@
 #include <sstream>
 
 #include "peft/error.h"
+#include "quant_common.h"
 
 namespace peft::quant {
 namespace {
 
 constexpr const char* kComponent = "gptq";
 
-std::string describe(const at::Tensor& t) {
-  std::ostringstream os;
-  os << t.scalar_type() << " " << t.sizes();
-  return os.str();
-}
+using detail::describe;
 
 [[noreturn]] void fail(const std::string& file, const std::string& key, const std::string& msg) {
   throw FormatError(kComponent, file + ": \"" + key + "\" " + msg);

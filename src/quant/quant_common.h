@@ -1,9 +1,12 @@
 // What the quantized weight's construction and its fused kernel share (private to src/quant).
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <sstream>
+#include <string>
 
 namespace peft::quant::detail {
 
@@ -18,6 +21,13 @@ inline constexpr double kInt8Dequant = 7.874015718698502e-3;
 
 inline bool is_float_dtype(c10::ScalarType st) {
   return st == c10::kFloat || st == c10::kHalf || st == c10::kBFloat16;
+}
+
+// "<dtype> <shape>" of a checkpoint tensor, for the messages that say what was found.
+inline std::string describe(const at::Tensor& t) {
+  std::ostringstream os;
+  os << t.scalar_type() << " " << t.sizes();
+  return os.str();
 }
 
 }  // namespace peft::quant::detail
