@@ -4,7 +4,6 @@
 
 #include <ATen/ATen.h>
 #include <benchmark/benchmark.h>
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -70,11 +69,30 @@ inline long read_status_kb(const char* field) {
   return -1;
 }
 
-// Uses every core and prints the thread count and the BLAS library LibTorch runs on.
-inline void print_runtime_header() {
-  const int threads = peft::set_num_threads();
-  (void)at::mm(at::randn({64, 64}), at::randn({64, 64}));  // load BLAS before reporting it
-  std::printf("threads: %d\nBLAS: %s\n", threads, peft::blas_libraries().c_str());
+inline const char* blas_threading_name(peft::BlasThreading t) {
+  switch (t) {
+    case peft::BlasThreading::kSequential:
+      return "sequential";
+    case peft::BlasThreading::kPthreads:
+      return "pthreads";
+    case peft::BlasThreading::kOpenMP:
+      return "OpenMP";
+    default:
+      return "unknown";
+  }
+}
+
+// Set by a benchmark that runs bf16 work (the thread plan gives oneDNN's GEMMs the OpenMP pool).
+inline bool g_low_precision = false;
+
+// Applies peft's thread plan (requested = 0: its automatic choice) and prints the counts, why, and
+// the BLAS LibTorch runs on.
+inline void print_runtime_header(int requested = 0) {
+  const peft::ThreadPlan plan = peft::configure_threads(requested, g_low_precision);
+  const std::string blas_pool = plan.blas > 0 ? std::to_string(plan.blas) : "as set";
+  std::printf("threads: %d (OpenBLAS pool: %s; %s)\nBLAS: %s (%s threading)\n", plan.intra_op,
+              blas_pool.c_str(), plan.reason.c_str(), peft::blas_libraries().c_str(),
+              blas_threading_name(peft::blas_threading()));
 }
 
 // Reads "--NAME=<int>" arguments into the given variables (the other arguments are left for Google
@@ -90,23 +108,9 @@ inline void read_int_flags(int argc, char** argv,
   }
 }
 
-// Single-threaded figures need OpenBLAS's own pool limited too (LibTorch's thread count does not
-// reach it): sets LibTorch's and OpenBLAS's threads to n and prints the runtime header with both
-// counts.
+// Single-threaded (or n-threaded) figures: LibTorch's and OpenBLAS's pools both set to n.
 inline void print_runtime_header_with_threads(int64_t n) {
-  const int threads = peft::set_num_threads(static_cast<int>(n));
-  (void)at::mm(at::randn({64, 64}), at::randn({64, 64}));  // load BLAS before reporting it
-  using SetFn = void (*)(int);
-  using GetFn = int (*)();
-  auto set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  auto get = reinterpret_cast<GetFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  std::string blas_threads = "n/a (not OpenBLAS)";
-  if (set && get) {
-    set(static_cast<int>(n));
-    blas_threads = std::to_string(get());
-  }
-  std::printf("threads: %d (OpenBLAS threads: %s)\nBLAS: %s\n", threads, blas_threads.c_str(),
-              peft::blas_libraries().c_str());
+  print_runtime_header(static_cast<int>(n));
 }
 
 // The shared main(): reads "--NAME=<int>" into `value` (the benchmark's own size flag), prints the

@@ -378,7 +378,6 @@ class MoeReporter : public peft::bench::TimesReporter {
   }
 };
 
-// Single-threaded BLAS: LibTorch's set_num_threads does not reach OpenBLAS's own pthread pool.
 }  // namespace
 
 int main(int argc, char** argv) {

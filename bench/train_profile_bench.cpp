@@ -3,7 +3,8 @@
 // under LibTorch's profiler for a few steps after two warm-up steps. Prints the self time of every
 // operator (forward ops and the autograd nodes of the backward), largest first, and the wall time
 // per step with and without the profiler.
-//   build/bench/train_profile_bench [--targets=qv|all-linear] [--steps=N] [--seq=N]
+//   build/bench/train_profile_bench [--targets=qv|all-linear] [--steps=N] [--seq=N] [--shapes]
+//   [--bf16]
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
@@ -72,13 +73,14 @@ std::map<std::string, Aggregate> self_times(const prof::thread_event_lists& list
 int main(int argc, char** argv) {
   std::string targets = "qv";
   int64_t steps = 4, seq = 256;
-  bool shapes = false;
+  bool shapes = false, bf16 = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--targets=", 0) == 0) targets = a.substr(10);
     if (a.rfind("--steps=", 0) == 0) steps = std::stoll(a.substr(8));
     if (a.rfind("--seq=", 0) == 0) seq = std::stoll(a.substr(6));
     if (a == "--shapes") shapes = true;
+    if (a == "--bf16") bf16 = peft::bench::g_low_precision = true;
   }
   peft::bench::print_runtime_header();
   torch::manual_seed(0);
@@ -102,7 +104,12 @@ int main(int argc, char** argv) {
   const auto step = [&] {
     peft::models::ForwardInput in;
     in.input_ids = ids;
-    peft::train::causal_lm_loss(model->forward(in), ids).backward();
+    at::Tensor loss;
+    {
+      peft::Bf16Autocast autocast(bf16);
+      loss = peft::train::causal_lm_loss(model->forward(in), ids);
+    }
+    loss.backward();
     optimizer->step();
     optimizer->zero_grad();
   };
@@ -124,8 +131,9 @@ int main(int argc, char** argv) {
             [](const auto& a, const auto& b) { return a.second.self_us > b.second.self_us; });
   double total = 0;
   for (const auto& [name, a] : rows) total += a.self_us;
-  std::printf("LoRA %s, batch 4 x %lld: %.1f ms per step (%.1f ms under the profiler)\n",
-              targets.c_str(), static_cast<long long>(seq), plain * 1e3, profiled * 1e3);
+  std::printf("LoRA %s%s, batch 4 x %lld: %.1f ms per step (%.1f ms under the profiler)\n",
+              targets.c_str(), bf16 ? " (bf16 autocast)" : "", static_cast<long long>(seq),
+              plain * 1e3, profiled * 1e3);
   const size_t width = shapes ? 110 : 64;
   std::printf("%-*s %10s %7s %8s\n", static_cast<int>(width), "operator (self time)", "ms/step",
               "share", "calls");

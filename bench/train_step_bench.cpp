@@ -12,11 +12,14 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "bench_util.h"
 #include "peft/models/model.h"
@@ -29,6 +32,9 @@ namespace {
 int64_t g_seq = 256;
 int64_t kBatch = 4;
 bool g_qwen = false;  // --model=qwen2-0.5b
+bool g_bf16 = false;  // --bf16: bfloat16 autocast (transformers' bf16=True)
+bool g_bf16_base =
+    false;  // --bf16-base: the frozen base model loaded in bfloat16 (--dtype bfloat16)
 
 const char* kLlamaConfig = R"({
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 512, "intermediate_size": 1376,
@@ -66,6 +72,7 @@ Setup make(Variant v) {
   Setup s;
   s.model = peft::models::from_config(g_qwen ? kQwenConfig : kLlamaConfig);
   s.model->train();
+  if (g_bf16_base) s.model->to(at::kBFloat16);
   if (v != kFull) {
     peft::LoraConfig c;
     c.r = 16;
@@ -87,7 +94,12 @@ Setup make(Variant v) {
 void train_step(Setup& s) {
   peft::models::ForwardInput in;
   in.input_ids = s.ids;
-  peft::train::causal_lm_loss(s.model->forward(in), s.ids).backward();
+  at::Tensor loss;
+  {
+    peft::Bf16Autocast autocast(g_bf16);
+    loss = peft::train::causal_lm_loss(s.model->forward(in), s.ids);
+  }
+  loss.backward();
   s.optimizer->step();
   s.optimizer->zero_grad();
 }
@@ -137,11 +149,34 @@ BENCHMARK(BM_Forward)
 
 // Child mode: build the variant, run 3 steps, print "<VmHWM kB> <VmRSS kB after building>".
 int peak_memory_child(Variant v) {
-  peft::set_num_threads();
+  peft::configure_threads(0, g_bf16);
   Setup s = make(v);
   const long built = peft::bench::read_status_kb("VmRSS");
   for (int i = 0; i < 3; ++i) train_step(s);
   std::printf("%ld %ld\n", peft::bench::read_status_kb("VmHWM"), built);
+  return 0;
+}
+
+// --step-times-variant=V [--steps=N]: build the variant, run 2 warm-up steps then N timed ones
+// (default 10), print each step's time and the median and minimum (the minimum is the figure least
+// disturbed by other load on a shared machine).
+int step_times(Variant v, int64_t steps) {
+  peft::bench::print_runtime_header();
+  Setup s = make(v);
+  for (int i = 0; i < 2; ++i) train_step(s);
+  std::vector<double> ms;
+  for (int64_t i = 0; i < steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    train_step(s);
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    std::printf("step %lld: %.1f ms\n", static_cast<long long>(i + 1), ms.back());
+  }
+  std::sort(ms.begin(), ms.end());
+  std::printf("%s%s%s: median %.1f ms, min %.1f ms over %lld steps; peak RSS %.1f MiB\n", kNames[v],
+              g_bf16 ? " (bf16)" : "", g_bf16_base ? " (bf16 base)" : "", ms[ms.size() / 2],
+              ms.front(), static_cast<long long>(steps),
+              static_cast<double>(peft::bench::read_status_kb("VmHWM")) / 1024.0);
   return 0;
 }
 
@@ -161,7 +196,8 @@ class TrainReporter : public peft::bench::TimesReporter {
       long hwm = -1, built = -1;
       const std::string cmd = self_ + " --peak-memory-variant=" + std::to_string(v) +
                               " --seq=" + std::to_string(g_seq) +
-                              (g_qwen ? " --model=qwen2-0.5b" : "");
+                              (g_qwen ? " --model=qwen2-0.5b" : "") + (g_bf16 ? " --bf16" : "") +
+                              (g_bf16_base ? " --bf16-base" : "");
       if (FILE* p = popen(cmd.c_str(), "r")) {
         if (std::fscanf(p, "%ld %ld", &hwm, &built) != 2) hwm = built = -1;
         pclose(p);
@@ -201,6 +237,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--seq=", 0) == 0) g_seq = std::stoll(a.substr(6));
+    if (a == "--bf16") g_bf16 = peft::bench::g_low_precision = true;
+    if (a == "--bf16-base") g_bf16_base = peft::bench::g_low_precision = true;
     if (a == "--model=qwen2-0.5b") {
       g_qwen = true;
       kBatch = 1;
@@ -208,6 +246,14 @@ int main(int argc, char** argv) {
   }
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    if (a.rfind("--step-times-variant=", 0) == 0) {
+      int64_t steps = 10;
+      for (int j = 1; j < argc; ++j) {
+        const std::string b = argv[j];
+        if (b.rfind("--steps=", 0) == 0) steps = std::max<int64_t>(1, std::stoll(b.substr(8)));
+      }
+      return step_times(static_cast<Variant>(std::stoll(a.substr(21))), steps);
+    }
     if (a.rfind("--peak-memory-variant=", 0) == 0)
       return peak_memory_child(static_cast<Variant>(std::stoll(a.substr(22))));
   }

@@ -1,22 +1,118 @@
 #include "peft/runtime.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/ones.h>
+#include <dlfcn.h>
+#include <sched.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <thread>
+#include <utility>
 
 #include "peft/error.h"
 
 namespace peft {
 
-int set_num_threads(int threads) {
-  PEFT_CHECK(threads <= kMaxThreads, ConfigError, "runtime",
-             "threads must be at most " << kMaxThreads << "; got " << threads
-                                        << " (hint: 0 = one per physical core)");
-  if (threads > 0) at::set_num_threads(threads);
-  return at::get_num_threads();
+namespace {
+
+bool env_set(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0';
 }
+
+}  // namespace
+
+ThreadPlan plan_threads(const ThreadEnvironment& env) {
+  ThreadPlan plan;
+  const int cores = std::max(1, env.physical_cores);
+  const bool pthreads = env.blas == BlasThreading::kPthreads;
+  if (env.requested > 0) {
+    plan.intra_op = env.requested;
+    if (pthreads && !env.openblas_num_threads_set) plan.blas = env.requested;
+    plan.reason = "--threads " + std::to_string(env.requested);
+    return plan;
+  }
+  if (pthreads && !env.openblas_num_threads_set) plan.blas = cores;
+  if (env.omp_num_threads_set) {
+    plan.intra_op = std::max(1, env.libtorch_threads);
+    plan.reason = "OMP_NUM_THREADS";
+  } else if (pthreads && !env.low_precision) {
+    plan.intra_op = 1;
+    plan.reason = "pthread OpenBLAS: its own pool does the GEMMs, one OpenMP thread beside it";
+  } else {
+    plan.intra_op = cores;
+    plan.reason = "one thread per physical core";
+  }
+  return plan;
+}
+
+int physical_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::set<std::pair<std::string, std::string>> cores;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (!CPU_ISSET(cpu, &set)) continue;
+      const std::string dir = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+      std::ifstream package(dir + "physical_package_id"), core(dir + "core_id");
+      std::string p, c;
+      if (!(package >> p) || !(core >> c)) {
+        cores.clear();
+        break;
+      }
+      cores.emplace(p, c);
+    }
+  }
+  if (!cores.empty()) return static_cast<int>(cores.size());
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+BlasThreading blas_threading() {
+  (void)at::mm(at::ones({2, 2}), at::ones({2, 2}));  // LibTorch loads its BLAS lazily
+  using GetFn = int (*)();
+  auto get = reinterpret_cast<GetFn>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
+  if (get == nullptr) return BlasThreading::kUnknown;
+  switch (get()) {
+    case 0:
+      return BlasThreading::kSequential;
+    case 1:
+      return BlasThreading::kPthreads;
+    case 2:
+      return BlasThreading::kOpenMP;
+    default:
+      return BlasThreading::kUnknown;
+  }
+}
+
+ThreadPlan configure_threads(int requested, bool low_precision) {
+  PEFT_CHECK(requested <= kMaxThreads, ConfigError, "runtime",
+             "threads must be at most " << kMaxThreads << "; got " << requested
+                                        << " (hint: 0 = one per physical core)");
+  ThreadEnvironment env;
+  env.requested = requested;
+  env.physical_cores = physical_cores();
+  env.libtorch_threads = at::get_num_threads();
+  env.blas = blas_threading();
+  env.omp_num_threads_set = env_set("OMP_NUM_THREADS") || env_set("MKL_NUM_THREADS");
+  env.openblas_num_threads_set = env_set("OPENBLAS_NUM_THREADS") || env_set("GOTO_NUM_THREADS");
+  env.low_precision = low_precision;
+  const ThreadPlan plan = plan_threads(env);
+  if (plan.intra_op != at::get_num_threads()) at::set_num_threads(plan.intra_op);
+  if (plan.blas > 0) {
+    using SetFn = void (*)(int);
+    if (auto set = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
+      set(plan.blas);
+  }
+  return plan;
+}
+
+int set_num_threads(int threads) { return configure_threads(threads).intra_op; }
 
 std::string blas_libraries() {
   std::set<std::string> libs;
@@ -39,6 +135,23 @@ std::string blas_libraries() {
     out += l;
   }
   return out.empty() ? "unknown" : out;
+}
+
+Bf16Autocast::Bf16Autocast(bool enabled) : enabled_(enabled) {
+  if (!enabled_) return;
+  previous_ = at::autocast::is_cpu_enabled();
+  previous_dtype_ = static_cast<int>(at::autocast::get_autocast_cpu_dtype());
+  at::autocast::set_cpu_enabled(true);
+  at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+  at::autocast::increment_nesting();
+}
+
+Bf16Autocast::~Bf16Autocast() {
+  if (!enabled_) return;
+  // The cast weights are cached for the outermost region only (as torch.autocast's __exit__).
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_cpu_enabled(previous_);
+  at::autocast::set_autocast_cpu_dtype(static_cast<at::ScalarType>(previous_dtype_));
 }
 
 }  // namespace peft

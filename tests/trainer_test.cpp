@@ -199,6 +199,28 @@ TEST(Trainer, GradientCheckpointingGivesTheSameRun) {
   for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(losses[1][i], losses[0][i], 1e-6) << "step " << i + 1;
 }
 
+TEST(Trainer, Bf16MixedPrecisionFollowsFloat32AndKeepsFloat32AdapterWeights) {
+  peft::test::TempDir tmp;
+  std::vector<std::vector<double>> losses;
+  for (bool bf16 : {false, true}) {
+    TrainSetup s = make_setup();
+    auto a = args_in(tmp.path() / (bf16 ? "bf16" : "fp32"));
+    a.batch_size = 3;
+    a.max_steps = 4;
+    a.bf16 = bf16;
+    losses.push_back(run(s, a, examples(6, 2)).losses);
+    for (const auto& [name, t] : adapter_of(*s.peft))
+      EXPECT_EQ(t.scalar_type(), at::kFloat) << name;
+  }
+  ASSERT_EQ(losses[1].size(), 4u);
+  bool differs = false;
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_NEAR(losses[1][i], losses[0][i], 0.02 * losses[0][i]) << "step " << i + 1;
+    differs = differs || losses[1][i] != losses[0][i];
+  }
+  EXPECT_TRUE(differs) << "bf16 gave float32's losses bit for bit: autocast did not run";
+}
+
 TEST(Trainer, ResumeWithOtherOptionsIsRefused) {
   peft::test::TempDir tmp;
   auto a = args_in(tmp.path());
@@ -329,6 +351,38 @@ TEST(PeftTrainCli, ReproducesPeftAndPyTorchTrainingStepByStep) {
   for (const auto& [key, t] : adapter)
     EXPECT_EQ(compare(t, expected.at("final." + key), 1e-4, 1e-3), "") << key;
   EXPECT_TRUE(fs::exists(tmp.path() / "out" / "loss_curve.svg"));
+}
+
+TEST(PeftTrainCli, Bf16AutocastStaysCloseToPeftsFloat32Run) {
+  peft::test::TempDir tmp;
+  const fs::path golden = peft::test::fixture("golden/train-llama-qv");
+  const fs::path data = golden_jsonl(tmp.path());
+  const int64_t rows =
+      peft::io::load_safetensors((golden / "inputs.safetensors").string()).at("input_ids").size(0);
+  const auto r = peft::test::peft_cli(
+      "train --bf16 --model " + q(golden / "base") + " --adapter " + q(golden / "adapter_initial") +
+      " --data " + q(data) + " --out " + q(tmp.path() / "out") + " --steps 5 --batch-size " +
+      std::to_string(rows) + " --lr 0.01 --weight-decay 0.01 --no-shuffle --lr-scheduler constant");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto expected = peft::io::load_safetensors((golden / "expected.safetensors").string());
+  std::istringstream log(peft::test::read_file((tmp.path() / "out" / "train_log.jsonl").string()));
+  std::vector<double> losses;
+  for (std::string line; std::getline(log, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
+  }
+  const auto want = expected.at("losses").to(torch::kDouble);
+  ASSERT_EQ(static_cast<int64_t>(losses.size()), want.numel());
+  double worst = 0;
+  for (size_t i = 0; i < losses.size(); ++i) {
+    const double w = want[static_cast<int64_t>(i)].item<double>();
+    worst = std::max(worst, std::abs(losses[i] - w) / w);
+  }
+  EXPECT_LT(worst, 0.01) << "bf16 losses stray from PEFT's float32 run";
+  EXPECT_GT(worst, 1e-6) << "bf16 losses equal float32's: autocast did not run";
+  for (const auto& [key, t] :
+       peft::io::load_safetensors((tmp.path() / "out" / "adapter_model.safetensors").string()))
+    EXPECT_EQ(t.scalar_type(), at::kFloat) << key;  // float32 master weights are what is saved
 }
 
 TEST(PeftTrainCli, BadDataLineFailsBeforeWritingAnything) {

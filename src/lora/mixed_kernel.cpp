@@ -14,8 +14,10 @@
 namespace peft::nn {
 namespace mixed {
 
-GatherPlan make_gather_plan(const std::vector<AdapterRows>& groups, int64_t batch,
-                            c10::Device device) {
+namespace {
+
+GatherPlan build_gather_plan(const std::vector<AdapterRows>& groups, int64_t batch,
+                             c10::Device device) {
   GatherPlan plan;
   plan.groups = static_cast<int64_t>(groups.size());
   for (const auto& g : groups)
@@ -43,6 +45,33 @@ GatherPlan make_gather_plan(const std::vector<AdapterRows>& groups, int64_t batc
     if (padded) plan.positions = at::tensor(positions, opts).to(device);
   }
   return plan;
+}
+
+// The last plan built on this thread: every LoRA layer of one forward has the same row groups, so
+// the index tensors are made once per forward instead of once per layer (the tensors are only
+// read).
+struct LastPlan {
+  std::vector<std::vector<int64_t>> rows;
+  int64_t batch = -1;
+  c10::Device device = c10::Device(c10::kCPU);
+  GatherPlan plan;
+};
+
+}  // namespace
+
+GatherPlan make_gather_plan(const std::vector<AdapterRows>& groups, int64_t batch,
+                            c10::Device device) {
+  thread_local LastPlan last;
+  bool same = last.batch == batch && last.device == device && last.rows.size() == groups.size();
+  for (size_t g = 0; same && g < groups.size(); ++g) same = last.rows[g] == groups[g].rows;
+  if (!same) {
+    last.plan = build_gather_plan(groups, batch, device);
+    last.rows.clear();
+    for (const auto& g : groups) last.rows.push_back(g.rows);
+    last.batch = batch;
+    last.device = device;
+  }
+  return last.plan;
 }
 
 at::Tensor scatter_groups(at::Tensor result, const at::Tensor& y, const GatherPlan& plan) {

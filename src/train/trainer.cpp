@@ -16,6 +16,7 @@
 #include "peft/io/crash_point.h"
 #include "peft/io/staged_directory.h"
 #include "peft/lora/variants/monteclora.h"
+#include "peft/runtime.h"
 #include "peft/train/loss.h"
 #include "peft/train/loss_plot.h"
 #include "peft/train/progress.h"
@@ -59,7 +60,9 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Padding is masked out (attention_mask 0, label -100), so its id only has to be a valid one.
 constexpr int64_t kPadId = 0;
 
-at::Tensor batch_loss(models::PretrainedModel& model, const Batch& b, c10::Device device) {
+at::Tensor batch_loss(models::PretrainedModel& model, const Batch& b, c10::Device device,
+                      bool bf16) {
+  Bf16Autocast autocast(bf16);
   models::ForwardInput in;
   in.input_ids = b.input_ids.to(device);
   // An all-ones mask is left out: the model then takes its plain causal path, as transformers does
@@ -163,7 +166,7 @@ double Trainer::evaluate() {
       rows.push_back(&s_->eval[j]);
     const Batch b = collate(rows, kPadId);
     if (b.num_label_tokens == 0) continue;
-    sum += batch_loss(*s_->model, b, s_->device).item<double>() *
+    sum += batch_loss(*s_->model, b, s_->device, s_->args.bf16).item<double>() *
            static_cast<double>(b.num_label_tokens);
     count += b.num_label_tokens;
   }
@@ -240,7 +243,7 @@ TrainResult Trainer::train() {
         if (b.num_label_tokens == 0) continue;
         const double weight =
             static_cast<double>(b.num_label_tokens) / static_cast<double>(label_tokens);
-        at::Tensor l = batch_loss(*s.model, b, s.device);
+        at::Tensor l = batch_loss(*s.model, b, s.device, s.args.bf16);
         // MonteCLoRA adapters add their regulariser to the task loss (PEFT's
         // MontecloraTrainerMixin), computed from this forward's samples.
         if (uses_monteclora) {

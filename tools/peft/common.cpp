@@ -18,7 +18,8 @@ void add_model_options(CLI::App* verb, ModelOptions& options) {
   verb->add_option("--dtype", options.dtype, "parameter dtype: float32 | bfloat16 | float16")
       ->capture_default_str();
   verb->add_option("--threads", options.threads,
-                   "intra-op threads (default: LibTorch's, one per physical core)")
+                   "compute threads (default: one per physical core with an OpenMP BLAS; "
+                   "docs/performance.md)")
       ->check(CLI::Range(0, kMaxThreads));
 }
 
@@ -79,9 +80,9 @@ void save_model_folder(const models::PretrainedModel& model, const std::string& 
 }
 
 std::shared_ptr<models::PretrainedModel> load_model(const ModelOptions& options) {
-  set_num_threads(options.threads);
   models::LoadOptions lo;
   lo.dtype = peft::parse_dtype(options.dtype, "--dtype");
+  configure_threads(options.threads, options.bf16_autocast || lo.dtype != at::kFloat);
   if (!options.quantize.empty()) {
     quant::QuantizeOptions q;
     q.method = quant::parse_quant_method(options.quantize);

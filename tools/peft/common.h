@@ -16,6 +16,7 @@ struct ModelOptions {
   std::string model_dir;
   std::string dtype = "float32";
   int threads = 0;
+  bool bf16_autocast = false;  // set by `peft train --bf16`: the thread plan's low-precision case
   // QLoRA-style quantized base (empty = float): nf4 | fp4 | int8.
   std::string quantize;
   bool double_quant = false;

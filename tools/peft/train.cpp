@@ -98,6 +98,7 @@ void run(TrainOptions o) {
   o.args.lr_scheduler = train::parse_schedule_kind(o.scheduler);
   o.args.shuffle = !o.no_shuffle;
   o.args.output_dir = o.out;
+  o.model.bf16_autocast = o.args.bf16;
   train::check_training_arguments(o.args);  // before anything is loaded or printed
   const std::vector<io::NamedPath> inputs = {{"--model", o.model.model_dir},
                                              {"--data", o.data},
@@ -245,6 +246,8 @@ void register_train(CLI::App& app) {
               "concatenate examples into blocks of --max-length tokens");
   v->add_flag("--gradient-checkpointing", o->args.gradient_checkpointing,
               "recompute activations in backward");
+  v->add_flag("--bf16", o->args.bf16,
+              "bfloat16 mixed precision (autocast; float32 adapter weights and optimizer state)");
   v->add_option("--sample-prompt", o->sample_prompt,
                 "prompt generated from before and after training");
   v->add_option("--sample-tokens", o->sample_tokens, "tokens of the sample generation")

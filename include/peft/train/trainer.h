@@ -46,6 +46,10 @@ struct TrainingArguments {
   int64_t log_every = 10;       // plain progress lines every N updates
   std::string log_file;         // JSONL log; default <output_dir>/train_log.jsonl
   bool gradient_checkpointing = false;
+  // bfloat16 mixed precision (transformers' bf16=True): forward and loss under CPU autocast
+  // (peft::Bf16Autocast), training and evaluation alike; parameters, gradients and the optimizer
+  // state stay float32.
+  bool bf16 = false;
   bool save_adapter = true;     // save_pretrained(output_dir) at the end
   bool write_loss_plot = true;  // <output_dir>/loss_curve.svg
 };
