@@ -317,31 +317,45 @@ fs::path golden_jsonl(const fs::path& dir) {
   return dir / "train.jsonl";
 }
 
+// `peft train` on the golden case as PEFT ran it (5 steps of the whole batch, lr 0.01, constant),
+// plus `extra` flags, into dir/out; returns the CLI result and the losses of the log.
+struct GoldenRun {
+  peft::test::CliRun cli;
+  std::vector<double> losses;
+};
+GoldenRun run_golden_train(const fs::path& dir, const std::string& extra = "") {
+  const fs::path golden = peft::test::fixture("golden/train-llama-qv");
+  const int64_t rows =
+      peft::io::load_safetensors((golden / "inputs.safetensors").string()).at("input_ids").size(0);
+  GoldenRun run;
+  run.cli = peft::test::peft_cli(
+      "train " + extra + " --model " + q(golden / "base") + " --adapter " +
+      q(golden / "adapter_initial") + " --data " + q(golden_jsonl(dir)) + " --out " +
+      q(dir / "out") + " --steps 5 --batch-size " + std::to_string(rows) +
+      " --lr 0.01 --weight-decay 0.01 --no-shuffle --lr-scheduler constant");
+  if (run.cli.code != 0) return run;
+  std::istringstream log(peft::test::read_file((dir / "out" / "train_log.jsonl").string()));
+  for (std::string line; std::getline(log, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (!j.contains("loss")) continue;
+    run.losses.push_back(j["loss"].get<double>());
+    // Every update reports its own wall time.
+    EXPECT_TRUE(j.contains("step_time_s") && j["step_time_s"].get<double>() > 0.0) << line;
+  }
+  return run;
+}
+
 }  // namespace
 
 TEST(PeftTrainCli, ReproducesPeftAndPyTorchTrainingStepByStep) {
   peft::test::TempDir tmp;
   const fs::path golden = peft::test::fixture("golden/train-llama-qv");
-  const fs::path data = golden_jsonl(tmp.path());
-  const int64_t rows =
-      peft::io::load_safetensors((golden / "inputs.safetensors").string()).at("input_ids").size(0);
-  const auto r = peft::test::peft_cli(
-      "train --model " + q(golden / "base") + " --adapter " + q(golden / "adapter_initial") +
-      " --data " + q(data) + " --out " + q(tmp.path() / "out") + " --steps 5 --batch-size " +
-      std::to_string(rows) + " --lr 0.01 --weight-decay 0.01 --no-shuffle --lr-scheduler constant");
+  const auto run = run_golden_train(tmp.path());
+  const auto& r = run.cli;
+  const auto& losses = run.losses;
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("trainable params: "), std::string::npos) << r.output;
   const auto expected = peft::io::load_safetensors((golden / "expected.safetensors").string());
-  std::istringstream log(peft::test::read_file((tmp.path() / "out" / "train_log.jsonl").string()));
-  std::vector<double> losses;
-  for (std::string line; std::getline(log, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (!j.contains("loss")) continue;
-    losses.push_back(j["loss"].get<double>());
-    // Every update reports its own wall time.
-    ASSERT_TRUE(j.contains("step_time_s")) << line;
-    EXPECT_GT(j["step_time_s"].get<double>(), 0.0) << line;
-  }
   EXPECT_NE(r.output.find("speed: median step "), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("over 3 step(s) after 2 warm-up step(s)"), std::string::npos) << r.output;
   EXPECT_EQ(compare(torch::tensor(losses, torch::kDouble), expected.at("losses"), 2e-5, 1e-5), "");
@@ -355,22 +369,11 @@ TEST(PeftTrainCli, ReproducesPeftAndPyTorchTrainingStepByStep) {
 
 TEST(PeftTrainCli, Bf16AutocastStaysCloseToPeftsFloat32Run) {
   peft::test::TempDir tmp;
-  const fs::path golden = peft::test::fixture("golden/train-llama-qv");
-  const fs::path data = golden_jsonl(tmp.path());
-  const int64_t rows =
-      peft::io::load_safetensors((golden / "inputs.safetensors").string()).at("input_ids").size(0);
-  const auto r = peft::test::peft_cli(
-      "train --bf16 --model " + q(golden / "base") + " --adapter " + q(golden / "adapter_initial") +
-      " --data " + q(data) + " --out " + q(tmp.path() / "out") + " --steps 5 --batch-size " +
-      std::to_string(rows) + " --lr 0.01 --weight-decay 0.01 --no-shuffle --lr-scheduler constant");
-  ASSERT_EQ(r.code, 0) << r.output;
-  const auto expected = peft::io::load_safetensors((golden / "expected.safetensors").string());
-  std::istringstream log(peft::test::read_file((tmp.path() / "out" / "train_log.jsonl").string()));
-  std::vector<double> losses;
-  for (std::string line; std::getline(log, line);) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
-  }
+  const auto run = run_golden_train(tmp.path(), "--bf16");
+  ASSERT_EQ(run.cli.code, 0) << run.cli.output;
+  const auto& losses = run.losses;
+  const auto expected =
+      peft::io::load_safetensors(peft::test::fixture("golden/train-llama-qv/expected.safetensors"));
   const auto want = expected.at("losses").to(torch::kDouble);
   ASSERT_EQ(static_cast<int64_t>(losses.size()), want.numel());
   double worst = 0;
