@@ -371,6 +371,8 @@ TEST(PeftTrainCli, Bf16AutocastStaysCloseToPeftsFloat32Run) {
   peft::test::TempDir tmp;
   const auto run = run_golden_train(tmp.path(), "--bf16");
   ASSERT_EQ(run.cli.code, 0) << run.cli.output;
+  EXPECT_NE(run.cli.output.find(" thread(s), bf16 autocast\n"), std::string::npos)
+      << run.cli.output;
   const auto& losses = run.losses;
   const auto expected =
       peft::io::load_safetensors(peft::test::fixture("golden/train-llama-qv/expected.safetensors"));

@@ -164,7 +164,9 @@ void run(TrainOptions o) {
     std::cout << std::setprecision(3) << "speed: median step " << result.median_step_seconds
               << " s, " << std::setprecision(1) << result.steady_tokens_per_second
               << " tokens/s over " << result.step_seconds.size() - result.warmup_steps
-              << " step(s) after " << result.warmup_steps << " warm-up step(s)\n";
+              << " step(s) after " << result.warmup_steps << " warm-up step(s); "
+              << at::get_num_threads() << " thread(s)" << (o.args.bf16 ? ", bf16 autocast" : "")
+              << "\n";
   }
   if (show_sample)
     print_sample("sample after training", prompt, sample(*model, *tok, prompt, o.sample_tokens));
