@@ -9,9 +9,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -52,6 +54,37 @@ ThreadPlan plan_threads(const ThreadEnvironment& env) {
   return plan;
 }
 
+int cpu_quota_cpus(long long quota_us, long long period_us) {
+  if (quota_us <= 0 || period_us <= 0) return 0;
+  const long long cpus = (quota_us + period_us - 1) / period_us;
+  return static_cast<int>(std::min<long long>(cpus, kMaxThreads));
+}
+
+namespace {
+
+// The quota of this process's cgroup: v2's cpu.max ("max 100000" or "200000 100000"), else v1's
+// cpu.cfs_quota_us / cpu.cfs_period_us; 0 = none found.
+int cgroup_cpu_quota() {
+  std::ifstream v2("/sys/fs/cgroup/cpu.max");
+  std::string quota;
+  long long period = 0;
+  if (v2 >> quota >> period) {
+    if (quota == "max") return 0;
+    try {
+      return cpu_quota_cpus(std::stoll(quota), period);
+    } catch (const std::exception&) {
+      return 0;
+    }
+  }
+  std::ifstream q1("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+      p1("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
+  long long q = 0;
+  if (q1 >> q && p1 >> period) return cpu_quota_cpus(q, period);
+  return 0;
+}
+
+}  // namespace
+
 int physical_cores() {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -69,8 +102,10 @@ int physical_cores() {
       cores.emplace(p, c);
     }
   }
-  if (!cores.empty()) return static_cast<int>(cores.size());
-  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  int n = cores.empty() ? std::max(1, static_cast<int>(std::thread::hardware_concurrency()))
+                        : static_cast<int>(cores.size());
+  if (const int quota = cgroup_cpu_quota(); quota > 0) n = std::min(n, quota);
+  return n;
 }
 
 BlasThreading blas_threading() {

@@ -97,6 +97,15 @@ TEST(ThreadPlan, OmpNumThreadsSetsLibTorchOnlyAndRequestedThreadsSetBothPools) {
   EXPECT_EQ(plan.blas, 0);
 }
 
+TEST(ThreadPlan, ACgroupCpuQuotaCapsTheCores) {
+  EXPECT_EQ(peft::cpu_quota_cpus(200000, 100000), 2);  // docker --cpus=2
+  EXPECT_EQ(peft::cpu_quota_cpus(150000, 100000), 2);  // 1.5 CPUs: round up
+  EXPECT_EQ(peft::cpu_quota_cpus(50000, 100000), 1);
+  EXPECT_EQ(peft::cpu_quota_cpus(-1, 100000), 0);  // cgroup v1: no quota
+  EXPECT_EQ(peft::cpu_quota_cpus(100000, 0), 0);
+  EXPECT_EQ(peft::cpu_quota_cpus(1LL << 60, 1), peft::kMaxThreads);
+}
+
 TEST(ThreadPlan, ConfigureAppliesThePlanOnThisMachine) {
   EXPECT_GE(peft::physical_cores(), 1);
   const int before = at::get_num_threads();

@@ -55,8 +55,14 @@ ThreadPlan configure_threads(int requested = 0, bool low_precision = false);
 int set_num_threads(int threads = 0);
 
 // Physical cores (distinct package / core id pairs) among the CPUs this process may run on;
-// std::thread::hardware_concurrency() where the topology is not readable.
+// std::thread::hardware_concurrency() where the topology is not readable. Capped by the CPU quota
+// of the process's cgroup (a container started with --cpus=2 on a 64-core host gets 2), which the
+// affinity mask does not show.
 int physical_cores();
+
+// The CPUs a CFS quota allows: ceil(quota / period); 0 when there is no quota (quota < 0, as
+// cgroup v1's cpu.cfs_quota_us = -1 or v2's cpu.max "max") or the values make no sense.
+int cpu_quota_cpus(long long quota_us, long long period_us);
 
 // The threading of the BLAS mapped into this process.
 BlasThreading blas_threading();
