@@ -85,8 +85,9 @@ inline const char* blas_threading_name(peft::BlasThreading t) {
 // Set by a benchmark that runs bf16 work (the thread plan gives oneDNN's GEMMs the OpenMP pool).
 inline bool g_low_precision = false;
 
-// Applies peft's thread plan (requested = 0: its automatic choice) and prints the counts, why, and
-// the BLAS LibTorch runs on.
+// Applies peft's thread plan (requested = 0: its automatic choice; n > 0: LibTorch's and
+// OpenBLAS's pools both n, for single-threaded figures) and prints the counts, why, and the BLAS
+// LibTorch runs on.
 inline void print_runtime_header(int requested = 0) {
   const peft::ThreadPlan plan = peft::configure_threads(requested, g_low_precision);
   const std::string blas_pool = plan.blas > 0 ? std::to_string(plan.blas) : "as set";
@@ -106,11 +107,6 @@ inline void read_int_flags(int argc, char** argv,
       if (a.rfind(f, 0) == 0) *value = std::stoll(a.substr(f.size()));
     }
   }
-}
-
-// Single-threaded (or n-threaded) figures: LibTorch's and OpenBLAS's pools both set to n.
-inline void print_runtime_header_with_threads(int64_t n) {
-  print_runtime_header(static_cast<int>(n));
 }
 
 // The shared main(): reads "--NAME=<int>" into `value` (the benchmark's own size flag), prints the

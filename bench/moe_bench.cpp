@@ -390,7 +390,7 @@ int main(int argc, char** argv) {
                                {"threads", &g_threads},
                                {"cache", &g_cache},
                                {"prefill", &g_prefill}});
-  peft::bench::print_runtime_header_with_threads(g_threads);
+  peft::bench::print_runtime_header(static_cast<int>(g_threads));
   // Registered here so that --rounds sets the iterations (one iteration = one interleaved round).
   benchmark::RegisterBenchmark("BM_MoeDecode", BM_MoeDecode)
       ->Iterations(g_rounds)

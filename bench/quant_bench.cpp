@@ -556,7 +556,7 @@ class QuantReporter : public peft::bench::TimesReporter {
 int main(int argc, char** argv) {
   peft::bench::read_int_flags(
       argc, argv, {{"rounds", &g_rounds}, {"layers", &g_layers}, {"threads", &g_threads}});
-  peft::bench::print_runtime_header_with_threads(g_threads);
+  peft::bench::print_runtime_header(static_cast<int>(g_threads));
   // Registered here so that --rounds sets the iterations (one iteration = one interleaved round).
   for (auto fn : {BM_QuantLinearForward, BM_QuantLoraTrainStep}) {
     benchmark::RegisterBenchmark(

@@ -2,8 +2,6 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/ones.h>
 #include <dlfcn.h>
 #include <sched.h>
 
@@ -109,7 +107,6 @@ int physical_cores() {
 }
 
 BlasThreading blas_threading() {
-  (void)at::mm(at::ones({2, 2}), at::ones({2, 2}));  // LibTorch loads its BLAS lazily
   using GetFn = int (*)();
   auto get = reinterpret_cast<GetFn>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
   if (get == nullptr) return BlasThreading::kUnknown;

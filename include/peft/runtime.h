@@ -33,16 +33,14 @@ struct ThreadPlan {
   std::string reason;
 };
 
-// The fastest configuration measured (issue 17; 2-CPU VM, train_step_bench's LoRA step, min of 10
-// steps): one pool. With an OpenMP OpenBLAS every GEMM and elementwise op shares LibTorch's OpenMP
-// threads, one per physical core (LibTorch's own default halves the logical CPU count, assuming
-// SMT, and left one of this VM's two cores idle): q,v 384-387 ms against 421-432 ms for
-// OpenMP 1 + OpenBLAS pthreads 2, all-linear 457-468 against 485-566 ms. With a pthread OpenBLAS,
-// OpenMP workers spinning next to OpenBLAS's pool slow a step about 2x, so LibTorch keeps one
-// thread and OpenBLAS gets one per physical core, unless the work is low-precision (oneDNN's bf16
-// GEMMs run on the OpenMP pool: one OpenMP thread made a bf16 step 1.9x slower). --threads N
-// sets both pools to N; OMP_NUM_THREADS keeps LibTorch's count as it reads it, and no longer
-// shrinks a pthread OpenBLAS's pool (OpenBLAS falls back to it when OPENBLAS_NUM_THREADS is unset).
+// One pool, the fastest configuration measured (issue 17; figures in docs/performance.md). With an
+// OpenMP OpenBLAS every GEMM and elementwise op shares LibTorch's OpenMP threads, one per physical
+// core (LibTorch's own default halves the logical CPU count, assuming SMT). With a pthread
+// OpenBLAS, OpenMP workers spinning next to OpenBLAS's pool slow a step about 2x, so LibTorch keeps
+// one thread and OpenBLAS gets one per physical core, unless the work is low-precision (oneDNN's
+// bf16 GEMMs run on the OpenMP pool). --threads N sets both pools to N; OMP_NUM_THREADS keeps
+// LibTorch's count as it reads it, and no longer shrinks a pthread OpenBLAS's pool (OpenBLAS falls
+// back to it when OPENBLAS_NUM_THREADS is unset).
 ThreadPlan plan_threads(const ThreadEnvironment& env);
 
 // Reads this machine and process (physical cores, the BLAS, the environment), applies plan_threads
