@@ -3,8 +3,10 @@
 // under LibTorch's profiler for a few steps after two warm-up steps. Prints the self time of every
 // operator (forward ops and the autograd nodes of the backward), largest first, and the wall time
 // per step with and without the profiler.
+// --model=qwen2-0.5b profiles the realistic size (batch 1). --bf16 holds the frozen Linear weights
+// in bfloat16 as `peft train --bf16` does, unless --bf16-float-weights.
 //   build/bench/train_profile_bench [--targets=qv|all-linear] [--steps=N] [--seq=N] [--shapes]
-//   [--bf16]
+//   [--bf16 [--bf16-float-weights]] [--model=qwen2-0.5b]
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
@@ -18,8 +20,10 @@
 #include "bench_util.h"
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
+#include "peft/train/frozen_bf16.h"
 #include "peft/train/loss.h"
 #include "peft/train/optimizer.h"
+#include "workloads.h"
 
 namespace {
 
@@ -73,7 +77,7 @@ std::map<std::string, Aggregate> self_times(const prof::thread_event_lists& list
 int main(int argc, char** argv) {
   std::string targets = "qv";
   int64_t steps = 4, seq = 256;
-  bool shapes = false, bf16 = false;
+  bool shapes = false, bf16 = false, frozen_bf16 = true, qwen = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--targets=", 0) == 0) targets = a.substr(10);
@@ -81,14 +85,15 @@ int main(int argc, char** argv) {
     if (a.rfind("--seq=", 0) == 0) seq = std::stoll(a.substr(6));
     if (a == "--shapes") shapes = true;
     if (a == "--bf16") bf16 = peft::bench::g_low_precision = true;
+    if (a == "--bf16-float-weights") frozen_bf16 = false;
+    if (a == "--model=qwen2-0.5b") qwen = true;
   }
+  const int64_t batch = qwen ? 1 : 4;
+  peft::keep_freed_memory_for_reuse();  // as `peft train`
   peft::bench::print_runtime_header();
   torch::manual_seed(0);
-  auto model = peft::models::from_config(R"({
-    "model_type": "llama", "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4,
-    "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 4096,
-    "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-    "tie_word_embeddings": false})");
+  auto model =
+      peft::models::from_config(qwen ? peft::bench::kQwen05BConfig : peft::bench::kLlamaConfig);
   model->train();
   peft::LoraConfig c;
   c.r = 16;
@@ -99,8 +104,9 @@ int main(int argc, char** argv) {
     c.target_modules = std::string("all-linear");
   }
   auto pm = peft::get_peft_model(model, c);
+  if (bf16 && frozen_bf16) peft::train::store_frozen_linear_weights_in_bf16(*model);
   auto optimizer = peft::train::create_adamw_optimizer(*model, {.lr = 1e-4, .weight_decay = 0.0});
-  const at::Tensor ids = torch::randint(0, 4096, {4, seq});
+  const at::Tensor ids = torch::randint(0, model->vocab_size(), {batch, seq});
   const auto step = [&] {
     peft::models::ForwardInput in;
     in.input_ids = ids;
@@ -131,9 +137,11 @@ int main(int argc, char** argv) {
             [](const auto& a, const auto& b) { return a.second.self_us > b.second.self_us; });
   double total = 0;
   for (const auto& [name, a] : rows) total += a.self_us;
-  std::printf("LoRA %s%s, batch 4 x %lld: %.1f ms per step (%.1f ms under the profiler)\n",
-              targets.c_str(), bf16 ? " (bf16 autocast)" : "", static_cast<long long>(seq),
-              plain * 1e3, profiled * 1e3);
+  std::printf("%s, LoRA %s%s%s, batch %lld x %lld: %.1f ms per step (%.1f ms under the profiler)\n",
+              qwen ? "Qwen2-0.5B" : "small Llama", targets.c_str(), bf16 ? " (bf16 autocast)" : "",
+              bf16 && !frozen_bf16 ? " (float32 frozen weights)" : "",
+              static_cast<long long>(batch), static_cast<long long>(seq), plain * 1e3,
+              profiled * 1e3);
   const size_t width = shapes ? 110 : 64;
   std::printf("%-*s %10s %7s %8s\n", static_cast<int>(width), "operator (self time)", "ms/step",
               "share", "calls");

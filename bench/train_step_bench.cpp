@@ -8,7 +8,8 @@
 // steps), because a process's high-water mark only grows. --model=qwen2-0.5b runs the realistic
 // size instead (a random Qwen2-0.5B-shaped model: 494 M parameters, vocab 151,936, 24 layers; batch
 // 1 x 256; LoRA variants only).
-//   build-release/bench/train_step_bench [--seq=N] [--model=qwen2-0.5b]
+//   build-release/bench/train_step_bench [--seq=N] [--model=qwen2-0.5b] [--bf16
+//   [--bf16-float-weights]] [--bf16-base] [--malloc-default]
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
@@ -24,8 +25,10 @@
 #include "bench_util.h"
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
+#include "peft/train/frozen_bf16.h"
 #include "peft/train/loss.h"
 #include "peft/train/optimizer.h"
+#include "workloads.h"
 
 namespace {
 
@@ -35,17 +38,12 @@ bool g_qwen = false;  // --model=qwen2-0.5b
 bool g_bf16 = false;  // --bf16: bfloat16 autocast (transformers' bf16=True)
 bool g_bf16_base =
     false;  // --bf16-base: the frozen base model loaded in bfloat16 (--dtype bfloat16)
-
-const char* kLlamaConfig = R"({
-    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 512, "intermediate_size": 1376,
-    "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 4096,
-    "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": false})";
-// Qwen2-0.5B's config.json (transformers), weights random.
-const char* kQwenConfig = R"({
-    "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 896, "intermediate_size": 4864,
-    "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
-    "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true,
-    "use_sliding_window": false, "sliding_window": 32768, "max_window_layers": 21})";
+// With --bf16, the frozen Linear weights held in bfloat16 as `peft train --bf16` does
+// (peft/train/frozen_bf16.h); --bf16-float-weights keeps them float32 (autocast casts each step).
+bool g_bf16_frozen = true;
+// Freed memory kept for reuse as `peft train` does (peft::keep_freed_memory_for_reuse);
+// --malloc-default leaves glibc's malloc as it is.
+bool g_keep_memory = true;
 
 enum Variant : int64_t {
   kFull = 0,
@@ -70,7 +68,8 @@ struct Setup {
 Setup make(Variant v) {
   torch::manual_seed(0);
   Setup s;
-  s.model = peft::models::from_config(g_qwen ? kQwenConfig : kLlamaConfig);
+  s.model =
+      peft::models::from_config(g_qwen ? peft::bench::kQwen05BConfig : peft::bench::kLlamaConfig);
   s.model->train();
   if (g_bf16_base) s.model->to(at::kBFloat16);
   if (v != kFull) {
@@ -85,6 +84,7 @@ Setup make(Variant v) {
       c.target_modules = std::string("all-linear");
     }
     s.peft = peft::get_peft_model(s.model, c);
+    if (g_bf16 && g_bf16_frozen) peft::train::store_frozen_linear_weights_in_bf16(*s.model);
   }
   s.optimizer = peft::train::create_adamw_optimizer(*s.model, {.lr = 1e-4, .weight_decay = 0.0});
   s.ids = torch::randint(0, g_qwen ? 151936 : 4096, {kBatch, g_seq});
@@ -173,9 +173,11 @@ int step_times(Variant v, int64_t steps) {
     std::printf("step %lld: %.1f ms\n", static_cast<long long>(i + 1), ms.back());
   }
   std::sort(ms.begin(), ms.end());
-  std::printf("%s%s%s: median %.1f ms, min %.1f ms over %lld steps; peak RSS %.1f MiB\n", kNames[v],
-              g_bf16 ? " (bf16)" : "", g_bf16_base ? " (bf16 base)" : "", ms[ms.size() / 2],
-              ms.front(), static_cast<long long>(steps),
+  std::printf("%s%s%s%s%s: median %.1f ms, min %.1f ms over %lld steps; peak RSS %.1f MiB\n",
+              kNames[v], g_bf16 ? " (bf16)" : "",
+              g_bf16 && !g_bf16_frozen ? " (float32 frozen weights)" : "",
+              g_keep_memory ? "" : " (malloc default)", g_bf16_base ? " (bf16 base)" : "",
+              ms[ms.size() / 2], ms.front(), static_cast<long long>(steps),
               static_cast<double>(peft::bench::read_status_kb("VmHWM")) / 1024.0);
   return 0;
 }
@@ -197,7 +199,9 @@ class TrainReporter : public peft::bench::TimesReporter {
       const std::string cmd = self_ + " --peak-memory-variant=" + std::to_string(v) +
                               " --seq=" + std::to_string(g_seq) +
                               (g_qwen ? " --model=qwen2-0.5b" : "") + (g_bf16 ? " --bf16" : "") +
-                              (g_bf16_base ? " --bf16-base" : "");
+                              (g_bf16_base ? " --bf16-base" : "") +
+                              (g_bf16_frozen ? "" : " --bf16-float-weights") +
+                              (g_keep_memory ? "" : " --malloc-default");
       if (FILE* p = popen(cmd.c_str(), "r")) {
         if (std::fscanf(p, "%ld %ld", &hwm, &built) != 2) hwm = built = -1;
         pclose(p);
@@ -238,12 +242,15 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a.rfind("--seq=", 0) == 0) g_seq = std::stoll(a.substr(6));
     if (a == "--bf16") g_bf16 = peft::bench::g_low_precision = true;
+    if (a == "--bf16-float-weights") g_bf16_frozen = false;
+    if (a == "--malloc-default") g_keep_memory = false;
     if (a == "--bf16-base") g_bf16_base = peft::bench::g_low_precision = true;
     if (a == "--model=qwen2-0.5b") {
       g_qwen = true;
       kBatch = 1;
     }
   }
+  if (g_keep_memory) peft::keep_freed_memory_for_reuse();
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--step-times-variant=", 0) == 0) {

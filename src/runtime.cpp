@@ -10,10 +10,15 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <string>
 #include <thread>
 #include <utility>
+
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "peft/error.h"
 
@@ -167,6 +172,16 @@ std::string blas_libraries() {
     out += l;
   }
   return out.empty() ? "unknown" : out;
+}
+
+bool keep_freed_memory_for_reuse() {
+#ifdef __GLIBC__
+  // Both must hold: without mmap every block comes from the heap, and the heap keeps its top.
+  return mallopt(M_MMAP_MAX, 0) == 1 &&
+         mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max()) == 1;
+#else
+  return false;
+#endif
 }
 
 Bf16Autocast::Bf16Autocast(bool enabled) : enabled_(enabled) {

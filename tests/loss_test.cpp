@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "peft/error.h"
 
 namespace {
@@ -19,6 +21,43 @@ TEST(CausalLmLoss, ShiftsLabelsAndIgnoresMinus100) {
   EXPECT_NEAR(peft::train::causal_lm_loss(logits, labels).item<double>(), expected, 1e-6);
   EXPECT_THROW(peft::train::causal_lm_loss(logits, labels.slice(1, 0, 3)),
                peft::ShapeMismatchError);
+}
+
+// The chunked cross-entropy against LibTorch's: a vocabulary large enough for several chunks (a
+// chunk is ~256 K elements: 3 rows of 70,000), ignored positions, float32 and bfloat16 logits.
+TEST(CausalLmLoss, MatchesLibTorchsCrossEntropyValueAndGradient) {
+  torch::manual_seed(0);
+  const int64_t vocab = 70000;
+  auto labels = torch::randint(0, vocab, {2, 9}, torch::kLong);
+  labels.index_put_({0, 3}, -100);
+  labels.index_put_({1, 5}, -100);
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    auto base = (torch::randn({2, 9, vocab}) * 3).to(dtype);
+    auto a = base.clone().requires_grad_(true);
+    auto b = base.clone().requires_grad_(true);
+    auto ours = peft::train::causal_lm_loss(a, labels);
+    auto shifted = torch::cat({labels.slice(1, 1), torch::full({2, 1}, -100, torch::kLong)}, 1);
+    auto ref = torch::nn::functional::cross_entropy(
+        b.to(torch::kFloat).reshape({-1, vocab}), shifted.reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
+    EXPECT_NEAR(ours.item<double>(), ref.item<double>(), 1e-5) << dtype;
+    (ours * 2.5).backward();
+    (ref * 2.5).backward();
+    ASSERT_EQ(a.grad().scalar_type(), dtype);
+    EXPECT_TRUE(torch::allclose(a.grad().to(torch::kFloat), b.grad().to(torch::kFloat), 1e-2,
+                                dtype == torch::kFloat ? 1e-8 : 1e-6))
+        << dtype << " max diff " << (a.grad() - b.grad()).abs().max().item<double>();
+    // Ignored positions (and the last one, which predicts nothing) get no gradient.
+    EXPECT_EQ(a.grad()[0][2].abs().max().item<double>(), 0.0);
+    EXPECT_EQ(a.grad()[1][8].abs().max().item<double>(), 0.0);
+  }
+  // Every label ignored: NaN, as cross_entropy's mean over nothing.
+  auto none = torch::full({1, 3}, -100, torch::kLong);
+  EXPECT_TRUE(
+      std::isnan(peft::train::causal_lm_loss(torch::randn({1, 3, 5}), none).item<double>()));
+  // A label outside the vocabulary is an error, not a read out of bounds.
+  EXPECT_ANY_THROW(peft::train::causal_lm_loss(torch::randn({1, 3, 5}),
+                                               torch::tensor({{0, 7, 1}}, torch::kLong)));
 }
 
 TEST(SequenceClassificationLoss, IsMeanCrossEntropy) {

@@ -70,6 +70,15 @@ BlasThreading blas_threading();
 // none can be found.
 std::string blas_libraries();
 
+// glibc's malloc serves blocks of 32 MiB and more (its dynamic mmap threshold's ceiling) by mmap
+// and unmaps them on free, so every training step pays page faults and the kernel's zeroing for its
+// large tensors again (the logits of a 151,936-token vocabulary: 14% of a Qwen2-0.5B step, issue
+// 17). This keeps freed memory in malloc's heap for reuse instead (M_MMAP_MAX = 0,
+// M_TRIM_THRESHOLD at its maximum): for a process whose allocation sizes repeat, as training's do;
+// peak RSS can grow by the heap's fragmentation. Process-wide, so the caller decides (`peft train`
+// does). Returns false where the C library is not glibc (nothing done).
+bool keep_freed_memory_for_reuse();
+
 // bfloat16 mixed precision for the scope of the guard, as transformers'
 // TrainingArguments(bf16=True): LibTorch's CPU autocast runs the matrix products (linear, matmul,
 // bmm, baddbmm, addmm) in bfloat16 while the parameters stay float32 (the adapter's master weights,

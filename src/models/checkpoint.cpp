@@ -2,6 +2,7 @@
 #include "checkpoint.h"
 
 #include <ATen/Context.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/Generator.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/core/ivalue.h>
@@ -15,6 +16,7 @@
 
 #include "peft/lora/forward_context.h"
 #include "peft/models/model.h"
+#include "peft/runtime.h"
 
 namespace peft::models {
 namespace detail {
@@ -88,6 +90,9 @@ struct CheckpointState : torch::CustomClassHolder {
   // The per-call data of the forward (aLoRA's input ids / offsets): the recomputation in backward
   // runs outside the model's forward, so it is reinstated there.
   peft::nn::ForwardContext context;
+  // Whether the forward ran under bfloat16 autocast (peft::Bf16Autocast): the recomputation
+  // must compute in the same precision, as torch.utils.checkpoint restores the autocast state.
+  bool bf16_autocast = false;
 };
 
 class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
@@ -98,6 +103,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
                             const c10::intrusive_ptr<CheckpointState>& state) {
     state->rng = RngStates::capture(x, state->params);
     state->context = peft::nn::current_forward_context();
+    state->bf16_autocast =
+        at::autocast::is_cpu_enabled() && at::autocast::get_autocast_cpu_dtype() == at::kBFloat16;
     ctx->save_for_backward({x});
     ctx->saved_data["state"] = c10::IValue::make_capsule(state);
     return state->fn(x);  // Function::apply runs this with grad mode off
@@ -131,6 +138,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     {
       ForkedRng rng(state.rng);
       peft::nn::ForwardContextGuard context(state.context);
+      peft::Bf16Autocast autocast(state.bf16_autocast);
       at::AutoGradMode grad_mode(true);
       y = state.fn(input);
     }

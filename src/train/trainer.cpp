@@ -17,6 +17,7 @@
 #include "peft/io/staged_directory.h"
 #include "peft/lora/variants/monteclora.h"
 #include "peft/runtime.h"
+#include "peft/train/frozen_bf16.h"
 #include "peft/train/loss.h"
 #include "peft/train/loss_plot.h"
 #include "peft/train/progress.h"
@@ -103,6 +104,9 @@ void check_training_arguments(const TrainingArguments& args) {
     PEFT_CHECK(std::isfinite(value) && value >= 0, ConfigError, "trainer",
                name << " must be a finite number >= 0; got " << value);
   }
+  PEFT_CHECK(!args.bf16_frozen_weights || args.bf16, ConfigError, "trainer",
+             "bf16_frozen_weights needs bf16: a bfloat16 weight outside autocast meets float32 "
+             "activations; set bf16 too");
   PEFT_CHECK(args.warmup_steps >= 0, ConfigError, "trainer",
              "warmup_steps must be >= 0; got " << args.warmup_steps);
 }
@@ -123,6 +127,7 @@ Trainer::Trainer(std::shared_ptr<models::PretrainedModel> model, std::shared_ptr
   s_->device = s_->model->parameters().front().device();
   check_token_ids(s_->train, s_->model->vocab_size(), "training data");
   check_token_ids(s_->eval, s_->model->vocab_size(), "eval data");
+  if (s_->args.bf16_frozen_weights) store_frozen_linear_weights_in_bf16(*s_->model);
   switch (s_->args.optimizer) {
     case OptimizerKind::kAdamW:
       s_->optimizer = create_adamw_optimizer(*s_->model, s_->args.adamw);

@@ -16,6 +16,7 @@
 #include "peft/io/json.h"
 #include "peft/io/output_path.h"
 #include "peft/io/read_file.h"
+#include "peft/runtime.h"
 #include "peft/tokenizer.h"
 #include "peft/train/trainer.h"
 
@@ -61,14 +62,16 @@ std::string default_sample_prompt(const std::string& path) {
   return "";
 }
 
+// bf16: under autocast, as the model trained (its frozen Linear weights may be bfloat16 then).
 std::string sample(models::PretrainedModel& model, const Tokenizer& tok, const std::string& prompt,
-                   int64_t n) {
+                   int64_t n, bool bf16) {
   GenerationConfig gen;
   gen.max_new_tokens = n;
   if (tok.eos_token_id()) gen.eos_token_ids = {*tok.eos_token_id()};
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
+  Bf16Autocast autocast(bf16);
   auto out = generate(model, {tok.encode(prompt)}, gen);
   if (was_training) model.train();
   return tok.decode(out.front(), /*skip_special_tokens=*/true);
@@ -99,6 +102,8 @@ void run(TrainOptions o) {
   o.args.shuffle = !o.no_shuffle;
   o.args.output_dir = o.out;
   o.model.bf16_autocast = o.args.bf16;
+  // Only the adapter is kept, so the frozen base may stay in bfloat16 (frozen_bf16.h).
+  o.args.bf16_frozen_weights = o.args.bf16;
   train::check_training_arguments(o.args);  // before anything is loaded or printed
   const std::vector<io::NamedPath> inputs = {{"--model", o.model.model_dir},
                                              {"--data", o.data},
@@ -110,6 +115,8 @@ void run(TrainOptions o) {
   // Everything is read and checked before anything is written.
   const auto tokenizer = try_tokenizer(o.model.model_dir);
   const Tokenizer* tok = tokenizer ? &*tokenizer : nullptr;
+  // A training step allocates the same large tensors every time: keep them (runtime.h).
+  keep_freed_memory_for_reuse();
   auto model = load_model(o.model);
   o.data_options.classification = model->task() == models::ModelTask::kSequenceClassification;
   o.data_options.max_tokens = models::max_position_embeddings(*model).value_or(0);
@@ -142,7 +149,8 @@ void run(TrainOptions o) {
   const bool show_sample =
       !o.no_sample && tok && !prompt.empty() && model->task() == models::ModelTask::kCausalLm;
   if (show_sample)
-    print_sample("sample before training", prompt, sample(*model, *tok, prompt, o.sample_tokens));
+    print_sample("sample before training", prompt,
+                 sample(*model, *tok, prompt, o.sample_tokens, /*bf16=*/false));
   train::Trainer trainer(model, pm, o.args, std::move(train_data), std::move(eval_data));
   if (!o.resume.empty()) {
     trainer.resume_from_checkpoint(o.resume);
@@ -169,7 +177,8 @@ void run(TrainOptions o) {
               << "\n";
   }
   if (show_sample)
-    print_sample("sample after training", prompt, sample(*model, *tok, prompt, o.sample_tokens));
+    print_sample("sample after training", prompt,
+                 sample(*model, *tok, prompt, o.sample_tokens, o.args.bf16));
   const fs::path out(o.out);
   std::cout << "adapter saved to " << out.string()
             << " (adapter_config.json, adapter_model.safetensors); loss curve "
@@ -249,7 +258,8 @@ void register_train(CLI::App& app) {
   v->add_flag("--gradient-checkpointing", o->args.gradient_checkpointing,
               "recompute activations in backward");
   v->add_flag("--bf16", o->args.bf16,
-              "bfloat16 mixed precision (autocast; float32 adapter weights and optimizer state)");
+              "bfloat16 mixed precision (autocast; float32 adapter weights and optimizer state; "
+              "frozen Linear weights held in bfloat16)");
   v->add_option("--sample-prompt", o->sample_prompt,
                 "prompt generated from before and after training");
   v->add_option("--sample-tokens", o->sample_tokens, "tokens of the sample generation")

@@ -50,6 +50,10 @@ struct TrainingArguments {
   // (peft::Bf16Autocast), training and evaluation alike; parameters, gradients and the optimizer
   // state stay float32.
   bool bf16 = false;
+  // With bf16: the frozen Linear base weights are held in bfloat16 for the run
+  // (peft/train/frozen_bf16.h; the values autocast computes with, about half the base's memory, no
+  // per-step casts). They stay bfloat16 after training: for runs that keep only the adapter.
+  bool bf16_frozen_weights = false;
   bool save_adapter = true;     // save_pretrained(output_dir) at the end
   bool write_loss_plot = true;  // <output_dir>/loss_curve.svg
 };
