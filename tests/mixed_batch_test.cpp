@@ -206,6 +206,47 @@ TEST(MixedBatch, GatheredLinearOn3DInputMatchesTheLoop) {
   EXPECT_EQ(compare(gathered[4], lin->forward(x)[4], 1e-6), "");
 }
 
+// Rows sorted by adapter (blocks) or round robin take strided views of the input and the output
+// instead of gathering and scattering rows; leading "__base__" rows shift the grid. Each layout
+// against PEFT's sub-batch loop, with one position per row (decode) and with three.
+TEST(MixedBatch, GatheredLinearOnSortedAndRoundRobinRowsMatchesTheLoop) {
+  torch::manual_seed(4);
+  peft::nn::Linear lin(16, 24);
+  for (int i = 0; i < 3; ++i) {
+    peft::nn::AdapterSettings s;
+    s.r = 2 + 2 * i;
+    s.lora_alpha = 4 + i;
+    s.lora_bias = i == 1;
+    s.init_lora_weights.kind = peft::InitLoraWeights::Kind::kFalse;
+    lin->update_layer("a" + std::to_string(i), s);
+  }
+  lin->eval();
+  torch::NoGradGuard no_grad;
+  const auto run = [&](const at::Tensor& x, const Names& names, MixedBatchKernel kernel) {
+    peft::nn::ForwardContext c;
+    c.adapter_names = names;
+    c.mixed_batch_kernel = kernel;
+    peft::nn::ForwardContextGuard g(c);
+    return lin->forward(x);
+  };
+  const Names blocks = {"a0", "a0", "a1", "a1", "a2", "a2"};
+  const Names round_robin = {"a0", "a1", "a2", "a0", "a1", "a2"};
+  const Names shifted = {"__base__", "__base__", "a2", "a0", "a2", "a0"};
+  for (const auto& names : {blocks, round_robin, shifted}) {
+    for (const int64_t L : {1, 3}) {
+      const at::Tensor x = torch::randn({6, L, 16});
+      const at::Tensor loop = run(x, names, MixedBatchKernel::kLoop);
+      EXPECT_EQ(compare(run(x, names, MixedBatchKernel::kGathered), loop, 1e-5, 1e-5), "")
+          << names[0] << names[1] << names[2] << " L=" << L;
+      if (L == 1) {  // a 2-D input (rows, features)
+        EXPECT_EQ(compare(run(x.squeeze(1), names, MixedBatchKernel::kGathered), loop.squeeze(1),
+                          1e-5, 1e-5),
+                  "");
+      }
+    }
+  }
+}
+
 TEST(MixedBatch, KernelCacheFollowsInPlaceWeightUpdates) {
   Fixture f;
   const Names names = {"b", "default", "b", "default", "c", "c", "default"};

@@ -38,6 +38,20 @@ GatherPlan build_gather_plan(const std::vector<AdapterRows>& groups, int64_t bat
     }
   }
   plan.identity = plan.groups == 1 && plan.per_group == batch;  // rows are ascending and distinct
+  if (!padded) {
+    const auto& r0 = groups.front().rows;
+    plan.first = r0.front();
+    plan.row_stride = r0.size() > 1 ? r0[1] - r0[0] : 1;
+    plan.group_stride = groups.size() > 1 ? groups[1].rows.front() - plan.first : 1;
+    plan.affine = plan.row_stride > 0 && plan.group_stride > 0;
+    for (size_t g = 0; plan.affine && g < groups.size(); ++g) {
+      for (size_t j = 0; plan.affine && j < groups[g].rows.size(); ++j) {
+        plan.affine = groups[g].rows[j] == plan.first +
+                                               static_cast<int64_t>(g) * plan.group_stride +
+                                               static_cast<int64_t>(j) * plan.row_stride;
+      }
+    }
+  }
   const auto opts = at::TensorOptions().dtype(at::kLong);
   if (!plan.identity) {
     plan.gather = at::tensor(gather, opts).to(device);
@@ -208,6 +222,23 @@ at::Tensor LinearImpl::add_mixed_output(at::Tensor result, const at::Tensor& x,
     at::Tensor out2d = result.view({-1, out_features_});
     if (f.bias.defined()) out2d.add_(f.bias[0]);
     out2d.addmm_(at::mm(x3.reshape({-1, in_features_}), f.A[0].t()), f.B[0]);
+    return result;
+  }
+  if (plan.affine && (L == 1 || plan.row_stride == 1) && x3.is_contiguous() &&
+      result.is_contiguous() && result.scalar_type() == f.A.scalar_type()) {
+    // Rows sorted by adapter, or round robin: each group's rows are a strided view of x and of the
+    // output, and B's product is added into the output in place.
+    const int64_t rows = plan.per_group * L;
+    const auto grid = [&](const at::Tensor& t, int64_t width) {
+      return t.as_strided(
+          {plan.groups, rows, width},
+          {plan.group_stride * L * width, (L == 1 ? plan.row_stride : 1) * width, 1},
+          t.storage_offset() + plan.first * L * width);
+    };
+    at::Tensor out = grid(result, out_features_);
+    at::Tensor h = at::bmm(grid(x3, in_features_), f.A.transpose(1, 2));  // (groups, m L, r)
+    if (f.bias.defined()) out.add_(f.bias);
+    out.baddbmm_(h, f.B);
     return result;
   }
   at::Tensor xg =

@@ -50,6 +50,11 @@ struct GatherPlan {
   at::Tensor positions;   // the non-padding entries (int64), undefined when there is no padding
   at::Tensor rows;        // the batch row of each non-padding entry, in the same order
   bool identity = false;  // one group holding every row in order: no gather or scatter needed
+  // Groups of equal size laid out as a grid over the batch: row(g, j) = first + g * group_stride +
+  // j * row_stride (rows sorted by adapter: row_stride 1; round robin: group_stride 1). The rows
+  // are then strided views of the input and the output, with no gather or scatter.
+  bool affine = false;
+  int64_t first = 0, group_stride = 0, row_stride = 0;
 };
 GatherPlan make_gather_plan(const std::vector<AdapterRows>& groups, int64_t batch,
                             c10::Device device);
