@@ -1,13 +1,18 @@
 // Prefill and per-token decode of a Llama-shaped model (hidden 1024, 8 layers, GQA 16/8 heads,
 // vocab 32000, random weights): base model, LoRA r=16 unmerged on every linear layer (all-linear),
-// and merged. Prints the ratios to the base model at the end.
+// and merged. Prints the ratios to the base model at the end, and unmerged / merged from prefills
+// run interleaved (the figure to compare on a noisy machine).
 //   build-release/bench/llama_decode_bench [--prompt=N]
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <map>
+#include <random>
 #include <set>
+#include <vector>
 
 #include "bench_util.h"
 #include "peft/models/model.h"
@@ -88,6 +93,32 @@ void BM_DecodeToken(benchmark::State& state) {
   state.SetLabel(kNames[state.range(0)]);
 }
 
+// The three variants' prefills interleaved in a shuffled order every iteration, so that the drift
+// of a shared machine's speed stays out of the ratios; median of each.
+std::map<int64_t, double> g_interleaved_ms;
+void BM_PrefillInterleaved(benchmark::State& state) {
+  torch::NoGradGuard no_grad;
+  const auto ids = torch::randint(0, 32000, {1, g_prompt});
+  std::vector<int64_t> order = {kBase, kUnmerged, kMerged};
+  std::map<int64_t, std::vector<double>> times;
+  std::mt19937 rng(0);
+  for (auto _ : state) {
+    std::shuffle(order.begin(), order.end(), rng);
+    for (const int64_t v : order) {
+      auto model = model_for(static_cast<Variant>(v));
+      peft::models::KVCache cache;
+      peft::models::ForwardInput in;
+      in.input_ids = ids;
+      in.cache = &cache;
+      const auto t0 = std::chrono::steady_clock::now();
+      benchmark::DoNotOptimize(model->forward(in).data_ptr());
+      times[v].push_back(peft::bench::ms_since(t0));
+    }
+  }
+  for (auto& [v, t] : times) g_interleaved_ms[v] = peft::bench::median(t);
+}
+BENCHMARK(BM_PrefillInterleaved)->Iterations(20)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 BENCHMARK(BM_Prefill)
     ->DenseRange(0, 2)
     ->ArgName("variant")
@@ -114,6 +145,13 @@ class RatioReporter : public peft::bench::TimesReporter {
       std::printf("  %-15s unmerged %.3f   merged %.3f\n", fn,
                   time(std::string(fn) + "/variant:1") / base,
                   time(std::string(fn) + "/variant:2") / base);
+    }
+    if (g_interleaved_ms.count(kMerged) && g_interleaved_ms[kMerged] > 0) {
+      std::printf(
+          "  prefill, 20 interleaved rounds (medians): base %.1f ms, unmerged %.1f ms, merged "
+          "%.1f ms; unmerged / merged %.3f\n",
+          g_interleaved_ms[kBase], g_interleaved_ms[kUnmerged], g_interleaved_ms[kMerged],
+          g_interleaved_ms[kUnmerged] / g_interleaved_ms[kMerged]);
     }
   }
 };

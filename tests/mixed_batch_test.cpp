@@ -170,36 +170,40 @@ TEST(MixedBatch, UnevenGroupsFallBackAndStillMatch) {
   EXPECT_EQ(compare(f.mixed(names, MixedBatchKernel::kGathered), f.per_row(names), 1e-5, 1e-5), "");
 }
 
-TEST(MixedBatch, GatheredLinearOn3DInputMatchesTheLoop) {
-  torch::manual_seed(3);
+// A Linear 16 -> 24 with adapters a0..a<n-1> of ranks 2, 4, 6, ..., B != 0, a lora_bias on a<bias>.
+peft::nn::Linear linear_with_adapters(int n, int bias) {
   peft::nn::Linear lin(16, 24);
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < n; ++i) {
     peft::nn::AdapterSettings s;
     s.r = 2 + 2 * i;
     s.lora_alpha = 4 + i;
-    s.lora_bias = i == 2;
+    s.lora_bias = i == bias;
     s.init_lora_weights.kind = peft::InitLoraWeights::Kind::kFalse;
     lin->update_layer("a" + std::to_string(i), s);
   }
   lin->eval();
+  return lin;
+}
+
+// The layer's forward of x with a mixed batch of `names` through `kernel`.
+at::Tensor run_mixed(peft::nn::Linear& lin, const at::Tensor& x, const Names& names,
+                     MixedBatchKernel kernel) {
+  peft::nn::ForwardContext c;
+  c.adapter_names = names;
+  c.mixed_batch_kernel = kernel;
+  peft::nn::ForwardContextGuard g(c);
+  return lin->forward(x);
+}
+
+TEST(MixedBatch, GatheredLinearOn3DInputMatchesTheLoop) {
+  torch::manual_seed(3);
+  peft::nn::Linear lin = linear_with_adapters(5, /*bias=*/2);
   at::Tensor x = torch::randn({10, 3, 16});
   Names names;
   for (int i = 0; i < 10; ++i) names.push_back(i == 4 ? "__base__" : "a" + std::to_string(i % 5));
   torch::NoGradGuard no_grad;
-  at::Tensor loop, gathered;
-  {
-    peft::nn::ForwardContext c;
-    c.adapter_names = names;
-    c.mixed_batch_kernel = MixedBatchKernel::kLoop;
-    peft::nn::ForwardContextGuard g(c);
-    loop = lin->forward(x);
-  }
-  {
-    peft::nn::ForwardContext c;
-    c.adapter_names = names;
-    peft::nn::ForwardContextGuard g(c);
-    gathered = lin->forward(x);
-  }
+  const at::Tensor loop = run_mixed(lin, x, names, MixedBatchKernel::kLoop);
+  const at::Tensor gathered = run_mixed(lin, x, names, MixedBatchKernel::kGathered);
   EXPECT_EQ(compare(gathered, loop, 1e-5, 1e-5), "");
   // Row 4 is the base layer's output.
   lin->enable_adapters(false);
@@ -211,23 +215,10 @@ TEST(MixedBatch, GatheredLinearOn3DInputMatchesTheLoop) {
 // against PEFT's sub-batch loop, with one position per row (decode) and with three.
 TEST(MixedBatch, GatheredLinearOnSortedAndRoundRobinRowsMatchesTheLoop) {
   torch::manual_seed(4);
-  peft::nn::Linear lin(16, 24);
-  for (int i = 0; i < 3; ++i) {
-    peft::nn::AdapterSettings s;
-    s.r = 2 + 2 * i;
-    s.lora_alpha = 4 + i;
-    s.lora_bias = i == 1;
-    s.init_lora_weights.kind = peft::InitLoraWeights::Kind::kFalse;
-    lin->update_layer("a" + std::to_string(i), s);
-  }
-  lin->eval();
+  peft::nn::Linear lin = linear_with_adapters(3, /*bias=*/1);
   torch::NoGradGuard no_grad;
   const auto run = [&](const at::Tensor& x, const Names& names, MixedBatchKernel kernel) {
-    peft::nn::ForwardContext c;
-    c.adapter_names = names;
-    c.mixed_batch_kernel = kernel;
-    peft::nn::ForwardContextGuard g(c);
-    return lin->forward(x);
+    return run_mixed(lin, x, names, kernel);
   };
   const Names blocks = {"a0", "a0", "a1", "a1", "a2", "a2"};
   const Names round_robin = {"a0", "a1", "a2", "a0", "a1", "a2"};
