@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 : >"$OUT/summary.txt"
 status=0
 for spec in safetensors:600 lora_config:480 bnb_state:480 gptq_state:480 model_config:600 tokenizer_json:360 \
-  sentencepiece:360 chat_template:360 train_jsonl:360; do
+  sentencepiece:360 chat_template:360 train_jsonl:360 launch_env:120; do
   t=${spec%%:*}
   s=$(( ${spec##*:} * SCALE ))
   c="$OUT/corpus-$t"

@@ -25,6 +25,7 @@ void train_jsonl(const uint8_t* data, size_t size);     // a training data file
 void bnb_state(const uint8_t* data, size_t size);       // a bitsandbytes 4-bit quant state
 void gptq_state(const uint8_t* data, size_t size);      // a GPTQ layer's tensors
 void model_config(const uint8_t* data, size_t size);    // a model's config.json (every family)
+void launch_env(const uint8_t* data, size_t size);      // NAME=VALUE lines: torchrun's environment
 
 // Drops warnings (unknown config keys, ...): expected on fuzzed input, and printing them would
 // only slow the run down.

@@ -10,7 +10,7 @@ const std::vector<std::pair<std::string, Target>>& targets() {
       {"tokenizer_json", tokenizer_json}, {"sentencepiece", sentencepiece},
       {"chat_template", chat_template},   {"train_jsonl", train_jsonl},
       {"bnb_state", bnb_state},           {"gptq_state", gptq_state},
-      {"model_config", model_config},
+      {"model_config", model_config},     {"launch_env", launch_env},
   };
   return all;
 }

@@ -21,6 +21,7 @@ seeds() {
     bnb_state) find "$ROOT/fuzz/seeds/bnb_state" -type f ;;  # 16 x 16 NF4 (prefixed with its shape below)
     gptq_state) find "$ROOT/fuzz/seeds/gptq_state" -type f ;;  # 16 x 64 4-bit v1 (prefixed below)
     model_config) find "$ROOT/tests/fixtures" "$ROOT/assets" -name 'config.json' -size -64k ;;
+    launch_env) find "$ROOT/fuzz/seeds/launch_env" -type f ;;
   esac
 }
 # A little-endian 32-bit length, as split2 (fuzz/fuzz_util.cpp) reads it.
@@ -34,7 +35,7 @@ two_parts() { case "$1" in tokenizer_json | sentencepiece | chat_template) retur
 
 status=0
 for target in safetensors lora_config tokenizer_json sentencepiece chat_template train_jsonl bnb_state \
-  gptq_state model_config; do
+  gptq_state model_config launch_env; do
   corpus="$BUILD/fuzz-corpus/$target"
   findings="$BUILD/fuzz-findings/$target"
   mkdir -p "$corpus" "$findings"

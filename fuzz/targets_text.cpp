@@ -1,15 +1,18 @@
 // Fuzz targets of the text inputs: adapter_config.json, tokenizer.json, tokenizer.model, chat
-// templates and training JSONL.
+// templates, training JSONL and the launcher environment.
 #include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "fuzz_target.h"
 #include "mem_file.h"
 #include "peft/chat_template.h"
 #include "peft/config.h"
+#include "peft/dist/launch_env.h"
 #include "peft/error.h"
 #include "peft/io/atomic_write.h"
 #include "peft/io/json.h"
@@ -105,6 +108,34 @@ void train_jsonl(const uint8_t* data, size_t size) {
     options.max_length = size % 3 == 0 ? 0 : 64;
     const auto examples = train::load_jsonl(file.path(), &tok, options);
     train::check_token_ids(examples, tok.vocab_size(), file.path());
+  } catch (const peft::Error&) {
+  }
+}
+
+void launch_env(const uint8_t* data, size_t size) {
+  // NAME=VALUE lines (the last value of a name wins), read as a launcher's environment.
+  std::map<std::string, std::string> env;
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    if (const size_t eq = line.find('='); eq != std::string::npos)
+      env[line.substr(0, eq)] = line.substr(eq + 1);
+    start = end + 1;
+  }
+  try {
+    const auto e =
+        dist::read_launch_environment([&](const std::string& name) -> std::optional<std::string> {
+          auto it = env.find(name);
+          return it == env.end() ? std::nullopt : std::optional<std::string>(it->second);
+        });
+    // What is accepted is consistent.
+    if (e.rank < 0 || e.rank >= e.world_size || e.local_rank < 0 ||
+        e.local_rank >= e.local_world_size || e.local_world_size > e.world_size ||
+        (e.distributed() && (e.master_addr.empty() || e.master_port < 1 || e.master_port > 65535)))
+      std::abort();
   } catch (const peft::Error&) {
   }
 }
