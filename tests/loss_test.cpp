@@ -51,10 +51,13 @@ TEST(CausalLmLoss, MatchesLibTorchsCrossEntropyValueAndGradient) {
     EXPECT_EQ(a.grad()[0][2].abs().max().item<double>(), 0.0);
     EXPECT_EQ(a.grad()[1][8].abs().max().item<double>(), 0.0);
   }
-  // Every label ignored: NaN, as cross_entropy's mean over nothing.
+  // Every label ignored: NaN, as cross_entropy's mean over nothing, and a zero gradient.
   auto none = torch::full({1, 3}, -100, torch::kLong);
-  EXPECT_TRUE(
-      std::isnan(peft::train::causal_lm_loss(torch::randn({1, 3, 5}), none).item<double>()));
+  auto x = torch::randn({1, 3, 5}).requires_grad_(true);
+  const auto nan_loss = peft::train::causal_lm_loss(x, none);
+  EXPECT_TRUE(std::isnan(nan_loss.item<double>()));
+  nan_loss.backward();
+  EXPECT_EQ(x.grad().abs().sum().item<double>(), 0.0);
   // A label outside the vocabulary is an error, not a read out of bounds.
   EXPECT_ANY_THROW(peft::train::causal_lm_loss(torch::randn({1, 3, 5}),
                                                torch::tensor({{0, 7, 1}}, torch::kLong)));

@@ -53,7 +53,9 @@ class CrossEntropyFunction : public torch::autograd::Function<CrossEntropyFuncti
     const at::Tensor coef =
         saved[2]
             .to(at::kFloat)
-            .mul_(grad_outputs.at(0).to(at::kFloat) / saved[4]);  // per row: grad / count
+            .mul_(grad_outputs.at(0).to(at::kFloat) /
+                  saved[4].clamp_min(1));  // per row: grad / count (0 rows: a zero gradient, as
+                                           // nll_loss gives when every label is ignored)
     const at::Tensor& lse = saved[3];
     const int64_t rows = logits.size(0), step = chunk_rows(logits.size(1));
     at::Tensor grad = at::empty_like(logits, at::MemoryFormat::Contiguous);
