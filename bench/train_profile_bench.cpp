@@ -21,7 +21,6 @@
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
 #include "peft/train/frozen_bf16.h"
-#include "peft/train/loss.h"
 #include "peft/train/optimizer.h"
 #include "workloads.h"
 
@@ -95,30 +94,12 @@ int main(int argc, char** argv) {
   auto model =
       peft::models::from_config(qwen ? peft::bench::kQwen05BConfig : peft::bench::kLlamaConfig);
   model->train();
-  peft::LoraConfig c;
-  c.r = 16;
-  c.lora_alpha = 32;
-  if (targets == "qv") {
-    c.target_modules = std::vector<std::string>{"q_proj", "v_proj"};
-  } else {
-    c.target_modules = std::string("all-linear");
-  }
-  auto pm = peft::get_peft_model(model, c);
+  auto pm = peft::get_peft_model(model,
+                                 peft::bench::workload_lora_config(/*all_linear=*/targets != "qv"));
   if (bf16 && frozen_bf16) peft::train::store_frozen_linear_weights_in_bf16(*model);
   auto optimizer = peft::train::create_adamw_optimizer(*model, {.lr = 1e-4, .weight_decay = 0.0});
   const at::Tensor ids = torch::randint(0, model->vocab_size(), {batch, seq});
-  const auto step = [&] {
-    peft::models::ForwardInput in;
-    in.input_ids = ids;
-    at::Tensor loss;
-    {
-      peft::Bf16Autocast autocast(bf16);
-      loss = peft::train::causal_lm_loss(model->forward(in), ids);
-    }
-    loss.backward();
-    optimizer->step();
-    optimizer->zero_grad();
-  };
+  const auto step = [&] { peft::bench::workload_train_step(*model, *optimizer, ids, bf16); };
   const auto timed = [&](int64_t n) {
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < n; ++i) step();

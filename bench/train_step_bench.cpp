@@ -26,7 +26,6 @@
 #include "peft/models/model.h"
 #include "peft/peft_model.h"
 #include "peft/train/frozen_bf16.h"
-#include "peft/train/loss.h"
 #include "peft/train/optimizer.h"
 #include "workloads.h"
 
@@ -73,16 +72,10 @@ Setup make(Variant v) {
   s.model->train();
   if (g_bf16_base) s.model->to(at::kBFloat16);
   if (v != kFull) {
-    peft::LoraConfig c;
-    c.r = 16;
-    c.lora_alpha = 32;
+    peft::LoraConfig c = peft::bench::workload_lora_config(
+        /*all_linear=*/!(v == kLoraQv || v == kDoraQv || v == kVeloraQv));
     c.use_dora = v == kDoraQv || v == kDoraAllLinear;
     if (v == kVeloraQv || v == kVeloraAllLinear) c.velora_config = peft::VeloraConfig{};
-    if (v == kLoraQv || v == kDoraQv || v == kVeloraQv) {
-      c.target_modules = std::vector<std::string>{"q_proj", "v_proj"};
-    } else {
-      c.target_modules = std::string("all-linear");
-    }
     s.peft = peft::get_peft_model(s.model, c);
     if (g_bf16 && g_bf16_frozen) peft::train::store_frozen_linear_weights_in_bf16(*s.model);
   }
@@ -92,16 +85,7 @@ Setup make(Variant v) {
 }
 
 void train_step(Setup& s) {
-  peft::models::ForwardInput in;
-  in.input_ids = s.ids;
-  at::Tensor loss;
-  {
-    peft::Bf16Autocast autocast(g_bf16);
-    loss = peft::train::causal_lm_loss(s.model->forward(in), s.ids);
-  }
-  loss.backward();
-  s.optimizer->step();
-  s.optimizer->zero_grad();
+  peft::bench::workload_train_step(*s.model, *s.optimizer, s.ids, g_bf16);
 }
 
 void BM_TrainStep(benchmark::State& state) {
